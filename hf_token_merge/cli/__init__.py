@@ -1,0 +1,1 @@
+"""The `hf-token-merge` command line."""
