@@ -1,3 +1,38 @@
-"""hf_token_merge: merge near-duplicate token rows of Hugging Face speech-LLMs in place."""
+"""hf_token_merge: merge near-duplicate token rows of Hugging Face speech-LLMs in place.
+
+    >>> from hf_token_merge import TokenMergeConfig, apply_token_merge
+    >>> result = apply_token_merge(model, TokenMergeConfig(preset="llasa", target_ratio=0.125), tokenizer=tok)
+
+Importing the package registers the `token_merge` loader with transformers, so a merged checkpoint
+reloads with `AutoModelForCausalLM.from_pretrained(path)`.
+"""
+
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.remap import (
+    MergedEmbedding,
+    MergedLMHead,
+    MergePlan,
+    MergeResult,
+    apply_token_merge,
+    count_tokens,
+    plan_token_merge,
+)
+from hf_token_merge.selection import PRESETS
+from hf_token_merge.serialization import TokenMergeQuantizationConfig, register
 
 __version__ = "0.1.0.dev0"
+
+register()
+
+__all__ = [
+    "PRESETS",
+    "MergePlan",
+    "MergeResult",
+    "MergedEmbedding",
+    "MergedLMHead",
+    "TokenMergeConfig",
+    "TokenMergeQuantizationConfig",
+    "apply_token_merge",
+    "count_tokens",
+    "plan_token_merge",
+]

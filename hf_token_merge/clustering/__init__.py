@@ -1,0 +1,113 @@
+"""Grouping of selected rows: threshold (leader), k-means and agglomerative clustering, all blockwise."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from hf_token_merge.clustering.agglomerative import average_linkage
+from hf_token_merge.clustering.kmeans import kmeans
+from hf_token_merge.clustering.similarity import prepare_rows, scores
+from hf_token_merge.clustering.threshold import leader_clustering
+from hf_token_merge.config import TokenMergeConfig
+
+__all__ = ["canonical_labels", "cluster_rows", "prepare_rows", "scores", "target_cluster_count"]
+
+
+def target_cluster_count(config: TokenMergeConfig, n_rows: int) -> int | None:
+    """The number of clusters a config asks for, or None when it stops at a threshold.
+
+    Raises:
+        ValueError: When `n_clusters` exceeds the number of selected rows.
+    """
+    if config.n_clusters is not None:
+        if config.n_clusters > n_rows:
+            raise ValueError(
+                f"n_clusters={config.n_clusters} is more than the {n_rows} selected rows; "
+                f"use n_clusters <= {n_rows} or select more rows."
+            )
+        return config.n_clusters
+    if config.target_ratio is not None:
+        return max(1, math.ceil(config.target_ratio * n_rows))
+    return None
+
+
+def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Renumber cluster labels 0..k-1 in order of each cluster's first (lowest-index) member."""
+    _, first_seen = torch.unique(labels, return_inverse=True)
+    k = int(first_seen.max()) + 1
+    first_member = torch.full((k,), labels.numel(), dtype=torch.long, device=labels.device)
+    first_member.scatter_reduce_(0, first_seen, torch.arange(labels.numel(), device=labels.device), "amin")
+    rank = torch.empty_like(first_member)
+    rank[first_member.argsort()] = torch.arange(k, device=labels.device)
+    return rank[first_seen]
+
+
+def cluster_rows(
+    rows: torch.Tensor,
+    config: TokenMergeConfig,
+    *,
+    counts: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> torch.Tensor:
+    """Group rows as the config says.
+
+    Args:
+        rows: `(n, d)` rows from `prepare_rows(..., config.metric)`.
+        config: Method, metric and stopping option.
+        counts: Optional token counts; threshold clustering then visits frequent rows first.
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        Canonical labels (see `canonical_labels`) of length n.
+    """
+    n = rows.shape[0]
+    k = target_cluster_count(config, n)
+    if config.method == "kmeans":
+        labels = kmeans(
+            rows,
+            k,
+            config.metric,
+            seed=config.seed,
+            max_iter=config.max_iter,
+            tol=config.tol,
+            projection_dim=config.projection_dim,
+            block_size=config.block_size,
+            show_progress=show_progress,
+        )
+    elif config.method == "threshold":
+        threshold = config.similarity_threshold if config.metric == "cosine" else config.distance_threshold
+        order = None
+        if counts is not None:
+            # Stable sort keeps id order among equally frequent rows.
+            order = torch.sort(-counts.to(torch.float64), stable=True).indices
+        labels = leader_clustering(
+            rows,
+            config.metric,
+            threshold,
+            order=order,
+            block_size=config.block_size,
+            show_progress=show_progress,
+        )
+    else:
+        if n > config.agglomerative_max_rows:
+            raise ValueError(
+                f"Agglomerative clustering of {n} rows needs an {n} x {n} distance matrix "
+                f"({n * n * 4 / 2**30:.1f} GiB); select fewer rows, raise agglomerative_max_rows, "
+                "or use method='kmeans' or 'threshold', which work blockwise."
+            )
+        max_distance = None
+        if config.similarity_threshold is not None:
+            max_distance = 1.0 - config.similarity_threshold
+        elif config.distance_threshold is not None:
+            max_distance = config.distance_threshold
+        labels = average_linkage(
+            rows,
+            config.metric,
+            n_clusters=k,
+            max_distance=max_distance,
+            block_size=config.block_size,
+            show_progress=show_progress,
+        )
+    return canonical_labels(labels)

@@ -1,0 +1,333 @@
+"""The merge configuration, in the style of peft's configs.
+
+Every field carries `help` metadata, every combination is validated in `__post_init__`, and the config
+round-trips through `to_dict`/`from_dict` and `save_pretrained`/`from_pretrained` (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+CONFIG_NAME = "token_merge_config.json"
+
+Metric = Literal["cosine", "euclidean"]
+Method = Literal["threshold", "kmeans", "agglomerative"]
+SimilaritySource = Literal["input", "output", "both"]
+MergeRule = Literal["mean", "weighted_mean", "medoid"]
+LMHeadMode = Literal["merge", "keep", "drop"]
+LogitCorrection = Literal["none", "uniform", "frequency"]
+
+_CHOICES = {
+    "metric": ("cosine", "euclidean"),
+    "method": ("threshold", "kmeans", "agglomerative"),
+    "similarity_source": ("input", "output", "both"),
+    "merge_rule": ("mean", "weighted_mean", "medoid"),
+    "lm_head": ("merge", "keep", "drop"),
+    "logit_correction": ("none", "uniform", "frequency"),
+}
+_STOPPING_FIELDS = ("similarity_threshold", "distance_threshold", "n_clusters", "target_ratio")
+
+
+@dataclass
+class TokenMergeConfig:
+    """Configuration of a vocabulary merge.
+
+    Rows are selected by the union of `token_ids`, `token_id_range`, `token_pattern` and `preset`.
+    Exactly one stopping option says how far to merge: `similarity_threshold` (cosine),
+    `distance_threshold` (euclidean), `n_clusters` or `target_ratio`.
+
+    Example:
+        >>> TokenMergeConfig(preset="llasa", target_ratio=0.125)  # 65,536 speech rows -> 8,192
+    """
+
+    # --- which rows may merge ---------------------------------------------------------------------
+    token_ids: list[int] | None = field(default=None, metadata={"help": "Explicit token ids that may merge."})
+    token_id_range: tuple[int, int] | None = field(
+        default=None,
+        metadata={"help": "Half-open id range [start, end) that may merge, e.g. (128264, 193800) for Llasa."},
+    )
+    token_pattern: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regular expression matched in full against every token string of the tokenizer, "
+            r"e.g. '<\|s_\d+\|>' (Llasa), '<custom_token_\d+>' (Orpheus), '\[Hu\d+\]' (SpiritLM). "
+            "Needs a tokenizer at planning time."
+        },
+    )
+    preset: str | None = field(
+        default=None,
+        metadata={
+            "help": "Named speech-token selection of a model family (see `hf_token_merge.selection.PRESETS`), "
+            "e.g. 'llasa', 'orpheus', 'spark_tts', 'spiritlm'."
+        },
+    )
+    allow_special_tokens: bool = field(
+        default=False,
+        metadata={"help": "Let special tokens (bos/eos/pad/unk and the tokenizer's special tokens) be merged."},
+    )
+    # --- similarity and grouping ------------------------------------------------------------------
+    metric: Metric = field(default="cosine", metadata={"help": "Row similarity: 'cosine' or 'euclidean'."})
+    method: Method = field(
+        default="kmeans",
+        metadata={
+            "help": "Grouping: 'threshold' (greedy leader clustering: every member is within the threshold of "
+            "its cluster's leader), 'kmeans' (Lloyd's k-means to a target count) or 'agglomerative' "
+            "(exact average linkage; keeps an N x N matrix, so at most `agglomerative_max_rows` rows)."
+        },
+    )
+    similarity_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Stop at this cosine similarity in [-1, 1] (metric='cosine' only)."},
+    )
+    distance_threshold: float | None = field(
+        default=None,
+        metadata={"help": "Stop at this Euclidean distance >= 0 (metric='euclidean' only)."},
+    )
+    n_clusters: int | None = field(
+        default=None, metadata={"help": "Merge the selected rows into exactly this many rows."}
+    )
+    target_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "Merged rows / selected rows, in (0, 1]: 0.125 merges 65,536 rows into 8,192. "
+            "The count is rounded up."
+        },
+    )
+    similarity_source: SimilaritySource = field(
+        default="input",
+        metadata={
+            "help": "Which weights define similarity: 'input' (embedding rows), 'output' (LM-head rows) or "
+            "'both' (the two rows side by side; for cosine each half is normalised first)."
+        },
+    )
+    # --- how merged rows are built and behave ----------------------------------------------------
+    merge_rule: MergeRule = field(
+        default="mean",
+        metadata={
+            "help": "How a merged row is built: 'mean', 'weighted_mean' (weighted by calibration token counts) "
+            "or 'medoid' (the member row closest to all others)."
+        },
+    )
+    lm_head: LMHeadMode = field(
+        default="merge",
+        metadata={
+            "help": "LM-head rows of merged tokens: 'merge' (like the input rows), 'keep' (untouched; untied "
+            "models only) or 'drop' (the tokens can no longer be generated: input-only tokens, as in "
+            "speech-in/text-out ASR)."
+        },
+    )
+    logit_correction: LogitCorrection = field(
+        default="uniform",
+        metadata={
+            "help": "How a merged output row's probability is shared among its members in the original id "
+            "space: 'none' (every member gets the cluster's logit), 'uniform' (split evenly; probabilities over "
+            "the original vocabulary equal the merged model's), 'frequency' (split by calibration counts)."
+        },
+    )
+    compact_logits: bool = field(
+        default=False,
+        metadata={
+            "help": "Return logits over the merged rows instead of the original vocabulary (faster; "
+            "`generate()` and `labels=` then need merged ids)."
+        },
+    )
+    # --- numerics ---------------------------------------------------------------------------------
+    seed: int = field(default=0, metadata={"help": "Seed of k-means initialisation."})
+    max_iter: int = field(default=25, metadata={"help": "Maximum k-means iterations."})
+    tol: float = field(
+        default=1e-3,
+        metadata={"help": "k-means stops once at most this fraction of rows change cluster in an iteration."},
+    )
+    projection_dim: int | None = field(
+        default=256,
+        metadata={
+            "help": "k-means searches in a PCA projection of this many dimensions when rows are wider, then "
+            "assigns every row once more in the full space. None searches in the full space (slower)."
+        },
+    )
+    block_size: int = field(
+        default=4096,
+        metadata={"help": "Rows per block in similarity computations; no N x N matrix is ever built."},
+    )
+    agglomerative_max_rows: int = field(
+        default=16384,
+        metadata={"help": "Refuse agglomerative clustering above this many selected rows (N x N memory)."},
+    )
+    # --- where the embeddings live ---------------------------------------------------------------
+    input_embedding_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Dotted module path of the input embedding when `model.get_input_embeddings()` does not "
+            "find it (custom layer names)."
+        },
+    )
+    output_embedding_name: str | None = field(
+        default=None,
+        metadata={"help": "Dotted module path of the LM head when `model.get_output_embeddings()` does not find it."},
+    )
+
+    def __post_init__(self) -> None:
+        if self.token_id_range is not None:
+            self.token_id_range = tuple(self.token_id_range)
+        if self.token_ids is not None:
+            self.token_ids = [int(i) for i in self.token_ids]
+        self._validate()
+
+    def _validate(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+
+        self._validate_selection()
+        self._validate_stopping()
+
+        if self.lm_head == "keep" and self.compact_logits:
+            raise ValueError("compact_logits=True needs a merged LM head; use lm_head='merge' or 'drop'.")
+        if self.max_iter < 1:
+            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
+        if not 0.0 <= self.tol < 1.0:
+            raise ValueError(f"tol must lie in [0, 1), got {self.tol}.")
+        if self.block_size < 1:
+            raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
+        if self.projection_dim is not None and self.projection_dim < 1:
+            raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim}.")
+
+    def _validate_selection(self) -> None:
+        selectors = (self.token_ids, self.token_id_range, self.token_pattern, self.preset)
+        if all(s is None for s in selectors):
+            raise ValueError(
+                "No rows are selected: set at least one of token_ids, token_id_range, token_pattern or preset."
+            )
+        if self.token_ids is not None:
+            if len(self.token_ids) == 0:
+                raise ValueError("token_ids is empty: list the ids to merge, or leave it None.")
+            negative = [i for i in self.token_ids if i < 0]
+            if negative:
+                raise ValueError(f"token_ids must be >= 0; got {negative[:5]}.")
+        if self.token_id_range is not None:
+            if len(self.token_id_range) != 2:
+                raise ValueError(f"token_id_range must be (start, end), got {self.token_id_range!r}.")
+            start, end = self.token_id_range
+            if not 0 <= start < end:
+                raise ValueError(
+                    f"token_id_range=({start}, {end}) is empty or negative; it is half-open [start, end) "
+                    "with 0 <= start < end."
+                )
+        if self.token_pattern is not None:
+            try:
+                re.compile(self.token_pattern)
+            except re.error as err:
+                raise ValueError(f"token_pattern {self.token_pattern!r} is not a valid regex: {err}.") from err
+        if self.preset is not None:
+            from hf_token_merge.selection.presets import PRESETS
+
+            if self.preset not in PRESETS:
+                raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
+
+    def _validate_stopping(self) -> None:
+        given = [name for name in _STOPPING_FIELDS if getattr(self, name) is not None]
+        if len(given) != 1:
+            problem = "none is set" if not given else f"{given} are all set"
+            raise ValueError(
+                "Set exactly one stopping option of similarity_threshold (cosine), distance_threshold "
+                f"(euclidean), n_clusters or target_ratio; {problem}."
+            )
+        stop = given[0]
+        if stop == "similarity_threshold":
+            if self.metric != "cosine":
+                raise ValueError(
+                    "similarity_threshold is a cosine similarity; with metric='euclidean' set "
+                    "distance_threshold instead."
+                )
+            if not -1.0 <= self.similarity_threshold <= 1.0:
+                raise ValueError(f"similarity_threshold must lie in [-1, 1], got {self.similarity_threshold}.")
+        if stop == "distance_threshold":
+            if self.metric != "euclidean":
+                raise ValueError(
+                    "distance_threshold is a Euclidean distance; with metric='cosine' set similarity_threshold instead."
+                )
+            if self.distance_threshold < 0:
+                raise ValueError(f"distance_threshold must be >= 0, got {self.distance_threshold}.")
+        if stop == "n_clusters" and self.n_clusters < 1:
+            raise ValueError(f"n_clusters must be >= 1, got {self.n_clusters}.")
+        if stop == "target_ratio" and not 0.0 < self.target_ratio <= 1.0:
+            raise ValueError(f"target_ratio must lie in (0, 1], got {self.target_ratio}.")
+
+        threshold_stop = stop in ("similarity_threshold", "distance_threshold")
+        if self.method == "threshold" and not threshold_stop:
+            raise ValueError(
+                f"method='threshold' stops at a threshold, but {stop} is set; set similarity_threshold "
+                "(cosine) or distance_threshold (euclidean), or use method='kmeans'."
+            )
+        if self.method == "kmeans" and threshold_stop:
+            raise ValueError(
+                f"method='kmeans' needs n_clusters or target_ratio, but {stop} is set; "
+                "use method='threshold' or 'agglomerative' to stop at a threshold."
+            )
+
+    # --- serialisation ----------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-serialisable dict."""
+        data = asdict(self)
+        if data["token_id_range"] is not None:
+            data["token_id_range"] = list(data["token_id_range"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenMergeConfig:
+        """Build a config from `to_dict()` output.
+
+        Args:
+            data: Field names and values.
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: On an unknown field name.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown TokenMergeConfig fields {unknown}; known fields are {sorted(known)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `token_merge_config.json` into `save_directory`, atomically.
+
+        Args:
+            save_directory: Folder to write into; created if missing.
+
+        Returns:
+            The path of the written file.
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, CONFIG_NAME)
+        with tempfile.NamedTemporaryFile("w", dir=save_directory, delete=False, suffix=".tmp") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(handle.name, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> TokenMergeConfig:
+        """Load a config saved by `save_pretrained`.
+
+        Args:
+            path: The folder holding `token_merge_config.json`, or the JSON file itself.
+
+        Returns:
+            The validated config.
+        """
+        if os.path.isdir(path):
+            path = os.path.join(path, CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No {CONFIG_NAME} at {path}; save one with TokenMergeConfig.save_pretrained.")
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))

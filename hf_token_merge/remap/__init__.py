@@ -1,0 +1,16 @@
+"""Plan and apply a vocabulary merge through an index remap."""
+
+from hf_token_merge.remap.apply import MergeResult, apply_token_merge, count_tokens, model_size
+from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
+from hf_token_merge.remap.plan import MergePlan, plan_token_merge
+
+__all__ = [
+    "MergePlan",
+    "MergeResult",
+    "MergedEmbedding",
+    "MergedLMHead",
+    "apply_token_merge",
+    "count_tokens",
+    "model_size",
+    "plan_token_merge",
+]

@@ -1,0 +1,235 @@
+"""`apply_token_merge`: rewrite a model's embedding and LM head in place, through an index remap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
+from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
+from hf_token_merge.remap.plan import MergePlan, plan_token_merge
+
+
+@dataclass
+class MergeResult:
+    """What `apply_token_merge` did.
+
+    Attributes:
+        plan: The plan that was applied.
+        parameters_before: Parameters of the model before (tied tensors counted once).
+        parameters_after: Parameters after.
+        bytes_before: Bytes of parameters and buffers before.
+        bytes_after: Bytes after (index maps included).
+    """
+
+    plan: MergePlan
+    parameters_before: int
+    parameters_after: int
+    bytes_before: int
+    bytes_after: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """Numbers of the result, JSON-serialisable."""
+        return {
+            "parameters_before": self.parameters_before,
+            "parameters_after": self.parameters_after,
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            **self.plan.statistics,
+        }
+
+    def __str__(self) -> str:
+        stats = self.plan.statistics
+        return (
+            f"merged {stats['selected_rows']} rows into {stats['clusters']} "
+            f"({stats['vocab_size']} -> {stats['rows_after']} rows); parameters "
+            f"{self.parameters_before:,} -> {self.parameters_after:,}; "
+            f"bytes {self.bytes_before:,} -> {self.bytes_after:,}"
+        )
+
+
+def count_tokens(token_ids: Any, vocab_size: int) -> torch.Tensor:
+    """Count how often every id occurs in calibration data.
+
+    Args:
+        token_ids: A tensor, or an iterable of sequences (lists or tensors) of ids.
+        vocab_size: Length of the returned counts.
+
+    Returns:
+        `(vocab_size,)` int64 counts.
+    """
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    sequences = [token_ids] if isinstance(token_ids, torch.Tensor) else token_ids
+    for sequence in sequences:
+        ids = torch.as_tensor(sequence).flatten().long()
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise ValueError(f"calibration ids must lie in [0, {vocab_size}); got {int(ids.min())}..{int(ids.max())}.")
+        counts += torch.bincount(ids, minlength=vocab_size)
+    return counts
+
+
+def _unique_tensors(model: nn.Module):
+    seen: dict[int, torch.Tensor] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        seen.setdefault(id(tensor), tensor)
+    return seen.values()
+
+
+def model_size(model: nn.Module) -> tuple[int, int]:
+    """`(parameters, bytes)` of a model, tied tensors counted once, buffers included in bytes."""
+    parameters = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    size = sum(t.numel() * t.element_size() for t in _unique_tensors(model))
+    return parameters, size
+
+
+def _merge_rows(weight: torch.Tensor, plan: MergePlan, source_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Build the merged table for one side (input rows, output rows or a bias) of the model."""
+    rule = plan.config.merge_rule
+    device = weight.device
+    if source_ids is not None:  # untied dropped head: just the unselected rows, in order
+        return weight[source_ids.to(device)].clone()
+    merged = torch.empty((plan.num_rows, *weight.shape[1:]), dtype=weight.dtype, device=device)
+    unselected = torch.ones(plan.vocab_size, dtype=torch.bool)
+    unselected[plan.selected_ids] = False
+    keep = unselected.nonzero().flatten()
+    merged[plan.old_to_new[keep].to(device)] = weight[keep.to(device)]
+    labels = plan.cluster_of_selected.to(device)
+    if rule == "medoid":
+        merged[plan.cluster_rows.to(device)] = weight[plan.medoid_ids.to(device)]
+        return merged
+    member_rows = weight[plan.selected_ids.to(device)].to(torch.float32)
+    shares = plan.member_weights.to(device) if rule == "weighted_mean" else 1.0 / plan.cluster_sizes.to(device)[labels]
+    shape = (-1,) + (1,) * (member_rows.dim() - 1)
+    sums = torch.zeros((plan.num_clusters, *weight.shape[1:]), dtype=torch.float32, device=device)
+    sums.index_add_(0, labels, member_rows * shares.to(torch.float32).view(shape))
+    merged[plan.cluster_rows.to(device)] = sums.to(weight.dtype)
+    return merged
+
+
+def _check_plan_fits(plan: MergePlan, pair: EmbeddingPair) -> None:
+    rows = pair.input_module.weight.shape[0]
+    if rows != plan.vocab_size:
+        raise ValueError(
+            f"The plan was made for a vocabulary of {plan.vocab_size} rows but {pair.input_name} has {rows}; "
+            "plan again on this model."
+        )
+    if pair.tied != plan.tied:
+        raise ValueError(
+            f"The plan was made for a model with {'tied' if plan.tied else 'untied'} embeddings; this one is "
+            f"{'tied' if pair.tied else 'untied'}. Plan again on this model."
+        )
+
+
+def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    hook = getattr(old, "_hf_hook", None)
+    if hook is not None:  # keep accelerate's device placement (device_map dispatch)
+        from accelerate.hooks import add_hook_to_module
+
+        add_hook_to_module(new, hook)
+    setattr(parent, child, new)
+    return old
+
+
+def apply_token_merge(
+    model: nn.Module,
+    config_or_plan: TokenMergeConfig | MergePlan,
+    *,
+    tokenizer: Any = None,
+    token_counts: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergeResult:
+    """Merge token rows of `model` in place.
+
+    The input embedding becomes a `MergedEmbedding` and the LM head a `MergedLMHead` (unless
+    `lm_head='keep'`). Token ids and, by default, logits stay in the original id space, so the tokenizer,
+    `generate()` and `labels=` losses work unchanged. Everything is validated and built before the model is
+    touched; on any error the model is left as it was.
+
+    Args:
+        model: A transformers `PreTrainedModel` (or a module with `get_input_embeddings`).
+        config_or_plan: A `TokenMergeConfig` (planned here) or a `MergePlan` from `plan_token_merge`.
+        tokenizer: Needed for regex/preset selections when a config is given.
+        token_counts: Calibration counts for `weighted_mean`/`frequency` when a config is given.
+        show_progress: Show tqdm progress bars while planning.
+
+    Returns:
+        A `MergeResult` with the plan and the sizes before and after.
+    """
+    if isinstance(config_or_plan, MergePlan):
+        plan = config_or_plan
+    elif isinstance(config_or_plan, TokenMergeConfig):
+        plan = plan_token_merge(
+            model, config_or_plan, tokenizer=tokenizer, token_counts=token_counts, show_progress=show_progress
+        )
+    else:
+        raise TypeError(f"Expected a TokenMergeConfig or MergePlan, got {type(config_or_plan).__name__}.")
+    config = plan.config
+    pair = locate_embeddings(model, config)
+    _check_plan_fits(plan, pair)
+    parameters_before, bytes_before = model_size(model)
+
+    # Build everything first; the model is untouched until the swap below.
+    old_embedding = pair.input_module
+    padding_idx = old_embedding.padding_idx
+    new_embedding = MergedEmbedding(
+        plan.num_rows,
+        old_embedding.embedding_dim,
+        plan.vocab_size,
+        padding_idx=int(plan.old_to_new[padding_idx]) if padding_idx is not None else None,
+        device=old_embedding.weight.device,
+        dtype=old_embedding.weight.dtype,
+    )
+    with torch.no_grad():
+        new_embedding.weight.copy_(_merge_rows(old_embedding.weight.detach(), plan))
+        new_embedding.index_map.copy_(plan.old_to_new)
+    new_embedding.weight.requires_grad_(old_embedding.weight.requires_grad)
+
+    new_head = None
+    if config.lm_head != "keep" and pair.output_module is not None:
+        old_head = pair.output_module
+        head_rows, head_index, head_offset = plan.head_layout()
+        new_head = MergedLMHead(
+            head_rows,
+            old_head.in_features,
+            plan.vocab_size,
+            bias=old_head.bias is not None,
+            compact_logits=config.compact_logits,
+            device=old_head.weight.device,
+            dtype=old_head.weight.dtype,
+        )
+        with torch.no_grad():
+            if pair.tied:
+                new_head.weight = new_embedding.weight
+            else:
+                new_head.weight.copy_(_merge_rows(old_head.weight.detach(), plan, plan.head_source_ids()))
+                new_head.weight.requires_grad_(old_head.weight.requires_grad)
+            if old_head.bias is not None:
+                new_head.bias.copy_(_merge_rows(old_head.bias.detach(), plan, plan.head_source_ids()))
+            new_head.index_map.copy_(head_index)
+            new_head.logit_offset.copy_(head_offset)
+
+    from hf_token_merge.serialization.quantizer import TokenMergeQuantizationConfig
+
+    record = TokenMergeQuantizationConfig.from_plan(plan, pair, new_embedding, new_head)
+
+    swapped: list[tuple[str, nn.Module]] = []
+    try:
+        swapped.append((pair.input_name, _swap(model, pair.input_name, new_embedding)))
+        if new_head is not None:
+            swapped.append((pair.output_name, _swap(model, pair.output_name, new_head)))
+        if getattr(model, "config", None) is not None:
+            model.config.quantization_config = record
+    except BaseException:
+        for name, old in reversed(swapped):
+            _swap(model, name, old)
+        raise
+
+    parameters_after, bytes_after = model_size(model)
+    return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)

@@ -1,0 +1,134 @@
+"""Find a model's input embedding and LM head, and check that they can be merged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from hf_token_merge.config import TokenMergeConfig
+
+
+@dataclass
+class EmbeddingPair:
+    """The modules a merge rewrites.
+
+    Attributes:
+        input_name: Dotted path of the input embedding.
+        input_module: The input embedding.
+        output_name: Dotted path of the LM head, or None when the model has none.
+        output_module: The LM head, or None.
+    """
+
+    input_name: str
+    input_module: nn.Module
+    output_name: str | None
+    output_module: nn.Module | None
+
+    @property
+    def tied(self) -> bool:
+        """Whether the LM head shares its weight tensor with the input embedding."""
+        return self.output_module is not None and self.output_module.weight is self.input_module.weight
+
+
+def _name_of(model: nn.Module, module: nn.Module) -> str:
+    for name, candidate in model.named_modules():
+        if candidate is module:
+            return name
+    raise ValueError(f"{type(module).__name__} returned by the model is not one of its submodules.")
+
+
+def _check_module(module: nn.Module, name: str, expected: type[nn.Module]) -> None:
+    # Subclasses that keep the base forward (e.g. transformers' own nn.Embedding subclasses without extra
+    # behaviour) merge fine; a custom forward (bitsandbytes, scaled embeddings) would be silently bypassed.
+    if not isinstance(module, expected) or type(module).forward is not expected.forward:
+        raise ValueError(
+            f"{name} is a {type(module).__name__}, which hf_token_merge cannot rewrite (it needs a plain "
+            f"torch.nn.{expected.__name__}). Quantized or custom modules must be merged before quantization: "
+            "load the unquantized model, merge, then quantize."
+        )
+    weight = module.weight
+    if not weight.dtype.is_floating_point:
+        raise ValueError(f"{name}.weight has dtype {weight.dtype}; merge the unquantized model, then quantize it.")
+    if weight.device.type == "meta":
+        raise ValueError(
+            f"{name}.weight is on the meta device (offloaded by accelerate or not loaded); load the model "
+            "with its embeddings in memory (no disk/CPU offload of embed_tokens and lm_head) to merge it."
+        )
+
+
+def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPair:
+    """Find and validate the input embedding and LM head of `model`.
+
+    Args:
+        model: A transformers model, or any module with `get_input_embeddings`.
+        config: Supplies `input_embedding_name`/`output_embedding_name` for custom layer names.
+
+    Returns:
+        The located modules.
+
+    Raises:
+        ValueError: When a module is missing, already merged, quantized or offloaded.
+    """
+    from hf_token_merge.remap.modules import MergedEmbedding
+
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    if quantization is not None:
+        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
+        method = getattr(method, "value", method)
+        if method == "token_merge":
+            raise ValueError(
+                "This model is already token-merged; merging twice is not supported. Merge the original model "
+                "once with the final settings (a stronger target_ratio or threshold), or reload it first."
+            )
+        raise ValueError(f"This model is quantized ({method}); merge the unquantized model first, then quantize it.")
+
+    if config.input_embedding_name is not None:
+        input_name = config.input_embedding_name
+        input_module = model.get_submodule(input_name)
+    else:
+        try:
+            input_module = model.get_input_embeddings()
+        except (AttributeError, NotImplementedError) as err:
+            raise ValueError(
+                f"{type(model).__name__} does not expose its input embedding; set input_embedding_name to its "
+                "dotted module path."
+            ) from err
+        input_name = _name_of(model, input_module)
+    if isinstance(input_module, MergedEmbedding):
+        raise ValueError(
+            "This model is already token-merged; merging twice is not supported. Merge the original model once "
+            "with the final settings, or reload it first."
+        )
+    _check_module(input_module, input_name, nn.Embedding)
+
+    if config.output_embedding_name is not None:
+        output_name = config.output_embedding_name
+        output_module = model.get_submodule(output_name)
+    else:
+        getter = getattr(model, "get_output_embeddings", None)
+        output_module = getter() if getter is not None else None
+        output_name = _name_of(model, output_module) if output_module is not None else None
+    if output_module is None and config.lm_head != "keep":
+        raise ValueError(
+            f"{type(model).__name__} has no output embeddings (LM head), so lm_head={config.lm_head!r} cannot "
+            "apply; set output_embedding_name to the head's module path, or lm_head='keep' to merge inputs only."
+        )
+    if output_module is not None:
+        _check_module(output_module, output_name, nn.Linear)
+        if output_module.weight.shape[0] != input_module.weight.shape[0]:
+            raise ValueError(
+                f"{output_name} has {output_module.weight.shape[0]} rows but {input_name} has "
+                f"{input_module.weight.shape[0]}; both must cover the same vocabulary."
+            )
+    pair = EmbeddingPair(input_name, input_module, output_name, output_module)
+    if pair.tied and config.lm_head == "keep":
+        raise ValueError(
+            "lm_head='keep' needs untied embeddings, but this model ties its LM head to the input embedding; "
+            "use lm_head='merge' or 'drop', or untie the weights first."
+        )
+    if config.similarity_source in ("output", "both") and output_module is None:
+        raise ValueError(
+            f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
+        )
+    return pair

@@ -1,0 +1,103 @@
+"""The merged modules: an embedding and an LM head addressed through the original token ids.
+
+Both subclass their torch counterparts and keep the attribute name `weight`, so transformers' weight
+tying (`_tied_weights_keys`), `save_pretrained` and accelerate's hooks treat them like the originals.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class MergedEmbedding(nn.Embedding):
+    """An `nn.Embedding` over merged rows: `forward(ids) = weight[index_map[ids]]`.
+
+    Args:
+        num_rows: Rows of the merged table.
+        embedding_dim: Hidden size.
+        vocab_size: Size of the original id space (length of `index_map`).
+        padding_idx: Merged row of the padding token, if any.
+        device: Where to allocate.
+        dtype: Weight dtype.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        embedding_dim: int,
+        vocab_size: int,
+        padding_idx: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__(
+            num_rows,
+            embedding_dim,
+            padding_idx=padding_idx,
+            _weight=torch.empty(num_rows, embedding_dim, device=device, dtype=dtype),
+        )
+        self.vocab_size = vocab_size
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=device))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(
+            self.index_map[input_ids],
+            self.weight,
+            self.padding_idx,
+            self.max_norm,
+            self.norm_type,
+            self.scale_grad_by_freq,
+            self.sparse,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, vocab_size={self.vocab_size}"
+
+
+class MergedLMHead(nn.Linear):
+    """An `nn.Linear` LM head over merged rows that answers in the original id space.
+
+    `forward(h) = (h @ weight.T + bias)[..., index_map] + logit_offset`. The offset holds the log share of
+    each member of a merged row (logit correction) and -inf for dropped ids. With `compact_logits=True` it
+    returns the logits over merged rows instead.
+
+    Args:
+        num_rows: Rows of the merged head.
+        in_features: Hidden size.
+        vocab_size: Size of the original id space.
+        bias: Whether the head has a bias.
+        compact_logits: Return merged-row logits.
+        device: Where to allocate.
+        dtype: Weight dtype.
+    """
+
+    def __init__(
+        self,
+        num_rows: int,
+        in_features: int,
+        vocab_size: int,
+        bias: bool = False,
+        compact_logits: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        nn.Module.__init__(self)  # skip nn.Linear's random init: every row is overwritten by the merge
+        self.in_features = in_features
+        self.out_features = num_rows
+        self.weight = nn.Parameter(torch.empty(num_rows, in_features, device=device, dtype=dtype))
+        self.bias = nn.Parameter(torch.empty(num_rows, device=device, dtype=dtype)) if bias else None
+        self.vocab_size = vocab_size
+        self.compact_logits = compact_logits
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=device))
+        self.register_buffer("logit_offset", torch.zeros(vocab_size, device=device, dtype=dtype))
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(hidden_states, self.weight, self.bias)
+        if self.compact_logits:
+            return logits
+        return logits.index_select(-1, self.index_map).add_(self.logit_offset.to(logits.dtype))
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, vocab_size={self.vocab_size}, compact_logits={self.compact_logits}"

@@ -1,0 +1,338 @@
+"""Plan a merge without touching the model: `plan_token_merge` -> `MergePlan`.
+
+The plan maps every original token id to a row of the merged ("compact") embedding. Unselected ids keep a
+row of their own; each cluster of selected ids shares one row. Compact rows are ordered by the smallest
+original id they hold, so every id below the first merged token keeps its number.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from hf_token_merge.clustering import cluster_rows, prepare_rows
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.remap.locate import locate_embeddings
+from hf_token_merge.selection import protected_token_ids, select_token_ids
+
+PLAN_TENSORS_NAME = "token_merge_plan.safetensors"
+PLAN_META_NAME = "token_merge_plan.json"
+
+
+@dataclass
+class MergePlan:
+    """Where every original token id goes.
+
+    Attributes:
+        config: The config the plan was computed from.
+        vocab_size: Rows of the original input embedding.
+        tied: Whether the model ties its LM head to its input embedding.
+        selected_ids: `(n,)` sorted ids that were allowed to merge.
+        cluster_of_selected: `(n,)` cluster of each selected id, clusters numbered by their smallest member.
+        old_to_new: `(vocab_size,)` merged-embedding row of every original id.
+        cluster_rows: `(k,)` merged-embedding row of every cluster.
+        representative_ids: `(k,)` the id a cluster decodes to: the member the merged model's argmax picks
+            (the most frequent member under frequency correction, else the smallest id).
+        medoid_ids: `(k,)` the member row closest to all others in its cluster.
+        member_weights: `(n,)` weight of each selected id inside its cluster (for `weighted_mean`).
+        member_log_share: `(n,)` log of each selected id's share of its cluster's probability.
+        statistics: Summary numbers (rows before/after, cluster sizes, similarity to the merged row).
+    """
+
+    config: TokenMergeConfig
+    vocab_size: int
+    tied: bool
+    selected_ids: torch.Tensor
+    cluster_of_selected: torch.Tensor
+    old_to_new: torch.Tensor
+    cluster_rows: torch.Tensor
+    representative_ids: torch.Tensor
+    medoid_ids: torch.Tensor
+    member_weights: torch.Tensor
+    member_log_share: torch.Tensor
+    statistics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_clusters(self) -> int:
+        """Number of merged rows that hold selected ids."""
+        return int(self.cluster_rows.numel())
+
+    @property
+    def num_rows(self) -> int:
+        """Rows of the merged input embedding."""
+        return self.vocab_size - int(self.selected_ids.numel()) + self.num_clusters
+
+    @property
+    def cluster_sizes(self) -> torch.Tensor:
+        """`(k,)` members per cluster."""
+        return torch.bincount(self.cluster_of_selected, minlength=self.num_clusters)
+
+    def members(self, cluster: int) -> torch.Tensor:
+        """The original ids merged into `cluster`."""
+        return self.selected_ids[self.cluster_of_selected == cluster]
+
+    def head_layout(self) -> tuple[int, torch.Tensor, torch.Tensor]:
+        """How the LM head maps its rows back to original ids.
+
+        Returns:
+            `(num_head_rows, head_index_map, logit_offset)`: logits over original ids are
+            `compact_logits[..., head_index_map] + logit_offset`. Dropped ids get an offset of -inf.
+        """
+        mode = self.config.lm_head
+        offset = torch.zeros(self.vocab_size, dtype=torch.float32)
+        if mode == "merge":
+            offset[self.selected_ids] = self.member_log_share
+            return self.num_rows, self.old_to_new.clone(), offset
+        if mode == "drop":
+            offset[self.selected_ids] = float("-inf")
+            if self.tied:  # the head shares the merged embedding; merged rows are simply never emitted
+                index = self.old_to_new.clone()
+                index[self.selected_ids] = 0
+                return self.num_rows, index, offset
+            kept = torch.ones(self.vocab_size, dtype=torch.bool)
+            kept[self.selected_ids] = False
+            index = torch.zeros(self.vocab_size, dtype=torch.long)
+            index[kept] = torch.arange(int(kept.sum()))
+            return int(kept.sum()), index, offset
+        return self.vocab_size, torch.arange(self.vocab_size), offset
+
+    def head_source_ids(self) -> torch.Tensor | None:
+        """For an untied dropped head: the original id behind each head row (None otherwise)."""
+        if self.config.lm_head != "drop" or self.tied:
+            return None
+        kept = torch.ones(self.vocab_size, dtype=torch.bool)
+        kept[self.selected_ids] = False
+        return kept.nonzero().flatten()
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write the plan as safetensors (maps) plus JSON (config, statistics), each atomically."""
+        os.makedirs(save_directory, exist_ok=True)
+        tensors = {
+            name: getattr(self, name).contiguous()
+            for name in (
+                "selected_ids",
+                "cluster_of_selected",
+                "old_to_new",
+                "cluster_rows",
+                "representative_ids",
+                "medoid_ids",
+                "member_weights",
+                "member_log_share",
+            )
+        }
+        meta = {
+            "config": self.config.to_dict(),
+            "vocab_size": self.vocab_size,
+            "tied": self.tied,
+            "statistics": self.statistics,
+        }
+        _atomic_write(save_directory, PLAN_TENSORS_NAME, lambda path: save_file(tensors, path))
+        _atomic_write(
+            save_directory,
+            PLAN_META_NAME,
+            lambda path: _write_json(path, meta),
+        )
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike) -> MergePlan:
+        """Load a plan written by `save_pretrained`."""
+        with open(os.path.join(directory, PLAN_META_NAME), encoding="utf-8") as handle:
+            meta = json.load(handle)
+        tensors = load_file(os.path.join(directory, PLAN_TENSORS_NAME))
+        return cls(
+            config=TokenMergeConfig.from_dict(meta["config"]),
+            vocab_size=meta["vocab_size"],
+            tied=meta["tied"],
+            statistics=meta["statistics"],
+            **tensors,
+        )
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2)
+
+
+def _atomic_write(directory: str | os.PathLike, name: str, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, os.path.join(directory, name))
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
+    def side(weight: torch.Tensor) -> torch.Tensor:
+        return prepare_rows(weight[selected.to(weight.device)], config.metric)
+
+    if config.similarity_source == "input":
+        return side(pair.input_module.weight)
+    if config.similarity_source == "output":
+        return side(pair.output_module.weight)
+    inputs = side(pair.input_module.weight)
+    outputs = side(pair.output_module.weight).to(inputs.device)
+    both = torch.cat([inputs, outputs], dim=1)
+    if config.metric == "cosine":  # the cosine of the joined unit halves is the mean of the two cosines
+        both /= math.sqrt(2.0)
+    return both
+
+
+def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, block_size: int) -> torch.Tensor:
+    """Index (into rows) of each cluster's medoid: the member with the best total score to its mates."""
+    order = torch.argsort(labels, stable=True)
+    sizes = torch.bincount(labels, minlength=k).tolist()
+    medoids = torch.empty(k, dtype=torch.long)
+    start = 0
+    for cluster, size in enumerate(sizes):
+        members = order[start : start + size]
+        start += size
+        if size <= 2:  # either member of a pair is a medoid; take the first, like a singleton
+            medoids[cluster] = members[0]
+            continue
+        member_rows = rows[members]
+        totals = torch.empty(size, dtype=rows.dtype, device=rows.device)
+        for part in range(0, size, block_size):
+            chunk = member_rows[part : part + block_size]
+            if metric == "cosine":
+                totals[part : part + block_size] = -(chunk @ member_rows.T).sum(1)
+            else:
+                gaps = chunk.pow(2).sum(1, keepdim=True) + member_rows.pow(2).sum(1) - 2 * chunk @ member_rows.T
+                totals[part : part + block_size] = gaps.clamp_min_(0).sqrt_().sum(1)
+        medoids[cluster] = members[int(totals.argmin())]
+    return medoids
+
+
+def plan_token_merge(
+    model: torch.nn.Module,
+    config: TokenMergeConfig,
+    *,
+    tokenizer: Any = None,
+    token_counts: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergePlan:
+    """Compute a merge plan. Reads the model's weights and never changes the model.
+
+    Args:
+        model: A transformers model (decoder-only LM or encoder-decoder such as Whisper).
+        config: What to merge and how.
+        tokenizer: Needed for `token_pattern`/`preset`; its special tokens are protected.
+        token_counts: `(vocab_size,)` token counts from calibration data; needed by `merge_rule='weighted_mean'`
+            and `logit_correction='frequency'`, and used to visit frequent rows first in threshold clustering.
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        The plan; pass it to `apply_token_merge`.
+    """
+    pair = locate_embeddings(model, config)
+    vocab_size = pair.input_module.weight.shape[0]
+    needs_counts = config.merge_rule == "weighted_mean" or config.logit_correction == "frequency"
+    if token_counts is not None:
+        token_counts = torch.as_tensor(token_counts).flatten().cpu()
+        if token_counts.numel() != vocab_size:
+            raise ValueError(
+                f"token_counts has {token_counts.numel()} entries but the vocabulary has {vocab_size} rows; "
+                "count every id (see hf_token_merge.count_tokens)."
+            )
+        if (token_counts < 0).any():
+            raise ValueError("token_counts must be non-negative.")
+    elif needs_counts:
+        raise ValueError(
+            "merge_rule='weighted_mean' and logit_correction='frequency' need calibration counts: pass "
+            "token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
+        )
+
+    model_config = getattr(model, "config", None)
+    protected = protected_token_ids(tokenizer, model_config, getattr(model, "generation_config", None))
+    selected = select_token_ids(config, vocab_size, tokenizer, protected)
+    n = selected.numel()
+
+    rows = _similarity_rows(pair, config, selected)
+    selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
+    labels = cluster_rows(rows, config, counts=selected_counts, show_progress=show_progress).cpu()
+    k = int(labels.max()) + 1
+
+    # Compact ordering: every group (singleton or cluster) is keyed by its smallest original id.
+    first_member = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, selected, "amin")
+    group_key = torch.arange(vocab_size)
+    group_key[selected] = first_member[labels]
+    keys = torch.unique(group_key)  # sorted
+    old_to_new = torch.searchsorted(keys, group_key)
+    cluster_row = torch.searchsorted(keys, first_member)
+
+    smoothed = selected_counts + 1.0 if selected_counts is not None else torch.ones(n, dtype=torch.float64)
+    cluster_mass = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, smoothed)
+    member_weights = (smoothed / cluster_mass[labels]).to(torch.float32)
+    sizes = torch.bincount(labels, minlength=k)
+    if config.logit_correction == "uniform":
+        member_log_share = -torch.log(sizes[labels].to(torch.float64))
+    elif config.logit_correction == "frequency":
+        member_log_share = torch.log(smoothed / cluster_mass[labels])
+    else:
+        member_log_share = torch.zeros(n, dtype=torch.float64)
+
+    if config.logit_correction == "frequency":
+        # argmax over equal logits picks the first index, so among the most frequent the smallest id wins
+        best = torch.full((k,), -1.0, dtype=torch.float64).scatter_reduce_(0, labels, smoothed, "amax")
+        is_best = smoothed == best[labels]
+        candidate = torch.where(is_best, selected, torch.full_like(selected, vocab_size))
+        representatives = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, candidate, "amin")
+    else:
+        representatives = first_member
+
+    medoids = selected[_medoids(rows, labels.to(rows.device), k, config.metric, config.block_size).cpu()]
+
+    centroids = (
+        torch.zeros(k, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, labels.to(rows.device), rows)
+        / sizes.to(rows.device, rows.dtype)[:, None]
+    )
+    if config.metric == "cosine":
+        fit = torch.nn.functional.cosine_similarity(rows, centroids[labels.to(rows.device)], dim=1)
+        fit_name = "cosine_to_merged_row"
+    else:
+        fit = (rows - centroids[labels.to(rows.device)]).norm(dim=1)
+        fit_name = "distance_to_merged_row"
+    in_clusters = sizes[labels] > 1
+    statistics = {
+        "vocab_size": vocab_size,
+        "selected_rows": n,
+        "clusters": k,
+        "rows_removed": n - k,
+        "rows_after": vocab_size - n + k,
+        "singleton_clusters": int((sizes == 1).sum()),
+        "largest_cluster": int(sizes.max()),
+        f"mean_{fit_name}": float(fit[in_clusters.to(fit.device)].mean()) if in_clusters.any() else None,
+        f"worst_{fit_name}": (
+            float(
+                fit[in_clusters.to(fit.device)].min()
+                if config.metric == "cosine"
+                else fit[in_clusters.to(fit.device)].max()
+            )
+            if in_clusters.any()
+            else None
+        ),
+    }
+    return MergePlan(
+        config=config,
+        vocab_size=vocab_size,
+        tied=pair.tied,
+        selected_ids=selected,
+        cluster_of_selected=labels,
+        old_to_new=old_to_new,
+        cluster_rows=cluster_row,
+        representative_ids=representatives,
+        medoid_ids=medoids,
+        member_weights=member_weights,
+        member_log_share=member_log_share.to(torch.float32),
+        statistics=statistics,
+    )

@@ -1,0 +1,117 @@
+"""Resolve a `TokenMergeConfig` selection into a sorted tensor of token ids."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.selection.presets import PRESETS
+
+_CONFIG_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "unk_token_id")
+
+
+def _ids_of(value: Any) -> list[int]:
+    if value is None:
+        return []
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value]
+
+
+def protected_token_ids(tokenizer: Any = None, *configs: Any) -> set[int]:
+    """Collect the ids that must not merge unless `allow_special_tokens=True`.
+
+    Args:
+        tokenizer: A transformers tokenizer, or None.
+        *configs: Model configs or generation configs whose bos/eos/pad/decoder-start ids are protected.
+
+    Returns:
+        The protected ids: the tokenizer's special ids plus every id the configs name.
+    """
+    protected: set[int] = set()
+    if tokenizer is not None:
+        protected.update(int(i) for i in tokenizer.all_special_ids if i is not None)
+    for config in configs:
+        if config is None:
+            continue
+        for key in _CONFIG_ID_KEYS:
+            protected.update(_ids_of(getattr(config, key, None)))
+    return protected
+
+
+def _match_vocabulary(pattern: str, tokenizer: Any, source: str) -> list[int]:
+    if tokenizer is None:
+        raise ValueError(f"{source} selects by token string and needs a tokenizer: pass tokenizer=... .")
+    regex = re.compile(pattern)
+    matched = [int(i) for token, i in tokenizer.get_vocab().items() if regex.fullmatch(token)]
+    if not matched:
+        raise ValueError(
+            f"{source} {pattern!r} matches no token of the tokenizer ({len(tokenizer)} tokens); "
+            "check the pattern against tokenizer.get_vocab() (it must match whole token strings)."
+        )
+    return matched
+
+
+def select_token_ids(
+    config: TokenMergeConfig,
+    vocab_size: int,
+    tokenizer: Any = None,
+    protected_ids: set[int] | None = None,
+) -> torch.Tensor:
+    """Resolve the rows a config allows to merge.
+
+    The selectors (`token_ids`, `token_id_range`, `token_pattern`, `preset`) are combined by union.
+
+    Args:
+        config: The merge configuration.
+        vocab_size: Number of rows of the input embedding.
+        tokenizer: Needed when the config selects by regex or preset.
+        protected_ids: Ids that may only merge with `config.allow_special_tokens`.
+
+    Returns:
+        A sorted int64 tensor of unique token ids.
+
+    Raises:
+        ValueError: On out-of-range ids, a pattern that matches nothing, or protected ids without permission.
+    """
+    selected: set[int] = set()
+    if config.token_ids is not None:
+        out_of_range = sorted(i for i in config.token_ids if i >= vocab_size)
+        if out_of_range:
+            raise ValueError(
+                f"token_ids {out_of_range[:5]} are out of range for a vocabulary of {vocab_size} rows "
+                f"(valid ids are 0..{vocab_size - 1})."
+            )
+        selected.update(config.token_ids)
+    if config.token_id_range is not None:
+        start, end = config.token_id_range
+        if end > vocab_size:
+            raise ValueError(
+                f"token_id_range=({start}, {end}) ends past the vocabulary of {vocab_size} rows; "
+                f"use an end <= {vocab_size}."
+            )
+        selected.update(range(start, end))
+    if config.token_pattern is not None:
+        selected.update(_match_vocabulary(config.token_pattern, tokenizer, "token_pattern"))
+    if config.preset is not None:
+        selected.update(_match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
+
+    beyond = sorted(i for i in selected if i >= vocab_size)
+    if beyond:
+        raise ValueError(
+            f"The tokenizer selects ids {beyond[:5]} beyond the embedding's {vocab_size} rows; "
+            "the tokenizer does not belong to this model."
+        )
+    if not selected:
+        raise ValueError("The selection is empty: no token id matched; widen token_ids/token_id_range/token_pattern.")
+    if not config.allow_special_tokens and protected_ids:
+        clash = sorted(selected & protected_ids)
+        if clash:
+            raise ValueError(
+                f"The selection includes special tokens {clash[:5]} ({len(clash)} in all); narrow the selection "
+                "or set allow_special_tokens=True to merge them anyway."
+            )
+    return torch.tensor(sorted(selected), dtype=torch.long)
