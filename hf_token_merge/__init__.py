@@ -18,7 +18,7 @@ from hf_token_merge.remap import (
     plan_token_merge,
 )
 from hf_token_merge.selection import PRESETS
-from hf_token_merge.serialization import TokenMergeQuantizationConfig, register
+from hf_token_merge.serialization import TokenMergeQuantizationConfig, export_plain, register
 
 __version__ = "0.1.0.dev0"
 
@@ -34,5 +34,6 @@ __all__ = [
     "TokenMergeQuantizationConfig",
     "apply_token_merge",
     "count_tokens",
+    "export_plain",
     "plan_token_merge",
 ]
