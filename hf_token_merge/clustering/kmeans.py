@@ -59,7 +59,10 @@ def kmeans_plus_plus(
         if float(weights.sum()) <= 0:  # every remaining row duplicates a centroid: draw uniformly
             weights = torch.ones(n, dtype=torch.float64)
             weights[chosen] = 0
-        picked = torch.multinomial(weights, min(per_round, k - len(chosen)), replacement=False, generator=generator)
+        # Never ask for more rows than have positive weight: torch.multinomial then silently returns
+        # zero-weight rows, which may be centroids already chosen.
+        take = min(per_round, k - len(chosen), int((weights > 0).sum()))
+        picked = torch.multinomial(weights, take, replacement=False, generator=generator)
         chosen = torch.cat([chosen, picked])
         closest = torch.minimum(closest, _squared_gap(rows, rows[picked.to(rows.device)], metric))
     return chosen.to(rows.device)
