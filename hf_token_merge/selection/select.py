@@ -114,4 +114,9 @@ def select_token_ids(
                 f"The selection includes special tokens {clash[:5]} ({len(clash)} in all); narrow the selection "
                 "or set allow_special_tokens=True to merge them anyway."
             )
+    if config.lm_head == "drop" and len(selected) == vocab_size:
+        raise ValueError(
+            f"The selection covers all {vocab_size} ids, so lm_head='drop' would leave the model no token to "
+            "generate; narrow the selection or use lm_head='merge'."
+        )
     return torch.tensor(sorted(selected), dtype=torch.long)
