@@ -1,0 +1,297 @@
+"""Clustering: planted clusters are recovered exactly, and each method keeps its own promise."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from hf_token_merge import TokenMergeConfig
+from hf_token_merge.clustering import canonical_labels, cluster_rows, prepare_rows, target_cluster_count
+from hf_token_merge.clustering.agglomerative import average_linkage
+from hf_token_merge.clustering.kmeans import fill_empty_clusters, kmeans, kmeans_plus_plus, pca_project
+from hf_token_merge.clustering.threshold import leader_clustering
+
+
+def planted(n=48, k=8, width=32, noise=1e-3, seed=0, scale=1.0):
+    """Rows `centers[j % k] + noise`; the canonical labels are `arange(n) % k`."""
+    generator = torch.Generator().manual_seed(seed)
+    centers = scale * torch.randn(k, width, generator=generator)
+    rows = centers[torch.arange(n) % k] + noise * torch.randn(n, width, generator=generator)
+    return rows, torch.arange(n) % k
+
+
+def shuffled_planted(n=60, k=6, width=32, seed=0):
+    """Planted rows in a random order; returns rows and their canonical labels."""
+    rows, labels = planted(n, k, width, seed=seed)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 100))
+    return rows[perm], canonical_labels(labels[perm])
+
+
+def config(**kwargs):
+    return TokenMergeConfig(token_ids=[0], **kwargs)
+
+
+# --- canonical labels ----------------------------------------------------------------------------
+
+
+def test_canonical_labels_order_by_first_member():
+    labels = torch.tensor([5, 5, 2, 9, 2, 0, 9])
+    assert canonical_labels(labels).tolist() == [0, 0, 1, 2, 1, 3, 2]
+
+
+def test_canonical_labels_are_invariant_to_label_names():
+    generator = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 7, (50,), generator=generator)
+    renamed = torch.randperm(100, generator=generator)[labels]  # injective relabelling with gaps
+    canonical = canonical_labels(labels)
+    assert torch.equal(canonical_labels(renamed), canonical)
+    assert torch.equal(canonical_labels(canonical), canonical)
+    # first occurrences of 0..k-1 appear in increasing position order
+    firsts = [int((canonical == c).nonzero()[0]) for c in range(int(canonical.max()) + 1)]
+    assert firsts == sorted(firsts)
+    # same partition as the input
+    for i in range(50):
+        assert torch.equal(canonical == canonical[i], labels == labels[i])
+
+
+# --- k-means -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+@pytest.mark.parametrize("projection_dim", [None, 8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kmeans_recovers_planted_clusters(metric, projection_dim, seed):
+    rows, expected = shuffled_planted(seed=seed)
+    cfg = config(n_clusters=6, metric=metric, projection_dim=projection_dim, seed=seed)
+    labels = cluster_rows(prepare_rows(rows, metric), cfg, show_progress=False)
+    assert torch.equal(labels, expected)
+
+
+def test_kmeans_projection_is_used_when_rows_are_wider(monkeypatch):
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")  # the package re-exports kmeans()
+
+    calls = []
+    original = module.pca_project
+
+    def spy(rows, dim, block_size):
+        calls.append((rows.shape, dim))
+        return original(rows, dim, block_size)
+
+    monkeypatch.setattr(module, "pca_project", spy)
+    rows, expected = shuffled_planted(width=32)
+    labels = kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=4, block_size=7, show_progress=False)
+    assert calls == [(torch.Size([60, 32]), 4)]
+    assert torch.equal(canonical_labels(labels), expected)
+    calls.clear()
+    kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=32, show_progress=False)
+    assert calls == []  # not wider than the projection: full-space search
+
+
+def test_pca_projection_keeps_the_top_axes():
+    generator = torch.Generator().manual_seed(0)
+    # variance in two known directions of a 6-d space: centred, uncorrelated coordinates of spread 50 and 20
+    centred = torch.randn(200, 2, generator=generator)
+    coords = torch.linalg.qr(centred - centred.mean(0)).Q * torch.tensor([50.0, 20.0])
+    rows = torch.zeros(200, 6)
+    rows[:, 1], rows[:, 4] = coords[:, 0], coords[:, 1]
+    projected = pca_project(rows + 3.0, 2, block_size=17)
+    assert torch.allclose(projected.abs(), coords.abs(), atol=1e-4)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_kmeans_gives_exactly_k_nonempty_clusters_with_duplicates(metric):
+    base = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    rows = prepare_rows(base[torch.arange(30) % 3], metric)  # only 3 distinct rows
+    for k in (1, 3, 5, 30):
+        labels = kmeans(rows, k, metric, projection_dim=None, show_progress=False)
+        assert labels.min() == 0 and labels.max() == k - 1
+        assert (torch.bincount(labels, minlength=k) > 0).all(), k
+    identical = prepare_rows(torch.ones(10, 4), metric)
+    labels = kmeans(identical, 4, metric, show_progress=False)
+    assert (torch.bincount(labels, minlength=4) > 0).all()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_kmeans_plus_plus_picks_distinct_rows_when_few_rows_are_left(metric):
+    # 100 copies of one row and a single other row; k=60 takes 2 centroids per round, so after the first
+    # round fewer rows have positive D^2 weight than a round asks for.
+    rows = torch.zeros(101, 4)
+    rows[:, 0] = 1.0
+    rows[100] = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    rows = prepare_rows(rows, metric)
+    for seed in range(120):
+        chosen = kmeans_plus_plus(rows, 60, metric, torch.Generator().manual_seed(seed))
+        assert len(chosen) == 60
+        assert len(set(chosen.tolist())) == 60, seed
+
+
+def test_kmeans_k_equal_n_gives_singletons():
+    rows, _ = planted(n=12, k=3)
+    labels = kmeans(prepare_rows(rows, "euclidean"), 12, "euclidean", show_progress=False)
+    assert sorted(labels.tolist()) == list(range(12))
+
+
+def test_kmeans_is_seeded():
+    rows = prepare_rows(torch.randn(80, 16, generator=torch.Generator().manual_seed(3)), "cosine")
+    first = kmeans(rows, 10, "cosine", seed=4, show_progress=False)
+    assert torch.equal(first, kmeans(rows, 10, "cosine", seed=4, show_progress=False))
+
+
+def test_fill_empty_clusters_moves_worst_rows_of_large_clusters():
+    labels = torch.tensor([0, 0, 0, 1, 1, 3])
+    best = torch.tensor([0.9, 0.1, 0.8, 0.5, 0.7, 0.0])
+    filled = fill_empty_clusters(labels, best, 5)
+    # cluster 2 takes row 1 (worst fit among clusters with >1 member), cluster 4 takes row 3
+    assert filled.tolist() == [0, 2, 0, 4, 1, 3]
+    assert labels.tolist() == [0, 0, 0, 1, 1, 3]  # input untouched
+
+
+# --- threshold (leader) clustering ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("metric", "threshold"), [("cosine", 0.99), ("euclidean", 0.5)])
+@pytest.mark.parametrize("block_size", [4096, 7])
+def test_threshold_recovers_planted_clusters(metric, threshold, block_size):
+    rows, expected = shuffled_planted()
+    stop = {"similarity_threshold": threshold} if metric == "cosine" else {"distance_threshold": threshold}
+    cfg = config(method="threshold", metric=metric, block_size=block_size, **stop)
+    labels = cluster_rows(prepare_rows(rows, metric), cfg, show_progress=False)
+    assert torch.equal(labels, expected)
+
+
+def _leader_invariants(rows, labels, order, metric, threshold):
+    """Every member within threshold of its leader (first visited member); no two leaders within it."""
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    leaders = []
+    for cluster in range(int(labels.max()) + 1):
+        members = (labels == cluster).nonzero().flatten()
+        assert len(members), cluster
+        leader = members[rank[members].argmin()]
+        leaders.append(int(leader))
+        if metric == "cosine":
+            assert (rows[members] @ rows[leader] >= threshold - 1e-5).all()
+        else:
+            assert ((rows[members] - rows[leader]).norm(dim=1) <= threshold + 1e-5).all()
+    leader_rows = rows[leaders]
+    if metric == "cosine":
+        gaps = leader_rows @ leader_rows.T
+        gaps.fill_diagonal_(-2.0)
+        assert (gaps < threshold + 1e-5).all()
+    else:
+        gaps = torch.cdist(leader_rows, leader_rows)
+        gaps.fill_diagonal_(float("inf"))
+        assert (gaps > threshold - 1e-5).all()
+    return leaders
+
+
+@pytest.mark.parametrize(("metric", "threshold"), [("cosine", 0.3), ("euclidean", 3.5)])
+@pytest.mark.parametrize("block_size", [1, 13, 4096])
+def test_threshold_invariant_on_random_rows(metric, threshold, block_size):
+    generator = torch.Generator().manual_seed(5)
+    rows = prepare_rows(torch.randn(150, 8, generator=generator), metric)
+    order = torch.randperm(150, generator=generator)
+    labels = leader_clustering(rows, metric, threshold, order=order, block_size=block_size, show_progress=False)
+    k = int(labels.max()) + 1
+    assert 1 < k < 150  # the threshold actually merges something and keeps some apart
+    leaders = _leader_invariants(rows, labels, order, metric, threshold)
+    # clusters are numbered in order of leader creation
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(150)
+    assert rank[leaders].tolist() == sorted(rank[leaders].tolist())
+
+
+def test_threshold_visits_frequent_rows_first():
+    # b lies between a and c: a-b and b-c are within 1.0, a-c is not.
+    rows = torch.tensor([[0.0, 0.0], [0.9, 0.0], [1.8, 0.0]])
+    cfg = config(method="threshold", metric="euclidean", distance_threshold=1.0)
+    assert cluster_rows(rows, cfg, show_progress=False).tolist() == [0, 0, 1]
+    counts = torch.tensor([1.0, 10.0, 1.0])
+    assert cluster_rows(rows, cfg, counts=counts, show_progress=False).tolist() == [0, 0, 0]
+
+
+def test_threshold_one_keeps_distinct_rows_apart():
+    rows = prepare_rows(torch.randn(40, 16, generator=torch.Generator().manual_seed(0)), "cosine")
+    labels = cluster_rows(rows, config(method="threshold", similarity_threshold=1.0), show_progress=False)
+    assert labels.tolist() == list(range(40))
+
+
+# --- agglomerative ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        {"n_clusters": 6},
+        {"n_clusters": 6, "metric": "euclidean"},
+        {"similarity_threshold": 0.99},
+        {"distance_threshold": 0.5, "metric": "euclidean"},
+    ],
+)
+def test_agglomerative_recovers_planted_clusters(stop):
+    rows, expected = shuffled_planted()
+    cfg = config(method="agglomerative", block_size=16, **stop)
+    labels = cluster_rows(prepare_rows(rows, cfg.metric), cfg, show_progress=False)
+    assert torch.equal(labels, expected)
+
+
+def _scipy_labels(rows, metric, n_clusters=None, max_distance=None):
+    hierarchy = pytest.importorskip("scipy.cluster.hierarchy")
+    tree = hierarchy.linkage(rows.double().numpy(), method="average", metric=metric)
+    if n_clusters is not None:
+        flat = hierarchy.fcluster(tree, t=n_clusters, criterion="maxclust")
+    else:
+        flat = hierarchy.fcluster(tree, t=max_distance, criterion="distance")
+    return canonical_labels(torch.as_tensor(flat))
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_agglomerative_matches_textbook_average_linkage(metric):
+    rows = prepare_rows(torch.randn(60, 5, generator=torch.Generator().manual_seed(7)), metric)
+    for k in (1, 4, 17, 59):
+        ours = canonical_labels(average_linkage(rows, metric, n_clusters=k, block_size=8, show_progress=False))
+        assert torch.equal(ours, _scipy_labels(rows, metric, n_clusters=k)), k
+    distance = 0.5 if metric == "cosine" else 1.2
+    ours = canonical_labels(average_linkage(rows, metric, max_distance=distance, show_progress=False))
+    reference = _scipy_labels(rows, metric, max_distance=distance)
+    assert 1 < int(reference.max()) + 1 < 60
+    assert torch.equal(ours, reference)
+
+
+def test_agglomerative_row_limit():
+    rows, _ = planted(n=20, k=4)
+    cfg = config(method="agglomerative", n_clusters=4, agglomerative_max_rows=19)
+    with pytest.raises(ValueError, match=r"Agglomerative clustering of 20 rows.*use method='kmeans' or 'threshold'"):
+        cluster_rows(prepare_rows(rows, "cosine"), cfg, show_progress=False)
+    cfg = config(method="agglomerative", n_clusters=4, agglomerative_max_rows=20)
+    assert int(cluster_rows(prepare_rows(rows, "cosine"), cfg, show_progress=False).max()) == 3
+
+
+# --- stopping and preparation ----------------------------------------------------------------------
+
+
+def test_target_cluster_count():
+    assert target_cluster_count(config(target_ratio=0.125), 65536) == 8192
+    assert target_cluster_count(config(target_ratio=0.3), 10) == 3
+    assert target_cluster_count(config(target_ratio=0.31), 10) == math.ceil(3.1)
+    assert target_cluster_count(config(target_ratio=0.01), 10) == 1
+    assert target_cluster_count(config(n_clusters=10), 10) == 10
+    assert target_cluster_count(config(method="threshold", similarity_threshold=0.9), 10) is None
+    with pytest.raises(ValueError, match=r"n_clusters=11 is more than the 10 selected rows; use n_clusters <= 10"):
+        target_cluster_count(config(n_clusters=11), 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_prepare_rows(dtype):
+    rows = (3 * torch.randn(5, 4)).to(dtype)
+    original = rows.clone()
+    cosine = prepare_rows(rows, "cosine")
+    assert cosine.dtype == torch.float32
+    assert torch.allclose(cosine.norm(dim=1), torch.ones(5), atol=1e-6)
+    euclidean = prepare_rows(rows, "euclidean")
+    assert torch.equal(euclidean, rows.float())
+    euclidean += 1
+    assert torch.equal(rows, original)  # a copy, never a view

@@ -1,0 +1,71 @@
+"""Shared test setup: offline Hugging Face libraries, quiet logs, few threads, tiny-model fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+from hypothesis.configuration import set_hypothesis_home_dir  # noqa: E402
+
+import hf_token_merge  # noqa: E402,F401  (registers the token_merge quantizer with transformers)
+from tests.models import build_custom, build_llama, build_qwen2, build_whisper, llasa_tokenizer  # noqa: E402
+
+torch.set_num_threads(1)  # two cores are shared; tiny models gain nothing from more threads
+
+# No example database, and hypothesis's caches outside the checkout: no .hypothesis/ folder in the repo.
+set_hypothesis_home_dir(os.path.join(tempfile.gettempdir(), "hf_token_merge_hypothesis"))
+settings.register_profile("hf_token_merge", database=None, deadline=None, derandomize=True)
+settings.load_profile("hf_token_merge")
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def llama_tied():
+    """A fresh Llasa-like tied Llama (the test may modify it)."""
+    return build_llama(tied=True)
+
+
+@pytest.fixture
+def llama_untied():
+    """A fresh Llasa-like untied Llama."""
+    return build_llama(tied=False)
+
+
+@pytest.fixture
+def qwen2():
+    """A fresh Spark-TTS-like tied Qwen2."""
+    return build_qwen2()
+
+
+@pytest.fixture
+def whisper():
+    """A fresh tiny Whisper with a planted decoder-vocabulary block."""
+    return build_whisper()
+
+
+@pytest.fixture
+def custom():
+    """A fresh model with custom layer names."""
+    return build_custom()
+
+
+@pytest.fixture(scope="session")
+def llasa_tok():
+    """The Llasa-like tokenizer (read-only)."""
+    return llasa_tokenizer()
