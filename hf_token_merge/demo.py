@@ -75,7 +75,11 @@ def main() -> None:
         model.save_pretrained(os.path.join(workdir, "merged"))
         reloaded = AutoModelForCausalLM.from_pretrained(os.path.join(workdir, "merged")).eval()
         with torch.no_grad():
-            text_after, speech_after, speech_reloaded = model(text).logits, model(speech).logits, reloaded(speech).logits
+            text_after, speech_after, speech_reloaded = (
+                model(text).logits,
+                model(speech).logits,
+                reloaded(speech).logits,
+            )
         disk_before = folder_bytes(os.path.join(workdir, "original"))
         disk_after = folder_bytes(os.path.join(workdir, "merged"))
 

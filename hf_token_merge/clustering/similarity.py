@@ -7,17 +7,19 @@ from collections.abc import Iterator
 import torch
 
 
-def prepare_rows(rows: torch.Tensor, metric: str) -> torch.Tensor:
-    """Return a float32 copy of `rows` ready for scoring: unit-norm rows for cosine.
+def prepare_rows(rows: torch.Tensor, metric: str, copy: bool = True) -> torch.Tensor:
+    """Return float32 rows ready for scoring: unit-norm rows for cosine.
 
     Args:
         rows: `(n, d)` weights of any floating dtype, on any device.
         metric: "cosine" or "euclidean".
+        copy: Copy even when `rows` is float32 already. Pass False only for a tensor the caller owns
+            (such as the result of an index), which is then normalised in place to save a copy.
 
     Returns:
-        A new `(n, d)` float32 tensor on the same device.
+        An `(n, d)` float32 tensor on the same device.
     """
-    prepared = rows.detach().to(dtype=torch.float32, copy=True)
+    prepared = rows.detach().to(dtype=torch.float32, copy=copy)
     if metric == "cosine":
         prepared.div_(prepared.norm(dim=1, keepdim=True).clamp_min_(1e-12))
     return prepared

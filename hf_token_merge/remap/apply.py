@@ -86,9 +86,13 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     return parameters, size
 
 
-def _merge_rows(weight: torch.Tensor, plan: MergePlan, source_ids: torch.Tensor | None = None) -> torch.Tensor:
-    """Build the merged table for one side (input rows, output rows or a bias) of the model."""
-    rule = plan.config.merge_rule
+def _merge_rows(
+    weight: torch.Tensor, plan: MergePlan, source_ids: torch.Tensor | None = None, block_size: int = 8192
+) -> torch.Tensor:
+    """Build the merged table for one side (input rows, output rows or a bias) of the model.
+
+    Rows are copied and summed block by block, so the only large allocation is the merged table itself.
+    """
     device = weight.device
     if source_ids is not None:  # untied dropped head: just the unselected rows, in order
         return weight[source_ids.to(device)].clone()
@@ -96,16 +100,23 @@ def _merge_rows(weight: torch.Tensor, plan: MergePlan, source_ids: torch.Tensor 
     unselected = torch.ones(plan.vocab_size, dtype=torch.bool)
     unselected[plan.selected_ids] = False
     keep = unselected.nonzero().flatten()
-    merged[plan.old_to_new[keep].to(device)] = weight[keep.to(device)]
-    labels = plan.cluster_of_selected.to(device)
+    for part in range(0, keep.numel(), block_size):
+        ids = keep[part : part + block_size]
+        merged[plan.old_to_new[ids].to(device)] = weight[ids.to(device)]
+
+    rule = plan.config.merge_rule
     if rule == "medoid":
         merged[plan.cluster_rows.to(device)] = weight[plan.medoid_ids.to(device)]
         return merged
-    member_rows = weight[plan.selected_ids.to(device)].to(torch.float32)
-    shares = plan.member_weights.to(device) if rule == "weighted_mean" else 1.0 / plan.cluster_sizes.to(device)[labels]
-    shape = (-1,) + (1,) * (member_rows.dim() - 1)
+    labels = plan.cluster_of_selected.to(device)
+    shares = plan.member_weights if rule == "weighted_mean" else 1.0 / plan.cluster_sizes[plan.cluster_of_selected]
+    shares = shares.to(device=device, dtype=torch.float32)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
     sums = torch.zeros((plan.num_clusters, *weight.shape[1:]), dtype=torch.float32, device=device)
-    sums.index_add_(0, labels, member_rows * shares.to(torch.float32).view(shape))
+    for part in range(0, plan.selected_ids.numel(), block_size):
+        ids = plan.selected_ids[part : part + block_size].to(device)
+        rows = weight[ids].to(torch.float32).mul_(shares[part : part + block_size].view(shape))
+        sums.index_add_(0, labels[part : part + block_size], rows)
     merged[plan.cluster_rows.to(device)] = sums.to(weight.dtype)
     return merged
 

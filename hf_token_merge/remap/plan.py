@@ -174,7 +174,8 @@ def _atomic_write(directory: str | os.PathLike, name: str, write) -> None:
 
 def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
     def side(weight: torch.Tensor) -> torch.Tensor:
-        return prepare_rows(weight[selected.to(weight.device)], config.metric)
+        # indexing already copies, so the rows can be prepared in place: one copy of the block, not two
+        return prepare_rows(weight[selected.to(weight.device)], config.metric, copy=False)
 
     if config.similarity_source == "input":
         return side(pair.input_module.weight)
@@ -186,6 +187,22 @@ def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> 
     if config.metric == "cosine":  # the cosine of the joined unit halves is the mean of the two cosines
         both /= math.sqrt(2.0)
     return both
+
+
+def _fit_to_merged_row(rows: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor, config: TokenMergeConfig):
+    """Similarity (cosine) or distance (euclidean) of every row to its cluster's mean, block by block."""
+    k = sizes.numel()
+    centroids = torch.zeros(k, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, labels, rows)
+    centroids /= sizes.to(rows.dtype)[:, None]
+    fit = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    for part in range(0, rows.shape[0], config.block_size):
+        block, centre = rows[part : part + config.block_size], centroids[labels[part : part + config.block_size]]
+        if config.metric == "cosine":
+            fit[part : part + config.block_size] = torch.nn.functional.cosine_similarity(block, centre, dim=1)
+        else:
+            fit[part : part + config.block_size] = (block - centre).norm(dim=1)
+    name = "cosine_to_merged_row" if config.metric == "cosine" else "distance_to_merged_row"
+    return fit, name
 
 
 def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, block_size: int) -> torch.Tensor:
@@ -292,16 +309,7 @@ def plan_token_merge(
 
     medoids = selected[_medoids(rows, labels.to(rows.device), k, config.metric, config.block_size).cpu()]
 
-    centroids = (
-        torch.zeros(k, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, labels.to(rows.device), rows)
-        / sizes.to(rows.device, rows.dtype)[:, None]
-    )
-    if config.metric == "cosine":
-        fit = torch.nn.functional.cosine_similarity(rows, centroids[labels.to(rows.device)], dim=1)
-        fit_name = "cosine_to_merged_row"
-    else:
-        fit = (rows - centroids[labels.to(rows.device)]).norm(dim=1)
-        fit_name = "distance_to_merged_row"
+    fit, fit_name = _fit_to_merged_row(rows, labels.to(rows.device), sizes.to(rows.device), config)
     in_clusters = sizes[labels] > 1
     statistics = {
         "vocab_size": vocab_size,
