@@ -24,6 +24,16 @@ from hf_token_merge.selection import protected_token_ids, select_token_ids
 
 PLAN_TENSORS_NAME = "token_merge_plan.safetensors"
 PLAN_META_NAME = "token_merge_plan.json"
+PLAN_TENSOR_FIELDS = (
+    "selected_ids",
+    "cluster_of_selected",
+    "old_to_new",
+    "cluster_rows",
+    "representative_ids",
+    "medoid_ids",
+    "member_weights",
+    "member_log_share",
+)
 
 
 @dataclass
@@ -114,19 +124,7 @@ class MergePlan:
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
         """Write the plan as safetensors (maps) plus JSON (config, statistics), each atomically."""
         os.makedirs(save_directory, exist_ok=True)
-        tensors = {
-            name: getattr(self, name).contiguous()
-            for name in (
-                "selected_ids",
-                "cluster_of_selected",
-                "old_to_new",
-                "cluster_rows",
-                "representative_ids",
-                "medoid_ids",
-                "member_weights",
-                "member_log_share",
-            )
-        }
+        tensors = {name: getattr(self, name).contiguous() for name in PLAN_TENSOR_FIELDS}
         meta = {
             "config": self.config.to_dict(),
             "vocab_size": self.vocab_size,

@@ -21,6 +21,7 @@ from hf_token_merge import (
     apply_token_merge,
     plan_token_merge,
 )
+from hf_token_merge.remap.plan import PLAN_TENSOR_FIELDS
 from tests.models import build_llama, build_qwen2, build_whisper, logits_of, sample_ids
 
 WEIGHTS = "model.safetensors"
@@ -175,16 +176,7 @@ def test_plan_round_trip(tmp_path):
     assert loaded.config == plan.config
     assert (loaded.vocab_size, loaded.tied) == (plan.vocab_size, plan.tied)
     assert loaded.statistics == plan.statistics
-    for name in (
-        "selected_ids",
-        "cluster_of_selected",
-        "old_to_new",
-        "cluster_rows",
-        "representative_ids",
-        "medoid_ids",
-        "member_weights",
-        "member_log_share",
-    ):
+    for name in PLAN_TENSOR_FIELDS:
         original, restored = getattr(plan, name), getattr(loaded, name)
         assert restored.dtype == original.dtype, name
         assert torch.equal(restored, original), name
