@@ -101,6 +101,20 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
             "with the final settings, or reload it first."
         )
     _check_module(input_module, input_name, nn.Embedding)
+    aliases = [
+        name
+        for name, module in model.named_modules(remove_duplicate=False)
+        if name != input_name
+        and isinstance(module, nn.Embedding)
+        and (module is input_module or module.weight is input_module.weight)
+    ]
+    if aliases:
+        raise ValueError(
+            f"The input embedding {input_name!r} is also used as {aliases} (same module or weight); "
+            "hf_token_merge rewrites one embedding module, so those would stay unmerged and the saved checkpoint "
+            "would not reload. Models that reuse one embedding at several paths (T5-style shared embeddings) "
+            "are not supported."
+        )
 
     if config.output_embedding_name is not None:
         output_name = config.output_embedding_name
