@@ -687,6 +687,20 @@ def test_refuse_integer_weights(llama_untied):
     _refuse(llama_untied, r"model.embed_tokens.weight has dtype torch.int8; merge the unquantized model")
 
 
+def test_refuse_embedding_shared_across_paths():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(vocab_size=64, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval()
+    bundle = Bundle(model, None, torch.arange(10, 40), 5, (10, 40))
+    # encoder/decoder embed_tokens reuse `shared`'s weight: merging only `shared` would leave them full-size
+    _refuse(bundle, r"input embedding 'shared' is also used as \['encoder.embed_tokens', 'decoder.embed_tokens'\]")
+    # the same embedding module registered at a second path is refused too
+    llama = build_llama()
+    llama.model.extra_embedding = llama.model.model.embed_tokens
+    _refuse(llama, r"'model.embed_tokens' is also used as \['extra_embedding'\]")
+
+
 def test_refuse_quantized_model(llama_tied):
     llama_tied.model.config.quantization_config = {"quant_method": "bitsandbytes"}
     _refuse(llama_tied, r"This model is quantized \(bitsandbytes\); merge the unquantized model first")
