@@ -176,6 +176,8 @@ def test_plan_round_trip(tmp_path):
     assert loaded.config == plan.config
     assert (loaded.vocab_size, loaded.tied) == (plan.vocab_size, plan.tied)
     assert loaded.statistics == plan.statistics
+    tensor_fields = {f.name for f in dataclasses.fields(plan) if isinstance(getattr(plan, f.name), torch.Tensor)}
+    assert set(PLAN_TENSOR_FIELDS) == tensor_fields  # every tensor of the plan is saved
     for name in PLAN_TENSOR_FIELDS:
         original, restored = getattr(plan, name), getattr(loaded, name)
         assert restored.dtype == original.dtype, name
