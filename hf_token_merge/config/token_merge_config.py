@@ -133,7 +133,7 @@ class TokenMergeConfig:
         default=False,
         metadata={
             "help": "Return logits over the merged rows instead of the original vocabulary (faster; "
-            "`generate()` and `labels=` then need merged ids)."
+            "`generate()` and `labels=` then need merged ids). Needs lm_head='merge'."
         },
     )
     # --- numerics ---------------------------------------------------------------------------------
@@ -187,8 +187,13 @@ class TokenMergeConfig:
         self._validate_selection()
         self._validate_stopping()
 
-        if self.lm_head == "keep" and self.compact_logits:
-            raise ValueError("compact_logits=True needs a merged LM head; use lm_head='merge' or 'drop'.")
+        if self.compact_logits and self.lm_head != "merge":
+            # A kept head has no merged rows; a dropped head's rows are not the embedding's rows, so compact
+            # ids could not be fed back into the model.
+            raise ValueError(
+                f"compact_logits=True needs lm_head='merge' (got {self.lm_head!r}): only then is compact id r the "
+                "merged embedding row r. Use compact_logits=False."
+            )
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
         if not 0.0 <= self.tol < 1.0:

@@ -29,11 +29,16 @@ def protected_token_ids(tokenizer: Any = None, *configs: Any) -> set[int]:
         *configs: Model configs or generation configs whose bos/eos/pad/decoder-start ids are protected.
 
     Returns:
-        The protected ids: the tokenizer's special ids plus every id the configs name.
+        The protected ids: the tokenizer's special ids, its added tokens flagged special, and every id the
+        configs name.
     """
     protected: set[int] = set()
     if tokenizer is not None:
         protected.update(int(i) for i in tokenizer.all_special_ids if i is not None)
+        # transformers 5 lists only bos/eos/pad/unk there; markers such as <|SPEECH_GENERATION_START|> are
+        # added tokens flagged special, and merging them would break the prompt format just the same.
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        protected.update(int(i) for i, token in added.items() if getattr(token, "special", False))
     for config in configs:
         if config is None:
             continue

@@ -22,7 +22,7 @@ NON_DEFAULT = {
     "distance_threshold": 0.25,
     "similarity_source": "both",
     "merge_rule": "medoid",
-    "lm_head": "drop",
+    "lm_head": "merge",  # the default, but compact_logits=True requires it
     "logit_correction": "frequency",
     "compact_logits": True,
     "seed": 7,
@@ -43,7 +43,7 @@ def test_non_default_example_covers_every_field():
     assert set(NON_DEFAULT) | other_stops == {f.name for f in fields(TokenMergeConfig)}
     defaults = TokenMergeConfig(token_ids=[1], n_clusters=1)
     for name, value in NON_DEFAULT.items():
-        if name not in ("token_ids",):
+        if name not in ("token_ids", "lm_head"):
             assert getattr(defaults, name) != value, f"{name} example equals its default"
 
 
@@ -143,7 +143,7 @@ def test_token_ids_are_normalised_to_ints():
         ({"token_ids": [1], "n_clusters": 1, "logit_correction": "x"}, "logit_correction='x' is not supported"),
         (
             {"token_ids": [1], "n_clusters": 1, "lm_head": "keep", "compact_logits": True},
-            "compact_logits=True needs a merged LM head",
+            "compact_logits=True needs lm_head=.merge.",
         ),
         ({"token_ids": [1], "n_clusters": 1, "max_iter": 0}, "max_iter must be >= 1"),
         ({"token_ids": [1], "n_clusters": 1, "tol": 1.0}, r"tol must lie in \[0, 1\)"),

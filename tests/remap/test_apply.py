@@ -491,24 +491,12 @@ def test_lm_head_drop_keeps_the_bias_of_kept_rows(custom):
     assert torch.isneginf(logits[..., plan.selected_ids]).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library: with lm_head='drop' on an untied model the compact head has one row per kept id, numbered "
-    "differently from the merged embedding rows, so compact_logits ids cannot be fed back (generate)",
-)
-def test_compact_ids_of_untied_dropped_head_match_embedding_rows():
-    full, compact = build_llama(tied=False), build_llama(tied=False)
-    plan = merge(full, lm_head="drop").plan
-    apply_token_merge(
-        compact.model, dataclasses.replace(plan, config=dataclasses.replace(plan.config, compact_logits=True))
-    )
-    ids = sample_ids(full)
-    keep = unselected_ids(plan)
-    # compact id r must mean the token the merged embedding reads at row r
-    compact_logits = logits_of(compact.model, ids)
-    assert compact_logits.shape[-1] == plan.num_rows, "compact head rows are not the merged embedding rows"
-    assert torch.equal(compact_logits[..., plan.old_to_new[keep]], logits_of(full.model, ids)[..., keep])
+@pytest.mark.parametrize("lm_head", ["drop", "keep"])
+def test_compact_logits_need_a_merged_head(lm_head):
+    # a dropped untied head has one row per kept id, numbered unlike the merged embedding rows, so compact ids
+    # could not be fed back; a kept head has no merged rows at all
+    with pytest.raises(ValueError, match=r"compact_logits=True needs lm_head='merge'"):
+        TokenMergeConfig(token_id_range=(0, 4), n_clusters=2, lm_head=lm_head, compact_logits=True)
 
 
 def test_lm_head_keep_untied(llama_untied):

@@ -121,6 +121,18 @@ def test_special_tokens_are_refused_unless_allowed(llasa_tok):
     assert allowed.tolist() == [bos, speech[0], speech[1], speech[2]]
 
 
+def test_added_special_markers_are_protected(llasa_tok):
+    # <|SPEECH_GENERATION_START|> and friends are added tokens flagged special, not bos/eos/pad/unk
+    markers = llasa_tok.convert_tokens_to_ids(["<|TEXT_UNDERSTANDING_START|>", "<|SPEECH_GENERATION_END|>"])
+    protected = protected_token_ids(llasa_tok)
+    assert set(markers) <= protected
+    first_speech = _speech_ids(llasa_tok)[0]
+    with pytest.raises(ValueError, match=r"special tokens .*\(\d+ in all\)"):
+        _select(llasa_tok, protected=protected, token_id_range=(markers[0], first_speech + 4))
+    # the Llasa preset never touches them
+    assert not set(_select(llasa_tok, protected=protected, preset="llasa").tolist()) & protected
+
+
 @pytest.mark.parametrize(
     ("preset", "positive", "negatives"),
     [
