@@ -8,7 +8,7 @@ so a fresh machine needs no download. `data/librivox_sonnets/README.md` says how
 
 How the readings are cut. Each sonnet is read as its number ("One", "Two", "Three") followed by its
 14 lines, so it falls into four utterances: heading + quatrain 1 (lines 1-4), quatrain 2 (lines 5-8),
-quatrain 3 (lines 9-12) and the couplet (lines 13-14), 9 to 17 s each. Every cut is the midpoint of the
+quatrain 3 (lines 9-12) and the couplet (lines 13-14), 7.4 to 16.7 s each. Every cut is the midpoint of the
 reader's pause after the quatrain's last line: frames of 25 ms every 10 ms whose RMS level is below
 the recording's 5th-percentile level + 8 dB are silent, and runs of at least 0.3 s are pauses
 (`find_pauses`). To tell which pause ends which line, the pieces between consecutive pauses were
