@@ -74,8 +74,12 @@ def transcribe(
     texts: list[str] = []
     for start in range(0, len(audios), batch_size):
         batch = list(audios[start : start + batch_size])
-        features = processor.feature_extractor(batch, sampling_rate=sampling_rate, return_tensors="pt")
+        features = processor.feature_extractor(
+            batch, sampling_rate=sampling_rate, return_tensors="pt", return_attention_mask=True
+        )
         input_features = features.input_features.to(device=model.device, dtype=model.dtype)
-        token_ids = model.generate(input_features, num_beams=1, do_sample=False)
+        # The mask only marks padded audio frames; passing it keeps generate() from guessing one.
+        mask = features.attention_mask.to(model.device)
+        token_ids = model.generate(input_features, attention_mask=mask, num_beams=1, do_sample=False)
         texts.extend(text.strip() for text in processor.batch_decode(token_ids, skip_special_tokens=True))
     return texts
