@@ -42,6 +42,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clusters", type=int, default=8192)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument(
+        "--no-reuse-storage",
+        action="store_true",
+        help="allocate new merged tables (memory shrinks at once; higher peak) instead of reusing the original storage",
+    )
     args = parser.parse_args()
 
     model = build_llasa_shaped_model(args.layers)
@@ -52,7 +57,7 @@ def main() -> None:
     config = TokenMergeConfig(token_id_range=SPEECH_RANGE, n_clusters=args.clusters)
     reset_peak_rss()
     start = time.perf_counter()
-    result = apply_token_merge(model, config)
+    result = apply_token_merge(model, config, reuse_storage=not args.no_reuse_storage)
     seconds = time.perf_counter() - start
     peak = peak_rss_bytes()
 

@@ -134,9 +134,7 @@ def read_reading(reading: str, folder: Path | None = None) -> np.ndarray:
     folder = folder or data_dir()
     samples, sampling_rate = soundfile.read(folder / f"{reading}.flac", dtype="int16")
     if sampling_rate != SAMPLING_RATE or samples.ndim != 1:
-        raise ValueError(
-            f"{reading}.flac must be 16 kHz mono; got {sampling_rate} Hz, shape {samples.shape}."
-        )
+        raise ValueError(f"{reading}.flac must be 16 kHz mono; got {sampling_rate} Hz, shape {samples.shape}.")
     return samples
 
 

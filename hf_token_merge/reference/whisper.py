@@ -227,9 +227,7 @@ def ctranslate2_to_whisper_state_dict(ct2: CTranslate2Model, config: WhisperConf
     return out
 
 
-def whisper_model_from_ctranslate2(
-    ct2: CTranslate2Model, config: WhisperConfig
-) -> WhisperForConditionalGeneration:
+def whisper_model_from_ctranslate2(ct2: CTranslate2Model, config: WhisperConfig) -> WhisperForConditionalGeneration:
     """Build a `WhisperForConditionalGeneration` that holds the CTranslate2 weights.
 
     Args:

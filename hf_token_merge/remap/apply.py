@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,27 +87,36 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     return parameters, size
 
 
-def _merge_rows(
-    weight: torch.Tensor, plan: MergePlan, source_ids: torch.Tensor | None = None, block_size: int = 8192
+def _merged_rows(
+    weight: torch.Tensor, plan: MergePlan, start: int, source_ids: torch.Tensor | None = None, block_size: int = 8192
 ) -> torch.Tensor:
-    """Build the merged table for one side (input rows, output rows or a bias) of the model.
+    """Rows `[start, end)` of the merged table for one side (input rows, output rows or a bias).
 
-    Rows are copied and summed block by block, so the only large allocation is the merged table itself.
+    Rows are copied and summed block by block, so the only large allocation is the result itself.
+
+    Args:
+        weight: The original table.
+        plan: The merge plan.
+        start: First merged row to build; rows before it equal the original rows at the same index.
+        source_ids: For an untied dropped head, the original id behind each head row.
+        block_size: Rows per block.
     """
     device = weight.device
-    if source_ids is not None:  # untied dropped head: just the unselected rows, in order
-        return weight[source_ids.to(device)].clone()
-    merged = torch.empty((plan.num_rows, *weight.shape[1:]), dtype=weight.dtype, device=device)
+    if source_ids is not None:  # untied dropped head: the unselected rows, in order
+        return weight[source_ids[start:].to(device)].clone()
+    merged = torch.empty((plan.num_rows - start, *weight.shape[1:]), dtype=weight.dtype, device=device)
     unselected = torch.ones(plan.vocab_size, dtype=torch.bool)
     unselected[plan.selected_ids] = False
+    unselected[:start] = False
     keep = unselected.nonzero().flatten()
     for part in range(0, keep.numel(), block_size):
         ids = keep[part : part + block_size]
-        merged[plan.old_to_new[ids].to(device)] = weight[ids.to(device)]
+        merged[(plan.old_to_new[ids] - start).to(device)] = weight[ids.to(device)]
 
+    cluster_rows = (plan.cluster_rows - start).to(device)
     rule = plan.config.merge_rule
     if rule == "medoid":
-        merged[plan.cluster_rows.to(device)] = weight[plan.medoid_ids.to(device)]
+        merged[cluster_rows] = weight[plan.medoid_ids.to(device)]
         return merged
     labels = plan.cluster_of_selected.to(device)
     shares = plan.member_weights if rule == "weighted_mean" else 1.0 / plan.cluster_sizes[plan.cluster_of_selected]
@@ -117,8 +127,35 @@ def _merge_rows(
         ids = plan.selected_ids[part : part + block_size].to(device)
         rows = weight[ids].to(torch.float32).mul_(shares[part : part + block_size].view(shape))
         sums.index_add_(0, labels[part : part + block_size], rows)
-    merged[plan.cluster_rows.to(device)] = sums.to(weight.dtype)
+    merged[cluster_rows] = sums.to(weight.dtype)
     return merged
+
+
+@dataclass
+class _Table:
+    """A merged table ready to install: `tensor` is what the new module holds; `finish` completes it.
+
+    With storage reuse, `tensor` is a view of the first rows of the original storage and `finish` writes
+    the merged tail into it; it runs only after the modules are swapped in, as the last step.
+    """
+
+    tensor: torch.Tensor
+    finish: Callable[[], None]
+
+
+def _merged_table(
+    weight: torch.Tensor, plan: MergePlan, rows: int, reuse_storage: bool, source_ids: torch.Tensor | None = None
+) -> _Table:
+    # Rows below the smallest selected id keep their index (compact ordering), so they can stay where they are.
+    start = min(int(plan.selected_ids[0]), rows) if reuse_storage else 0
+    tail = _merged_rows(weight, plan, start, source_ids)
+    if not reuse_storage:
+        return _Table(tail, lambda: None)
+
+    def finish() -> None:
+        weight[start:rows].copy_(tail)
+
+    return _Table(weight[:rows], finish)
 
 
 def _check_plan_fits(plan: MergePlan, pair: EmbeddingPair) -> None:
@@ -154,6 +191,7 @@ def apply_token_merge(
     *,
     tokenizer: Any = None,
     token_counts: torch.Tensor | None = None,
+    reuse_storage: bool = True,
     show_progress: bool = True,
 ) -> MergeResult:
     """Merge token rows of `model` in place.
@@ -168,6 +206,12 @@ def apply_token_merge(
         config_or_plan: A `TokenMergeConfig` (planned here) or a `MergePlan` from `plan_token_merge`.
         tokenizer: Needed for regex/preset selections when a config is given.
         token_counts: Calibration counts for `weighted_mean`/`frequency` when a config is given.
+        reuse_storage: Build the merged tables inside the original weight storage (rows below the first merged
+            id stay where they are, only the merged tail is written). Peak memory then grows by little more
+            than the selected block, but the process keeps the original allocation until the model is saved
+            and reloaded or moved (`.to()`). With False, new tables are allocated and the original storage is
+            freed: memory shrinks at once, at the cost of a peak of model + merged tables. Either way, tensors
+            of the original embedding that the caller still holds must not be used afterwards.
         show_progress: Show tqdm progress bars while planning.
 
     Returns:
@@ -189,41 +233,44 @@ def apply_token_merge(
     # Build everything first; the model is untouched until the swap below.
     old_embedding = pair.input_module
     padding_idx = old_embedding.padding_idx
+    with torch.no_grad():
+        embedding_table = _merged_table(old_embedding.weight.detach(), plan, plan.num_rows, reuse_storage)
     new_embedding = MergedEmbedding(
         plan.num_rows,
         old_embedding.embedding_dim,
         plan.vocab_size,
         padding_idx=int(plan.old_to_new[padding_idx]) if padding_idx is not None else None,
-        device=old_embedding.weight.device,
-        dtype=old_embedding.weight.dtype,
+        weight=embedding_table.tensor,
     )
-    with torch.no_grad():
-        new_embedding.weight.copy_(_merge_rows(old_embedding.weight.detach(), plan))
-        new_embedding.index_map.copy_(plan.old_to_new)
+    new_embedding.index_map.copy_(plan.old_to_new)
     new_embedding.weight.requires_grad_(old_embedding.weight.requires_grad)
+    tables = [embedding_table]
 
     new_head = None
     if config.lm_head != "keep" and pair.output_module is not None:
         old_head = pair.output_module
         head_rows, head_index, head_offset = plan.head_layout()
+        source_ids = plan.head_source_ids()
+        head_weight = new_embedding.weight
+        if not pair.tied:
+            with torch.no_grad():
+                head_table = _merged_table(old_head.weight.detach(), plan, head_rows, reuse_storage, source_ids)
+            tables.append(head_table)
+            head_weight = nn.Parameter(head_table.tensor, requires_grad=old_head.weight.requires_grad)
+        bias = None
+        if old_head.bias is not None:  # small: always a new tensor
+            with torch.no_grad():
+                bias = _merged_rows(old_head.bias.detach(), plan, 0, source_ids)
         new_head = MergedLMHead(
             head_rows,
             old_head.in_features,
             plan.vocab_size,
-            bias=old_head.bias is not None,
             compact_logits=config.compact_logits,
-            device=old_head.weight.device,
-            dtype=old_head.weight.dtype,
+            weight=head_weight,
+            bias=bias,
         )
+        new_head.index_map.copy_(head_index)
         with torch.no_grad():
-            if pair.tied:
-                new_head.weight = new_embedding.weight
-            else:
-                new_head.weight.copy_(_merge_rows(old_head.weight.detach(), plan, plan.head_source_ids()))
-                new_head.weight.requires_grad_(old_head.weight.requires_grad)
-            if old_head.bias is not None:
-                new_head.bias.copy_(_merge_rows(old_head.bias.detach(), plan, plan.head_source_ids()))
-            new_head.index_map.copy_(head_index)
             new_head.logit_offset.copy_(head_offset)
 
     from hf_token_merge.serialization.quantizer import TokenMergeQuantizationConfig
@@ -241,6 +288,9 @@ def apply_token_merge(
         for name, old in reversed(swapped):
             _swap(model, name, old)
         raise
+    with torch.no_grad():
+        for table in tables:  # the one step that writes into original storage, after nothing else can fail
+            table.finish()
 
     parameters_after, bytes_after = model_size(model)
     return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)

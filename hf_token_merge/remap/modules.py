@@ -19,8 +19,9 @@ class MergedEmbedding(nn.Embedding):
         embedding_dim: Hidden size.
         vocab_size: Size of the original id space (length of `index_map`).
         padding_idx: Merged row of the padding token, if any.
-        device: Where to allocate.
-        dtype: Weight dtype.
+        weight: The merged table (a tensor or Parameter); None allocates an empty one on `device`.
+        device: Where to allocate when `weight` is None.
+        dtype: Weight dtype when `weight` is None.
     """
 
     def __init__(
@@ -29,17 +30,15 @@ class MergedEmbedding(nn.Embedding):
         embedding_dim: int,
         vocab_size: int,
         padding_idx: int | None = None,
+        weight: torch.Tensor | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__(
-            num_rows,
-            embedding_dim,
-            padding_idx=padding_idx,
-            _weight=torch.empty(num_rows, embedding_dim, device=device, dtype=dtype),
-        )
+        if weight is None:
+            weight = torch.empty(num_rows, embedding_dim, device=device, dtype=dtype)
+        super().__init__(num_rows, embedding_dim, padding_idx=padding_idx, _weight=weight)
         self.vocab_size = vocab_size
-        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=device))
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=weight.device))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(
@@ -67,10 +66,12 @@ class MergedLMHead(nn.Linear):
         num_rows: Rows of the merged head.
         in_features: Hidden size.
         vocab_size: Size of the original id space.
-        bias: Whether the head has a bias.
+        bias: The merged bias, True for an empty one, or False/None for none.
         compact_logits: Return merged-row logits.
-        device: Where to allocate.
-        dtype: Weight dtype.
+        weight: The merged rows (a Parameter is used as is, so a tied embedding weight stays shared);
+            None allocates an empty one on `device`.
+        device: Where to allocate when `weight` is None.
+        dtype: Weight dtype when `weight` is None.
     """
 
     def __init__(
@@ -78,20 +79,25 @@ class MergedLMHead(nn.Linear):
         num_rows: int,
         in_features: int,
         vocab_size: int,
-        bias: bool = False,
+        bias: bool | torch.Tensor | None = False,
         compact_logits: bool = False,
+        weight: torch.Tensor | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        nn.Module.__init__(self)  # skip nn.Linear's random init: every row is overwritten by the merge
+        nn.Module.__init__(self)  # skip nn.Linear's random init: every row comes from the merge or a checkpoint
+        if weight is None:
+            weight = torch.empty(num_rows, in_features, device=device, dtype=dtype)
         self.in_features = in_features
         self.out_features = num_rows
-        self.weight = nn.Parameter(torch.empty(num_rows, in_features, device=device, dtype=dtype))
-        self.bias = nn.Parameter(torch.empty(num_rows, device=device, dtype=dtype)) if bias else None
+        self.weight = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
+        if bias is True:
+            bias = torch.empty(num_rows, device=weight.device, dtype=weight.dtype)
+        self.bias = nn.Parameter(bias) if isinstance(bias, torch.Tensor) else None
         self.vocab_size = vocab_size
         self.compact_logits = compact_logits
-        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=device))
-        self.register_buffer("logit_offset", torch.zeros(vocab_size, device=device, dtype=dtype))
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=weight.device))
+        self.register_buffer("logit_offset", torch.zeros(vocab_size, device=weight.device, dtype=weight.dtype))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         logits = F.linear(hidden_states, self.weight, self.bias)

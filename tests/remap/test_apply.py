@@ -880,3 +880,37 @@ def test_count_tokens():
 def test_count_tokens_rejects_out_of_range_ids(bad):
     with pytest.raises(ValueError, match=r"calibration ids must lie in \[0, 5\)"):
         count_tokens(bad, 5)
+
+
+# --- storage reuse -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("builder_kwargs", [{"tied": True}, {"tied": False}], ids=["tied", "untied"])
+@pytest.mark.parametrize("lm_head", ["merge", "drop"])
+def test_reuse_storage_gives_the_same_model_inside_the_original_allocation(builder_kwargs, lm_head):
+    reused, fresh = build_llama(**builder_kwargs), build_llama(**builder_kwargs)
+    original_pointer = embedding(reused.model).weight.data_ptr()
+    plan = merge(reused, lm_head=lm_head).plan
+    apply_token_merge(fresh.model, plan, reuse_storage=False)
+
+    assert embedding(reused.model).weight.data_ptr() == original_pointer  # no new table was allocated
+    assert embedding(fresh.model).weight.data_ptr() != original_pointer
+    for name, tensor in fresh.model.state_dict().items():
+        assert torch.equal(reused.model.state_dict()[name], tensor), name
+    ids = sample_ids(reused)
+    assert torch.equal(logits_of(reused.model, ids), logits_of(fresh.model, ids))
+
+
+def test_without_reuse_the_original_tensors_are_left_intact(llama_untied):
+    old_embedding = embedding(llama_untied.model).weight
+    old_head = head(llama_untied.model).weight
+    before = old_embedding.detach().clone(), old_head.detach().clone()
+    apply_token_merge(
+        llama_untied.model,
+        merge_config(llama_untied),
+        tokenizer=llama_untied.tokenizer,
+        reuse_storage=False,
+        show_progress=False,
+    )
+    assert torch.equal(old_embedding, before[0])
+    assert torch.equal(old_head, before[1])
