@@ -24,7 +24,9 @@ class MergeResult:
         parameters_before: Parameters of the model before (tied tensors counted once).
         parameters_after: Parameters after.
         bytes_before: Bytes of parameters and buffers before.
-        bytes_after: Bytes after (index maps included).
+        bytes_after: Bytes the merged model's tensors need (index maps included), which is what
+            `save_pretrained` writes. With `reuse_storage=True` the process keeps the original allocation until
+            the model is saved and reloaded or moved with `.to()`.
     """
 
     plan: MergePlan
