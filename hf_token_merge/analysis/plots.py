@@ -1,0 +1,82 @@
+"""Figures of a redundancy report, drawn headless with matplotlib's Agg backend and saved as PNG."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(figure, path: str) -> str:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def histogram(values: torch.Tensor, title: str, xlabel: str, path: str) -> str:
+    """A histogram of `values` with its median marked."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    axis.hist(values.double().numpy(), bins=100, color="#3b75af")  # float64 edges: tight ranges happen
+    axis.axvline(float(values.median()), color="#d62728", linestyle="--", label=f"median {float(values.median()):.3f}")
+    axis.set(title=title, xlabel=xlabel, ylabel="count")
+    axis.legend()
+    return _save(figure, path)
+
+
+def threshold_curve(curve: list[tuple[float, int]], rows: int, xlabel: str, path: str) -> str:
+    """Rows left after merging at each threshold."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    thresholds, clusters = zip(*curve, strict=True)
+    axis.plot(thresholds, [c / rows for c in clusters], marker="o", color="#2ca02c")
+    axis.set(title="How much could merge", xlabel=xlabel, ylabel="rows kept / rows selected", ylim=(0, 1.05))
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def spectrum(ratios: torch.Tensor, path: str) -> str:
+    """Explained variance per principal component and cumulated."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    index = torch.arange(1, len(ratios) + 1).numpy()
+    axis.semilogy(index, ratios.clamp_min(1e-12).numpy(), color="#3b75af", label="per component")
+    twin = axis.twinx()
+    twin.plot(index, ratios.cumsum(0).numpy(), color="#ff7f0e", label="cumulative")
+    twin.set_ylim(0, 1.02)
+    axis.set(title="PCA spectrum of the selected rows", xlabel="component", ylabel="explained variance ratio")
+    twin.set_ylabel("cumulative")
+    return _save(figure, path)
+
+
+def layer_similarity(adjacent: list[float], path: str) -> str:
+    """Mean cosine of adjacent speech positions at every layer."""
+    figure, axis = plt.subplots(figsize=(6, 3.6))
+    axis.plot(range(len(adjacent)), adjacent, marker="o", color="#9467bd")
+    axis.set(title="Adjacent speech-token similarity by layer", xlabel="layer (0 = embeddings)", ylabel="mean cosine")
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def cka(matrix: torch.Tensor, path: str) -> str:
+    """Layer-by-layer linear CKA heat map."""
+    figure, axis = plt.subplots(figsize=(4.8, 4.2))
+    image = axis.imshow(matrix.numpy(), vmin=0, vmax=1, cmap="viridis")
+    axis.set(title="Linear CKA between layers", xlabel="layer", ylabel="layer")
+    figure.colorbar(image, ax=axis)
+    return _save(figure, path)
+
+
+def scatter_map(points: torch.Tensor, labels: torch.Tensor, title: str, path: str) -> str:
+    """A 2-D embedding of rows coloured by cluster."""
+    figure, axis = plt.subplots(figsize=(5.4, 5))
+    axis.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy() % 20, cmap="tab20", s=4)
+    axis.set(title=title, xticks=[], yticks=[])
+    return _save(figure, path)
+
+
+def figure_path(output_dir: str, name: str) -> str:
+    """Where a figure of the report goes."""
+    return os.path.join(output_dir, f"{name}.png")

@@ -1,0 +1,266 @@
+"""`analyze_redundancy`: measure how redundant a model's speech-token rows and hidden states are, and draw it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_token_merge.analysis import layers as layer_stats
+from hf_token_merge.analysis import plots
+from hf_token_merge.analysis import rows as row_stats
+from hf_token_merge.analysis.maps import two_d_map
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.remap.locate import locate_embeddings
+from hf_token_merge.remap.plan import plan_token_merge
+
+DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
+
+
+@dataclass
+class RedundancyReport:
+    """Numbers and figures of one analysis.
+
+    Attributes:
+        metric: The config's metric.
+        selected_rows: Rows analysed.
+        pair_sample_rows: Rows whose pairs make up the pairwise distribution (all rows if small).
+        pairwise: Summary (mean, quantiles) of pair similarities (cosine) or distances (euclidean).
+        neighbour_sample_rows: Query rows of the nearest-neighbour statistics.
+        nearest_neighbour: Summary of each query's nearest-neighbour similarity or distance.
+        curve_sample_rows: Rows clustered for the threshold curve.
+        threshold_curve: `(threshold, clusters)` pairs.
+        effective_rank: Roy & Vetterli effective rank of the rows.
+        components_90 / components_99: Principal components for 90 % / 99 % of the variance.
+        hidden_size: Width of the rows.
+        layer_adjacent_cosine: Mean cosine of adjacent speech positions per layer (empty without inputs).
+        layer_cka: Linear CKA matrix between layers (empty without inputs).
+        plan_statistics: Statistics of the config's merge plan (used to colour the maps).
+        figures: Figure name -> PNG path.
+    """
+
+    metric: str
+    selected_rows: int
+    pair_sample_rows: int
+    pairwise: dict[str, float]
+    neighbour_sample_rows: int
+    nearest_neighbour: dict[str, float]
+    curve_sample_rows: int
+    threshold_curve: list[tuple[float, int]]
+    effective_rank: float
+    components_90: int
+    components_99: int
+    hidden_size: int
+    layer_adjacent_cosine: list[float] = field(default_factory=list)
+    layer_cka: list[list[float]] = field(default_factory=list)
+    plan_statistics: dict[str, Any] = field(default_factory=dict)
+    figures: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable numbers."""
+        return asdict(self)
+
+    def to_markdown(self) -> str:
+        """The report as Markdown, figures linked by file name (next to the report)."""
+        value = "similarity" if self.metric == "cosine" else "distance"
+        lines = [
+            "# Redundancy report",
+            "",
+            f"{self.selected_rows} selected rows of width {self.hidden_size}, metric `{self.metric}`.",
+            "",
+            "| measure | value |",
+            "|---|---:|",
+            f"| median pairwise {value} ({self.pair_sample_rows} rows sampled) | {self.pairwise['median']:.4f} |",
+            f"| median nearest-neighbour {value} ({self.neighbour_sample_rows} queries) | "
+            f"{self.nearest_neighbour['median']:.4f} |",
+            f"| effective rank | {self.effective_rank:.1f} |",
+            f"| components for 90 % / 99 % of the variance | {self.components_90} / {self.components_99} |",
+        ]
+        for key in ("clusters", "rows_removed", "mean_cosine_to_merged_row", "mean_distance_to_merged_row"):
+            number = self.plan_statistics.get(key)
+            if number is not None:
+                shown = f"{number:,}" if isinstance(number, int) else f"{number:.4f}"
+                lines.append(f"| plan: {key.replace('_', ' ')} | {shown} |")
+        lines += ["", f"## How much could merge ({self.curve_sample_rows} rows)", "", "| threshold | rows kept |"]
+        lines += ["|---:|---:|"] + [f"| {t:g} | {c} |" for t, c in self.threshold_curve]
+        if self.layer_adjacent_cosine:
+            lines += ["", "## Adjacent speech-token similarity by layer", "", "| layer | mean cosine |", "|---:|---:|"]
+            lines += [f"| {i} | {c:.4f} |" for i, c in enumerate(self.layer_adjacent_cosine)]
+        lines.append("")
+        lines += [f"![{name}]({os.path.basename(path)})" for name, path in self.figures.items()]
+        return "\n".join(lines) + "\n"
+
+    def to_html(self) -> str:
+        """A self-contained HTML page: the Markdown tables plus the figures embedded as base64 PNG."""
+        body = []
+        for line in self.to_markdown().splitlines():
+            if line.startswith("!["):
+                continue
+            body.append(line)
+        images = []
+        for name, path in self.figures.items():
+            with open(path, "rb") as handle:
+                data = base64.b64encode(handle.read()).decode("ascii")
+            images.append(
+                f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
+            )
+        text = "\n".join(body).replace("&", "&amp;").replace("<", "&lt;")
+        return (
+            "<!doctype html><html><head><meta charset='utf-8'><title>Redundancy report</title>"
+            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}pre{white-space:pre-wrap}"
+            "img{max-width:100%}</style></head><body>"
+            f"<pre>{text}</pre>{''.join(images)}</body></html>\n"
+        )
+
+    def save(self, output_dir: str) -> dict[str, str]:
+        """Write `report.json`, `report.md` and `report.html` into `output_dir` (figures are already there)."""
+        os.makedirs(output_dir, exist_ok=True)
+        paths = {name: os.path.join(output_dir, f"report.{name}") for name in ("json", "md", "html")}
+        with open(paths["json"], "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+        with open(paths["md"], "w", encoding="utf-8") as handle:
+            handle.write(self.to_markdown())
+        with open(paths["html"], "w", encoding="utf-8") as handle:
+            handle.write(self.to_html())
+        return paths
+
+
+def _summary(values: torch.Tensor) -> dict[str, float]:
+    quantiles = torch.quantile(values.double()[: 2**24], torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64))
+    return {
+        "mean": float(values.double().mean()),
+        "p05": float(quantiles[0]),
+        "median": float(quantiles[1]),
+        "p95": float(quantiles[2]),
+    }
+
+
+def analyze_redundancy(
+    model: nn.Module,
+    config: TokenMergeConfig,
+    output_dir: str,
+    *,
+    tokenizer: Any = None,
+    inputs: list[torch.Tensor] | None = None,
+    sample_size: int = 4096,
+    thresholds: tuple[float, ...] | None = None,
+    maps: tuple[str, ...] = ("tsne", "umap"),
+    map_rows: int = 1500,
+    seed: int = 0,
+    show_progress: bool = True,
+) -> RedundancyReport:
+    """Measure the redundancy of the rows a config selects, write figures and a report.
+
+    Args:
+        model: The (unmerged) model.
+        config: Selects the rows; its metric is used, and its merge plan colours the maps.
+        output_dir: Folder for the PNG figures and `report.{json,md,html}`.
+        tokenizer: Needed for regex/preset selections.
+        inputs: Real id sequences (1-D tensors) for the cross-layer analysis; skipped when None.
+        sample_size: Rows sampled for the pairwise distribution, nearest-neighbour queries and the threshold
+            curve when there are more selected rows (exact below).
+        thresholds: Thresholds of the curve (cosine similarities, or distances for euclidean).
+        maps: Which 2-D maps to draw ("tsne", "umap"); empty for none.
+        map_rows: Rows sampled for the maps.
+        seed: Sampling seed.
+        show_progress: Show tqdm bars.
+
+    Returns:
+        The report (also saved in `output_dir`).
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    plan = plan_token_merge(model, config, tokenizer=tokenizer, show_progress=show_progress)
+    pair = locate_embeddings(model, config)
+    rows = pair.input_module.weight.detach()[plan.selected_ids.to(pair.input_module.weight.device)].float().cpu()
+    n, width = rows.shape
+    metric = config.metric
+    value_name = "cosine similarity" if metric == "cosine" else "Euclidean distance"
+    figures: dict[str, str] = {}
+
+    pair_sample = row_stats.sample_rows(n, sample_size, seed)
+    pairwise = row_stats.pairwise_values(rows[pair_sample], metric)
+    figures["pairwise"] = plots.histogram(
+        pairwise,
+        f"Pairwise {value_name} ({len(pair_sample)} rows)",
+        value_name,
+        plots.figure_path(output_dir, "pairwise"),
+    )
+    queries = row_stats.sample_rows(n, sample_size, seed + 1)
+    neighbours = row_stats.nearest_neighbour_values(rows, metric, queries)
+    figures["nearest_neighbour"] = plots.histogram(
+        neighbours,
+        f"Nearest-neighbour {value_name} ({len(queries)} queries)",
+        value_name,
+        plots.figure_path(output_dir, "nearest_neighbour"),
+    )
+    if thresholds is None:
+        thresholds = (
+            DEFAULT_THRESHOLDS
+            if metric == "cosine"
+            else tuple(
+                float(q)
+                for q in torch.quantile(
+                    neighbours.double(), torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+                )
+            )
+        )
+    curve_sample = row_stats.sample_rows(n, sample_size, seed + 2)
+    curve = row_stats.threshold_curve(rows[curve_sample], metric, list(thresholds))
+    figures["threshold_curve"] = plots.threshold_curve(
+        curve,
+        len(curve_sample),
+        "similarity threshold" if metric == "cosine" else "distance threshold",
+        plots.figure_path(output_dir, "threshold_curve"),
+    )
+    spectrum = row_stats.pca_spectrum(rows)
+    figures["pca_spectrum"] = plots.spectrum(spectrum, plots.figure_path(output_dir, "pca_spectrum"))
+
+    map_sample = row_stats.sample_rows(n, map_rows, seed + 3)
+    for method in maps:
+        points = two_d_map(rows[map_sample], method, metric, seed)
+        figures[method] = plots.scatter_map(
+            points,
+            plan.cluster_of_selected[map_sample],
+            f"{method.upper()} of {len(map_sample)} rows, by cluster",
+            plots.figure_path(output_dir, method),
+        )
+
+    adjacent: list[float] = []
+    cka: list[list[float]] = []
+    if inputs:
+        is_speech = torch.zeros(plan.vocab_size, dtype=torch.bool)
+        is_speech[plan.selected_ids] = True
+        states, cosines = layer_stats.collect_hidden_states(model, inputs, is_speech, show_progress=show_progress)
+        adjacent = [float(c.mean()) if c.numel() else float("nan") for c in cosines]
+        matrix = layer_stats.cka_matrix(states)
+        cka = matrix.tolist()
+        figures["layer_adjacent_cosine"] = plots.layer_similarity(
+            adjacent, plots.figure_path(output_dir, "layer_adjacent_cosine")
+        )
+        figures["layer_cka"] = plots.cka(matrix, plots.figure_path(output_dir, "layer_cka"))
+
+    report = RedundancyReport(
+        metric=metric,
+        selected_rows=n,
+        pair_sample_rows=len(pair_sample),
+        pairwise=_summary(pairwise),
+        neighbour_sample_rows=len(queries),
+        nearest_neighbour=_summary(neighbours),
+        curve_sample_rows=len(curve_sample),
+        threshold_curve=curve,
+        effective_rank=row_stats.effective_rank(spectrum),
+        components_90=row_stats.components_for(spectrum, 0.90),
+        components_99=row_stats.components_for(spectrum, 0.99),
+        hidden_size=width,
+        layer_adjacent_cosine=adjacent,
+        layer_cka=cka,
+        plan_statistics=plan.statistics,
+        figures=figures,
+    )
+    report.save(output_dir)
+    return report
