@@ -69,10 +69,20 @@ def cka(matrix: torch.Tensor, path: str) -> str:
     return _save(figure, path)
 
 
-def scatter_map(points: torch.Tensor, labels: torch.Tensor, title: str, path: str) -> str:
-    """A 2-D embedding of rows coloured by cluster."""
+def scatter_map(points: torch.Tensor, colours: torch.Tensor, title: str, path: str) -> str:
+    """A 2-D embedding of rows: colour index per highlighted cluster, -1 for background rows (grey)."""
     figure, axis = plt.subplots(figsize=(5.4, 5))
-    axis.scatter(points[:, 0].numpy(), points[:, 1].numpy(), c=labels.numpy() % 20, cmap="tab20", s=4)
+    background = colours < 0
+    axis.scatter(points[background, 0].numpy(), points[background, 1].numpy(), c="#c8c8c8", s=3)
+    axis.scatter(
+        points[~background, 0].numpy(),
+        points[~background, 1].numpy(),
+        c=colours[~background].numpy(),
+        cmap="tab10",
+        vmin=0,
+        vmax=9,
+        s=9,
+    )
     axis.set(title=title, xticks=[], yticks=[])
     return _save(figure, path)
 

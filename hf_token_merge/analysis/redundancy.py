@@ -140,6 +140,21 @@ def _summary(values: torch.Tensor) -> dict[str, float]:
     }
 
 
+def _map_sample(plan, map_rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows for a 2-D map: members of the 10 largest clusters (coloured) over a random background (-1)."""
+    sizes = plan.cluster_sizes
+    largest = sizes.argsort(descending=True, stable=True)[:10]
+    largest = largest[sizes[largest] > 1]
+    colour = torch.full((sizes.numel(),), -1, dtype=torch.long)
+    colour[largest] = torch.arange(len(largest))
+    member_colour = colour[plan.cluster_of_selected]
+    highlighted = (member_colour >= 0).nonzero().flatten()[: map_rows // 2]
+    others = (member_colour < 0).nonzero().flatten()
+    pick = torch.randperm(len(others), generator=torch.Generator().manual_seed(seed))[: map_rows - len(highlighted)]
+    sample = torch.cat([highlighted, others[pick]]).sort().values
+    return sample, member_colour[sample]
+
+
 def analyze_redundancy(
     model: nn.Module,
     config: TokenMergeConfig,
@@ -166,7 +181,8 @@ def analyze_redundancy(
             curve when there are more selected rows (exact below).
         thresholds: Thresholds of the curve (cosine similarities, or distances for euclidean).
         maps: Which 2-D maps to draw ("tsne", "umap"); empty for none.
-        map_rows: Rows sampled for the maps.
+        map_rows: Rows drawn in the maps: members of the 10 largest clusters of the config's plan, coloured,
+            over randomly sampled other rows in grey.
         seed: Sampling seed.
         show_progress: Show tqdm bars.
 
@@ -220,15 +236,16 @@ def analyze_redundancy(
     spectrum = row_stats.pca_spectrum(rows)
     figures["pca_spectrum"] = plots.spectrum(spectrum, plots.figure_path(output_dir, "pca_spectrum"))
 
-    map_sample = row_stats.sample_rows(n, map_rows, seed + 3)
-    for method in maps:
-        points = two_d_map(rows[map_sample], method, metric, seed)
-        figures[method] = plots.scatter_map(
-            points,
-            plan.cluster_of_selected[map_sample],
-            f"{method.upper()} of {len(map_sample)} rows, by cluster",
-            plots.figure_path(output_dir, method),
-        )
+    if maps:
+        map_sample, map_colours = _map_sample(plan, map_rows, seed + 3)
+        for method in maps:
+            points = two_d_map(rows[map_sample], method, metric, seed)
+            figures[method] = plots.scatter_map(
+                points,
+                map_colours,
+                f"{method.upper()}: the 10 largest clusters over {len(map_sample)} rows",
+                plots.figure_path(output_dir, method),
+            )
 
     adjacent: list[float] = []
     cka: list[list[float]] = []
