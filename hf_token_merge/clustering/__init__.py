@@ -44,6 +44,26 @@ def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
     return rank[first_seen]
 
 
+def _share_clusters(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` clusters among blocks in proportion to their sizes (largest remainder), each in [1, size]."""
+    if total < len(sizes):
+        raise ValueError(
+            f"n_clusters={total} is fewer than the {len(sizes)} partitions (partition_size); every partition keeps "
+            f"at least one row, so use n_clusters >= {len(sizes)}."
+        )
+    exact = [total * size / sum(sizes) for size in sizes]
+    shares = [max(1, min(size, math.floor(x))) for x, size in zip(exact, sizes, strict=True)]
+    order = sorted(range(len(sizes)), key=lambda i: exact[i] - math.floor(exact[i]), reverse=True)
+    while sum(shares) != total:
+        step = 1 if sum(shares) < total else -1
+        for i in order:
+            if sum(shares) == total:
+                break
+            if 1 <= shares[i] + step <= sizes[i]:
+                shares[i] += step
+    return shares
+
+
 def cluster_rows(
     rows: torch.Tensor,
     config: TokenMergeConfig,
@@ -51,11 +71,11 @@ def cluster_rows(
     counts: torch.Tensor | None = None,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Group rows as the config says.
+    """Group rows as the config says (within each partition when `partition_size` is set).
 
     Args:
-        rows: `(n, d)` rows from `prepare_rows(..., config.metric)`.
-        config: Method, metric and stopping option.
+        rows: `(n, d)` rows from `prepare_rows(..., config.metric)`, in selected-id order.
+        config: Method, metric, stopping option and partitioning.
         counts: Optional token counts; threshold clustering then visits frequent rows first.
         show_progress: Show tqdm progress bars.
 
@@ -64,6 +84,26 @@ def cluster_rows(
     """
     n = rows.shape[0]
     k = target_cluster_count(config, n)
+    if config.partition_size is None or config.partition_size >= n:
+        return _cluster(rows, config, k, counts, show_progress)
+    bounds = list(range(0, n, config.partition_size)) + [n]
+    sizes = [end - start for start, end in zip(bounds[:-1], bounds[1:], strict=True)]
+    shares = _share_clusters(config.n_clusters, sizes) if config.n_clusters is not None else [None] * len(sizes)
+    labels = torch.empty(n, dtype=torch.long, device=rows.device)
+    offset = 0
+    for start, end, share in zip(bounds[:-1], bounds[1:], shares, strict=True):
+        part_k = share if share is not None else target_cluster_count(config, end - start)
+        part_counts = counts[start:end] if counts is not None else None
+        part = _cluster(rows[start:end], config, part_k, part_counts, show_progress)
+        labels[start:end] = part + offset
+        offset += int(part.max()) + 1
+    return canonical_labels(labels)
+
+
+def _cluster(
+    rows: torch.Tensor, config: TokenMergeConfig, k: int | None, counts: torch.Tensor | None, show_progress: bool
+) -> torch.Tensor:
+    n = rows.shape[0]
     if config.method == "kmeans":
         labels = kmeans(
             rows,

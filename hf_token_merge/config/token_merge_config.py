@@ -70,6 +70,14 @@ class TokenMergeConfig:
         default=False,
         metadata={"help": "Let special tokens (bos/eos/pad/unk and the tokenizer's special tokens) be merged."},
     )
+    partition_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Cluster the selected ids in consecutive blocks of this many (in id order) and never merge "
+            "across blocks, e.g. 4096 for Orpheus' 7 SNAC position blocks, so that every merged id still decodes "
+            "to a code of its own position. n_clusters is shared among blocks in proportion to their size."
+        },
+    )
     # --- similarity and grouping ------------------------------------------------------------------
     metric: Metric = field(default="cosine", metadata={"help": "Row similarity: 'cosine' or 'euclidean'."})
     method: Method = field(
@@ -194,6 +202,8 @@ class TokenMergeConfig:
                 f"compact_logits=True needs lm_head='merge' (got {self.lm_head!r}): only then is compact id r the "
                 "merged embedding row r. Use compact_logits=False."
             )
+        if self.partition_size is not None and self.partition_size < 1:
+            raise ValueError(f"partition_size must be >= 1 or None, got {self.partition_size}.")
         if self.max_iter < 1:
             raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
         if not 0.0 <= self.tol < 1.0:

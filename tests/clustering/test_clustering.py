@@ -295,3 +295,41 @@ def test_prepare_rows(dtype):
     assert torch.equal(euclidean, rows.float())
     euclidean += 1
     assert torch.equal(rows, original)  # a copy, never a view
+
+
+# --- partitions ------------------------------------------------------------------------------------------------
+
+
+def _blocks_with_shared_centres(blocks: int = 3, size: int = 16, centres: int = 4) -> torch.Tensor:
+    """Every block repeats the same centres, so only a partition keeps clusters inside a block."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(centres, 16, generator=generator)
+    rows = base[torch.arange(size) % centres].repeat(blocks, 1)
+    return rows + 1e-3 * torch.randn(rows.shape, generator=generator)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [{"n_clusters": 12}, {"target_ratio": 0.25}, {"method": "threshold", "similarity_threshold": 0.99}],
+    ids=["n_clusters", "ratio", "threshold"],
+)
+def test_partitions_never_merge_across_blocks(stop):
+    rows = prepare_rows(_blocks_with_shared_centres(), "cosine")
+    config = TokenMergeConfig(token_ids=[0], partition_size=16, **stop)
+    labels = cluster_rows(rows, config, show_progress=False)
+    block = torch.arange(48) // 16
+    for cluster in labels.unique():
+        assert block[labels == cluster].unique().numel() == 1
+    assert int(labels.max()) + 1 == 12  # 4 planted centres in each of 3 blocks
+    unpartitioned = cluster_rows(rows, TokenMergeConfig(token_ids=[0], n_clusters=4), show_progress=False)
+    assert int(unpartitioned.max()) + 1 == 4  # without partitions the same centres merge across blocks
+
+
+def test_partition_shares_of_n_clusters_are_proportional_and_exact():
+    from hf_token_merge.clustering import _share_clusters
+
+    assert _share_clusters(10, [16, 16, 8]) == [4, 4, 2]
+    assert sum(_share_clusters(7, [5, 5, 5])) == 7
+    assert _share_clusters(3, [1, 1, 100]) == [1, 1, 1]
+    with pytest.raises(ValueError, match="fewer than the 3 partitions"):
+        _share_clusters(2, [4, 4, 4])

@@ -22,6 +22,7 @@ NON_DEFAULT = {
     "distance_threshold": 0.25,
     "similarity_source": "both",
     "merge_rule": "medoid",
+    "partition_size": 4,
     "lm_head": "merge",  # the default, but compact_logits=True requires it
     "logit_correction": "frequency",
     "compact_logits": True,
