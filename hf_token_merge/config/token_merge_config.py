@@ -66,6 +66,16 @@ class TokenMergeConfig:
             "e.g. 'llasa', 'orpheus', 'spark_tts', 'spiritlm'."
         },
     )
+    exclude_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Ids never merged, even when a selector matches them."}
+    )
+    exclude_pattern: str | None = field(
+        default=None,
+        metadata={
+            "help": "Regex over token strings; matching tokens are never merged (e.g. a family's control tokens "
+            "that share the speech-token naming). Needs a tokenizer at planning time."
+        },
+    )
     allow_special_tokens: bool = field(
         default=False,
         metadata={"help": "Let special tokens (bos/eos/pad/unk and the tokenizer's special tokens) be merged."},
@@ -234,11 +244,15 @@ class TokenMergeConfig:
                     f"token_id_range=({start}, {end}) is empty or negative; it is half-open [start, end) "
                     "with 0 <= start < end."
                 )
-        if self.token_pattern is not None:
-            try:
-                re.compile(self.token_pattern)
-            except re.error as err:
-                raise ValueError(f"token_pattern {self.token_pattern!r} is not a valid regex: {err}.") from err
+        for name in ("token_pattern", "exclude_pattern"):
+            pattern = getattr(self, name)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as err:
+                    raise ValueError(f"{name} {pattern!r} is not a valid regex: {err}.") from err
+        if self.exclude_token_ids is not None:
+            self.exclude_token_ids = [int(i) for i in self.exclude_token_ids]
         if self.preset is not None:
             from hf_token_merge.selection.presets import PRESETS
 

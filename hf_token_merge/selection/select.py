@@ -68,7 +68,8 @@ def select_token_ids(
 ) -> torch.Tensor:
     """Resolve the rows a config allows to merge.
 
-    The selectors (`token_ids`, `token_id_range`, `token_pattern`, `preset`) are combined by union.
+    The selectors (`token_ids`, `token_id_range`, `token_pattern`, `preset`) are combined by union; then
+    `exclude_token_ids` and `exclude_pattern` are taken out.
 
     Args:
         config: The merge configuration.
@@ -104,6 +105,13 @@ def select_token_ids(
     if config.preset is not None:
         selected.update(_match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
 
+    if config.exclude_token_ids is not None:
+        selected.difference_update(config.exclude_token_ids)
+    if config.exclude_pattern is not None:
+        regex = re.compile(config.exclude_pattern)
+        if tokenizer is None:
+            raise ValueError("exclude_pattern selects by token string and needs a tokenizer: pass tokenizer=... .")
+        selected.difference_update(int(i) for token, i in tokenizer.get_vocab().items() if regex.fullmatch(token))
     beyond = sorted(i for i in selected if i >= vocab_size)
     if beyond:
         raise ValueError(
@@ -111,7 +119,10 @@ def select_token_ids(
             "the tokenizer does not belong to this model."
         )
     if not selected:
-        raise ValueError("The selection is empty: no token id matched; widen token_ids/token_id_range/token_pattern.")
+        raise ValueError(
+            "The selection is empty: no token id is left to merge; widen token_ids/token_id_range/token_pattern/"
+            "preset or narrow exclude_token_ids/exclude_pattern."
+        )
     if not config.allow_special_tokens and protected_ids:
         clash = sorted(selected & protected_ids)
         if clash:

@@ -23,6 +23,8 @@ NON_DEFAULT = {
     "similarity_source": "both",
     "merge_rule": "medoid",
     "partition_size": 4,
+    "exclude_token_ids": [12],
+    "exclude_pattern": "<skip>",
     "lm_head": "merge",  # the default, but compact_logits=True requires it
     "logit_correction": "frequency",
     "compact_logits": True,

@@ -160,3 +160,18 @@ def test_speech_tokens_survive_a_real_tokenizer_round_trip(llasa_tok):
     words = llasa_tok.convert_tokens_to_ids(["hello", "world"])
     assert encoded == [words[0], speech[3], speech[47], words[1]]
     assert len(llasa_tokenizer(n_speech=5)) == len(llasa_tok) - (N_SPEECH - 5)
+
+
+def test_exclusions_are_taken_out_of_the_selection(llasa_tok):
+    speech = _speech_ids(llasa_tok)
+    selected = _select(llasa_tok, preset="llasa", exclude_token_ids=[speech[0]], exclude_pattern=r"<\|s_4\d\|>")
+    expected = [i for i in speech[1:] if not re.fullmatch(r"<\|s_4\d\|>", llasa_tok.convert_ids_to_tokens(i))]
+    assert selected.tolist() == sorted(expected)
+    assert len(selected) == len(speech) - 1 - 8  # <|s_40|>..<|s_47|>
+
+
+def test_excluding_everything_leaves_an_empty_selection(llasa_tok):
+    with pytest.raises(ValueError, match="no token id is left to merge"):
+        _select(llasa_tok, preset="llasa", exclude_pattern=r"<\|s_\d+\|>")
+    with pytest.raises(ValueError, match="exclude_pattern .* needs a tokenizer"):
+        select_token_ids(TokenMergeConfig(token_id_range=(0, 4), exclude_pattern="x", n_clusters=1), 10)
