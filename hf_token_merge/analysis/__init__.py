@@ -1,5 +1,17 @@
-"""Redundancy analysis: similarity statistics, the threshold curve, PCA, cross-layer redundancy, 2-D maps."""
+"""Analysis: redundancy statistics and figures, ablation sweeps, and compression within a quality budget.
 
-from hf_token_merge.analysis.redundancy import RedundancyReport, analyze_redundancy
+`analyze_redundancy` and `sweep` draw figures and need the `analysis` extra (matplotlib, scikit-learn,
+umap-learn); they are imported on first use so that the budget search works without it.
+"""
 
-__all__ = ["RedundancyReport", "analyze_redundancy"]
+from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compress_within_budget
+
+__all__ = ["BudgetResult", "RedundancyReport", "analyze_redundancy", "bisect_smallest", "compress_within_budget"]
+
+
+def __getattr__(name: str):
+    if name in ("RedundancyReport", "analyze_redundancy"):
+        from hf_token_merge.analysis import redundancy
+
+        return getattr(redundancy, name)
+    raise AttributeError(f"module 'hf_token_merge.analysis' has no attribute {name!r}")

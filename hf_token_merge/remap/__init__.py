@@ -2,7 +2,7 @@
 
 from hf_token_merge.remap.apply import MergeResult, apply_token_merge, count_tokens, model_size
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
-from hf_token_merge.remap.plan import MergePlan, plan_token_merge
+from hf_token_merge.remap.plan import MergePlan, plan_token_merge, resolve_selection
 
 __all__ = [
     "MergePlan",
@@ -13,4 +13,5 @@ __all__ = [
     "count_tokens",
     "model_size",
     "plan_token_merge",
+    "resolve_selection",
 ]

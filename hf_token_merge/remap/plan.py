@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from hf_token_merge.clustering import cluster_rows, prepare_rows
+from hf_token_merge.clustering import canonical_labels, cluster_rows, prepare_rows
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap.locate import locate_embeddings
 from hf_token_merge.selection import protected_token_ids, select_token_ids
@@ -228,12 +228,30 @@ def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, bloc
     return medoids
 
 
+def resolve_selection(model: torch.nn.Module, config: TokenMergeConfig, tokenizer: Any = None) -> torch.Tensor:
+    """The sorted ids a config selects in `model`, with the model's and tokenizer's special tokens protected.
+
+    Args:
+        model: The model whose input embedding defines the vocabulary size.
+        config: The selection.
+        tokenizer: Needed for regex/preset selections.
+
+    Returns:
+        Sorted int64 ids, in the order `MergePlan.selected_ids` and `plan_token_merge(labels=...)` use.
+    """
+    pair = locate_embeddings(model, config)
+    model_config = getattr(model, "config", None)
+    protected = protected_token_ids(tokenizer, model_config, getattr(model, "generation_config", None))
+    return select_token_ids(config, pair.input_module.weight.shape[0], tokenizer, protected)
+
+
 def plan_token_merge(
     model: torch.nn.Module,
     config: TokenMergeConfig,
     *,
     tokenizer: Any = None,
     token_counts: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
     show_progress: bool = True,
 ) -> MergePlan:
     """Compute a merge plan. Reads the model's weights and never changes the model.
@@ -244,6 +262,8 @@ def plan_token_merge(
         tokenizer: Needed for `token_pattern`/`preset`; its special tokens are protected.
         token_counts: `(vocab_size,)` token counts from calibration data; needed by `merge_rule='weighted_mean'`
             and `logit_correction='frequency'`, and used to visit frequent rows first in threshold clustering.
+        labels: Cluster of each selected id (in sorted id order) to use instead of clustering, for ablations
+            such as random merges; the config's stopping option is then ignored.
         show_progress: Show tqdm progress bars.
 
     Returns:
@@ -267,14 +287,21 @@ def plan_token_merge(
             "token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
         )
 
-    model_config = getattr(model, "config", None)
-    protected = protected_token_ids(tokenizer, model_config, getattr(model, "generation_config", None))
-    selected = select_token_ids(config, vocab_size, tokenizer, protected)
+    selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
 
     rows = _similarity_rows(pair, config, selected)
     selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
-    labels = cluster_rows(rows, config, counts=selected_counts, show_progress=show_progress).cpu()
+    if labels is None:
+        labels = cluster_rows(rows, config, counts=selected_counts, show_progress=show_progress).cpu()
+    else:
+        labels = torch.as_tensor(labels).flatten().cpu().long()
+        if labels.numel() != n or (labels < 0).any():
+            raise ValueError(
+                f"labels must give a non-negative cluster for each of the {n} selected ids, got {labels.numel()} "
+                "values; compute them over plan selection order (sorted ids)."
+            )
+        labels = canonical_labels(labels)
     k = int(labels.max()) + 1
 
     # Compact ordering: every group (singleton or cluster) is keyed by its smallest original id.

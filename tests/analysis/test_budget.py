@@ -1,0 +1,104 @@
+"""compress_within_budget: bisection finds the known boundary of a synthetic metric, and merges in place."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_token_merge import TokenMergeConfig
+from hf_token_merge.analysis import bisect_smallest, compress_within_budget
+from hf_token_merge.remap import MergedEmbedding
+from tests.models import build_llama
+
+
+@pytest.mark.parametrize("boundary", [1, 2, 17, 63, 64, 100])
+def test_bisection_finds_the_boundary(boundary):
+    calls = []
+
+    def within(k):
+        calls.append(k)
+        return k >= boundary
+
+    assert bisect_smallest(within, 1, 100) == boundary
+    assert len(calls) <= 8  # log2(100) + 1
+    assert 100 not in calls  # the upper end is known to pass and never evaluated
+
+
+def test_bisection_with_a_step_stops_within_the_step():
+    found = bisect_smallest(lambda k: k >= 37, 1, 100, step=8)
+    assert 37 <= found < 37 + 8
+
+
+def _rows_removed_metric(model):
+    """A synthetic quality metric: 'WER' grows by one point per removed row, perplexity by 0.5."""
+    embedding = model.get_input_embeddings()
+    removed = embedding.vocab_size - embedding.num_embeddings if isinstance(embedding, MergedEmbedding) else 0
+    return {"wer": 0.10 + 0.01 * removed, "perplexity": 20.0 + 0.5 * removed}
+
+
+def test_budget_keeps_the_largest_merge_within_budget():
+    bundle = build_llama(n_speech=48, n_centers=8)
+    config = TokenMergeConfig(preset="llasa", target_ratio=0.5)  # the stopping option is replaced
+    result = compress_within_budget(
+        bundle.model,
+        config,
+        _rows_removed_metric,
+        max_wer_increase=0.105,
+        tokenizer=bundle.tokenizer,
+        show_progress=False,
+    )
+    # 0.105 allows 10 removed rows: 48 speech rows -> 38
+    assert result.n_clusters == 38
+    assert result.ratio == pytest.approx(38 / 48)
+    assert result.after["wer"] - result.before["wer"] == pytest.approx(0.10)
+    assert isinstance(bundle.model.get_input_embeddings(), MergedEmbedding)  # merged in place at the end
+    assert bundle.model.get_input_embeddings().num_embeddings == bundle.vocab_size - 10
+    assert [t["within_budget"] for t in result.trials].count(True) >= 1
+    assert all(t["within_budget"] == (t["n_clusters"] >= 38) for t in result.trials)
+
+
+def test_the_tightest_of_several_budgets_wins():
+    bundle = build_llama(n_speech=48, n_centers=8)
+    result = compress_within_budget(
+        bundle.model,
+        TokenMergeConfig(preset="llasa", n_clusters=8),
+        _rows_removed_metric,
+        max_wer_increase=1.0,
+        max_ppl_increase=2.0,
+        tokenizer=bundle.tokenizer,
+        show_progress=False,
+    )
+    assert result.n_clusters == 44  # perplexity: 2.0 / 0.5 = 4 removed rows
+
+
+def test_no_merge_fits_the_budget_leaves_the_model_alone():
+    bundle = build_llama(n_speech=48, n_centers=8)
+    result = compress_within_budget(
+        bundle.model,
+        TokenMergeConfig(preset="llasa", n_clusters=8),
+        _rows_removed_metric,
+        max_wer_increase=0.005,
+        tokenizer=bundle.tokenizer,
+        show_progress=False,
+    )
+    assert result.plan is None and result.n_clusters == 48
+    assert not isinstance(bundle.model.get_input_embeddings(), MergedEmbedding)
+
+
+def test_budget_errors():
+    bundle = build_llama()
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    with pytest.raises(ValueError, match="Give a budget"):
+        compress_within_budget(bundle.model, config, _rows_removed_metric, tokenizer=bundle.tokenizer)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        compress_within_budget(
+            bundle.model, config, _rows_removed_metric, max_wer_increase=-1, tokenizer=bundle.tokenizer
+        )
+    threshold = TokenMergeConfig(preset="llasa", method="threshold", similarity_threshold=0.9)
+    with pytest.raises(ValueError, match="sets a row count"):
+        compress_within_budget(
+            bundle.model, threshold, _rows_removed_metric, max_wer_increase=0.1, tokenizer=bundle.tokenizer
+        )
+    with pytest.raises(KeyError, match="returned no 'wer'"):
+        compress_within_budget(
+            bundle.model, config, lambda m: {"cer": 0.1}, max_wer_increase=0.1, tokenizer=bundle.tokenizer
+        )
