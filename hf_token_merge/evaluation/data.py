@@ -174,3 +174,16 @@ def check_columns(dataset: datasets.Dataset | Sequence[dict], columns: Sequence[
             f"Fix: rename the column or pass the matching *_column argument."
         )
     return len(dataset)
+
+
+def undecoded_audio(dataset, column: str = "audio"):
+    """Return the dataset with `column` relabelled `Audio(decode=False)` if it is a decoding `Audio` column.
+
+    Reading a decoding `Audio` column goes through torchcodec and crashes without FFmpeg; undecoded, each
+    value is `{"bytes", "path"}`, which `decode_audio_value` reads with soundfile. Other data is returned as is.
+    """
+    if isinstance(dataset, datasets.Dataset):
+        feature = dataset.features.get(column)
+        if isinstance(feature, datasets.Audio) and feature.decode:
+            return dataset.cast_column(column, datasets.Audio(sampling_rate=feature.sampling_rate, decode=False))
+    return dataset

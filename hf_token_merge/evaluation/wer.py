@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value
-from hf_token_merge.evaluation.data import check_columns
+from hf_token_merge.evaluation.data import check_columns, undecoded_audio
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded
 from hf_token_merge.evaluation.text import ErrorCounts, error_counts, normalize_transcript
 
@@ -267,6 +267,7 @@ def evaluate_wer(
             raise ValueError("evaluate_wer on a speech-LLM needs its tokenizer to decode text. Fix: pass tokenizer=.")
         needed = [text_column] + ([prompt_builder.units_column] if hasattr(prompt_builder, "units_column") else [])
     num_examples = check_columns(dataset, needed, "evaluate_wer")
+    dataset = undecoded_audio(dataset, audio_column)  # never let datasets decode through torchcodec/FFmpeg
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)
     has_ids = id_column in (dataset.column_names if hasattr(dataset, "column_names") else dataset[0])

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import sys
 
+import datasets
 import numpy as np
 import pytest
 import soundfile
 
 from hf_token_merge.evaluation import decode_audio_value, load_eval_dataset, resample
+from hf_token_merge.evaluation.data import undecoded_audio
 
 
 def _tone(rate: int, seconds: float = 0.5, freq: float = 440.0) -> np.ndarray:
@@ -82,3 +84,10 @@ def test_data_errors(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(ValueError, match="no metadata.jsonl"):
         load_eval_dataset(tmp_path / "folder")
+
+
+def test_decoding_audio_columns_are_read_without_torchcodec(librivox):
+    decoding = librivox.cast_column("audio", datasets.Audio(sampling_rate=16000))  # what users usually have
+    safe = undecoded_audio(decoding)
+    assert safe.features["audio"].decode is False
+    assert np.array_equal(decode_audio_value(safe[0]["audio"]), decode_audio_value(librivox[0]["audio"]))
