@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import sys
 
+from accelerate import PartialState
+
 from hf_token_merge import TokenMergeConfig, apply_token_merge
 from hf_token_merge.evaluation import compare_before_after
 from hf_token_merge.reference import load_librivox_sonnets, load_whisper_tiny_en
@@ -25,7 +27,8 @@ def main(output_dir: str) -> None:
     comparison = compare_before_after(
         original, merged, load_librivox_sonnets(), processor=processor, batch_size=4, output_dir=output_dir
     )
-    print(comparison.to_markdown())
+    if PartialState().is_main_process:
+        print(comparison.to_markdown())
 
 
 if __name__ == "__main__":
