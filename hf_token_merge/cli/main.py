@@ -3,23 +3,187 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from hf_token_merge import __version__
+
+BUILTIN_MODELS = ("whisper-tiny-en",)
+
+
+def _add_evaluate(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="WER or perplexity of a model on evaluation data (1 process, or N under `accelerate launch`).",
+        description=(
+            "Evaluate a model (merged or not) and write a JSON + Markdown report and per-example predictions. "
+            "Run it under `accelerate launch --num_processes N` to shard the data; the metrics are identical."
+        ),
+    )
+    parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
+    parser.add_argument("--task", choices=["wer", "perplexity"], help="default: wer for encoder-decoders, else ppl")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--dataset", choices=["librivox"], help="built-in data: 12 LibriVox sonnet utterances")
+    data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
+    data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")
+    parser.add_argument("--output-dir", required=True, help="where the report and predictions go")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per generate call (default 8)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's")
+    parser.add_argument("--device", help="'cpu' forces CPU; default: accelerate's device")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--audio-column", default="audio", help="audio field of a manifest (default: audio)")
+    parser.add_argument("--text-column", default="text", help="transcript field (default: text)")
+    parser.add_argument("--no-resample", action="store_true", help="refuse audio that is not 16 kHz")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--num-threads", type=int, help="torch CPU threads per process (default: torch's)")
+    llm = parser.add_argument_group("speech-LLM WER (causal LMs)")
+    llm.add_argument("--units-column", default="units", help="field with unit ids or unit-token strings")
+    llm.add_argument("--unit-format", default="<|s_{}|>", help="token of unit N (default: <|s_{}|>)")
+    llm.add_argument("--prompt-prefix", nargs="*", default=["<|asr|>"], help="tokens after <bos>")
+    llm.add_argument("--prompt-suffix", nargs="*", default=["<|text_start|>"], help="tokens after the units")
+    llm.add_argument("--eos-token", default=None, help="token that ends the answer (e.g. '<|text_end|>')")
+    llm.add_argument("--max-new-tokens", type=int, default=128)
+    ppl = parser.add_argument_group("perplexity (causal LMs)")
+    ppl.add_argument("--max-length", type=int, help="ids per forward pass (default: max_position_embeddings)")
+    ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
+    ppl.add_argument("--column", help="manifest field with input_ids or text (default: input_ids, else text)")
+    parser.set_defaults(handler=run_evaluate)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level argument parser.
 
     Returns:
-        The parser; subcommands are added as the library grows.
+        The parser with its subcommands (`evaluate`).
     """
     parser = argparse.ArgumentParser(
         prog="hf-token-merge",
         description="Merge near-duplicate speech-token rows of Hugging Face speech-LLMs through an index remap.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_evaluate(subparsers)
     return parser
+
+
+def _load_model(name: str):
+    """`(model, processor_or_tokenizer)` of a built-in name or a saved folder (never downloads)."""
+    if name == "whisper-tiny-en":
+        from hf_token_merge.reference import load_whisper_tiny_en
+
+        return load_whisper_tiny_en()
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, "
+            f"or one of {list(BUILTIN_MODELS)}."
+        )
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSpeechSeq2Seq,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    import hf_token_merge  # noqa: F401  (registers the loader of merged checkpoints)
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(config, "is_encoder_decoder", False):
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, local_files_only=True)
+        return model, AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    if not Path(path).is_file():
+        raise ValueError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _markdown(result) -> str:
+    lines = ["| metric | value |", "|---|---|"]
+    rows = {**result.to_dict()["metrics"], **result.to_dict()["timing"]}
+    for key, value in rows.items():
+        text = "–" if value is None else f"{value:.6g}" if isinstance(value, float) else f"{value}"
+        lines.append(f"| {key} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    """Run `hf-token-merge evaluate`."""
+    from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
+    from hf_token_merge.evaluation.runner import get_accelerator
+
+    if args.num_threads is not None:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    model, helper = _load_model(args.model)
+    task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+    accelerator = get_accelerator(None, args.device)
+    common = {
+        "dtype": args.dtype,
+        "device": args.device,
+        "accelerator": accelerator,
+        "show_progress": not args.no_progress,
+    }
+    if task == "perplexity":
+        if not args.manifest:
+            raise ValueError("perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line.")
+        data = _read_jsonl(args.manifest)[: args.limit]
+        result = evaluate_perplexity(
+            model,
+            data,
+            tokenizer=helper,
+            column=args.column,
+            max_length=args.max_length,
+            stride=args.stride,
+            **common,
+        )
+    else:
+        source = args.dataset or args.audiofolder or args.manifest
+        is_llm = not getattr(model.config, "is_encoder_decoder", False)
+        if is_llm and args.manifest:
+            data = _read_jsonl(args.manifest)
+        else:
+            data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
+        if args.limit is not None:
+            data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
+        kwargs = {}
+        if is_llm:
+            kwargs["tokenizer"] = helper
+            kwargs["prompt_builder"] = unit_prompt_builder(
+                helper,
+                units_column=args.units_column,
+                unit_format=args.unit_format,
+                prefix=args.prompt_prefix,
+                suffix=args.prompt_suffix,
+            )
+            kwargs["max_new_tokens"] = args.max_new_tokens
+            if args.eos_token:
+                kwargs["eos_token_id"] = helper.convert_tokens_to_ids(args.eos_token)
+        else:
+            kwargs["processor"] = helper
+        result = evaluate_wer(
+            model,
+            data,
+            text_column=args.text_column,
+            batch_size=args.batch_size,
+            resample=not args.no_resample,
+            **kwargs,
+            **common,
+        )
+    if accelerator.is_main_process:
+        output = Path(args.output_dir)
+        result.save(output)
+        (output / f"{task}.md").write_text(_markdown(result), encoding="utf-8")
+        print(result)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -29,12 +193,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; `None` reads `sys.argv`.
 
     Returns:
-        The process exit status.
+        The process exit status (2 with a one-line reason on bad input).
     """
     parser = build_parser()
-    parser.parse_args(argv)
-    parser.print_help()
-    return 0
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        reason = " ".join(str(error).split())
+        print(f"hf-token-merge {getattr(args, 'command', 'evaluate')}: error: {reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import datasets
 import numpy as np
 import soundfile
 
+from hf_token_merge.evaluation.audio import decode_audio_value
 from hf_token_merge.reference.cache import build_atomically, cache_root
 
 SAMPLING_RATE = 16_000
@@ -196,13 +197,9 @@ def decode_audio(audio: dict) -> np.ndarray:
             when `bytes` is empty.
 
     Returns:
-        Mono float32 samples in [-1, 1] at 16 kHz.
+        Mono float32 samples in [-1, 1] at 16 kHz (other rates are an error, not resampled).
     """
-    source = io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio["path"]
-    samples, sampling_rate = soundfile.read(source, dtype="float32")
-    if sampling_rate != SAMPLING_RATE:
-        raise ValueError(f"Expected {SAMPLING_RATE} Hz audio, got {sampling_rate} Hz ({audio.get('path')}).")
-    return samples if samples.ndim == 1 else samples.mean(axis=1)
+    return decode_audio_value(audio, target_rate=SAMPLING_RATE, allow_resample=False)
 
 
 def _data_fingerprint(folder: Path) -> str:

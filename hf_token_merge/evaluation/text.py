@@ -1,0 +1,134 @@
+"""Word error rate of normalised transcripts, scored with jiwer.
+
+Scoring follows Whisper's own evaluation: both sides go through `EnglishTextNormalizer` (lower case,
+no punctuation, number words and digits alike, so the heading "Two." matches a transcript "2."),
+then jiwer aligns the words. The normaliser's British-to-American spelling table is a Hub download,
+so it is left empty here. Note that it expands Early-Modern endings like other contractions
+("feed'st" -> "feed saint", "tatter'd" -> "tatter would"); both sides get the same treatment, but
+such a word costs two errors when misrecognised.
+
+Corpus WER is computed from summed error counts (never as a mean of per-utterance rates), so it does
+not depend on how the corpus is split between processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import jiwer
+from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+_NORMALIZER = EnglishTextNormalizer(english_spelling_mapping={})
+
+
+def normalize_transcript(text: str) -> str:
+    """Normalise a transcript for WER, as Whisper's evaluation does (minus the spelling table).
+
+    Args:
+        text: Raw reference or hypothesis.
+
+    Returns:
+        Lower-case words separated by single spaces, punctuation removed, numbers normalised.
+    """
+    return _NORMALIZER(text)
+
+
+@dataclass(frozen=True)
+class ErrorCounts:
+    """Word alignment counts of one utterance or a whole corpus (they add up).
+
+    Attributes:
+        hits: Correct words.
+        substitutions: Substituted words.
+        deletions: Reference words missing from the hypothesis.
+        insertions: Extra hypothesis words.
+    """
+
+    hits: int = 0
+    substitutions: int = 0
+    deletions: int = 0
+    insertions: int = 0
+
+    @property
+    def reference_words(self) -> int:
+        """Words in the reference: hits + substitutions + deletions."""
+        return self.hits + self.substitutions + self.deletions
+
+    @property
+    def errors(self) -> int:
+        """Substitutions + deletions + insertions."""
+        return self.substitutions + self.deletions + self.insertions
+
+    @property
+    def wer(self) -> float:
+        """Errors / reference words (inf if the reference is empty but the hypothesis is not, else 0)."""
+        if self.reference_words == 0:
+            return 0.0 if self.errors == 0 else float("inf")
+        return self.errors / self.reference_words
+
+    def __add__(self, other: ErrorCounts) -> ErrorCounts:
+        return ErrorCounts(
+            self.hits + other.hits,
+            self.substitutions + other.substitutions,
+            self.deletions + other.deletions,
+            self.insertions + other.insertions,
+        )
+
+    def to_dict(self) -> dict[str, float | int]:
+        """Counts plus `reference_words` and `wer`, JSON-serialisable."""
+        return {"wer": self.wer, **asdict(self), "reference_words": self.reference_words}
+
+
+def error_counts(reference: str, hypothesis: str, normalize: bool = True) -> ErrorCounts:
+    """Align one hypothesis with its reference.
+
+    Args:
+        reference: Correct transcript.
+        hypothesis: Recognised transcript.
+        normalize: Apply `normalize_transcript` to both first.
+
+    Returns:
+        The utterance's `ErrorCounts`; an empty reference counts every hypothesis word as an insertion.
+    """
+    if normalize:
+        reference, hypothesis = normalize_transcript(reference), normalize_transcript(hypothesis)
+    ref_words, hyp_words = reference.split(), hypothesis.split()
+    if not ref_words:  # jiwer refuses empty references
+        return ErrorCounts(insertions=len(hyp_words))
+    if not hyp_words:
+        return ErrorCounts(deletions=len(ref_words))
+    out = jiwer.process_words(" ".join(ref_words), " ".join(hyp_words))
+    return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)
+
+
+def corpus_error_counts(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True) -> ErrorCounts:
+    """Sum of `error_counts` over a corpus.
+
+    Args:
+        references: Correct transcripts.
+        hypotheses: Recognised transcripts, same order.
+        normalize: Apply `normalize_transcript` to both first.
+
+    Returns:
+        The summed counts; `.wer` is the corpus WER.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"Got {len(references)} references but {len(hypotheses)} hypotheses.")
+    total = ErrorCounts()
+    for reference, hypothesis in zip(references, hypotheses, strict=True):
+        total = total + error_counts(reference, hypothesis, normalize)
+    return total
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus word error rate of normalised transcripts.
+
+    Args:
+        references: Correct transcripts.
+        hypotheses: Recognised transcripts, same order.
+
+    Returns:
+        (substitutions + deletions + insertions) / reference words, over the whole corpus.
+    """
+    return corpus_error_counts(references, hypotheses).wer

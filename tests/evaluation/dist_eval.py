@@ -1,0 +1,104 @@
+"""The evaluation run that the 1-vs-2-process test executes, in process and under `accelerate launch`.
+
+    accelerate launch --config_file recipes/launch/accelerate_cpu_2proc.yaml tests/evaluation/dist_eval.py OUT CACHE
+
+Writes (main process) a JSON file with the deterministic metrics and per-example records of:
+Whisper tiny.en WER on the 12 LibriVox utterances (batch size 5: batches of 5, 5, 2, so two processes get
+10 and 2 utterances), speech-LLM WER and perplexity of a tiny random Llama on 7 examples.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+import torch  # noqa: E402
+
+from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, unit_prompt_builder  # noqa: E402
+from tests.models import build_llama  # noqa: E402
+
+WHISPER_BATCH = 5
+PPL_MAX_LENGTH, PPL_STRIDE = 16, 5
+
+
+def llama_data(tokenizer, n: int = 7) -> tuple[list[list[int]], list[dict]]:
+    """Deterministic token sequences (lengths 1..59, mixed text and unit ids) and unit-prompt ASR examples."""
+    generator = torch.Generator().manual_seed(1234)
+    vocab = len(tokenizer)
+    sequences = [
+        [tokenizer.bos_token_id] + torch.randint(0, vocab, (length,), generator=generator).tolist()
+        for length in (0, 7, 58, 23, 16, 41, 3)[:n]
+    ]
+    words = ["hello", "world", "the", "cat", "sat", "on", "mat"]
+    examples = [
+        {
+            "id": f"utt{i}",
+            "units": torch.randint(0, 48, (4 + i,), generator=generator).tolist(),
+            "text": " ".join(words[: 2 + i % 4]),
+        }
+        for i in range(n)
+    ]
+    return sequences, examples
+
+
+def llama_prompt_builder(tokenizer):
+    return unit_prompt_builder(
+        tokenizer, prefix=["<|TEXT_UNDERSTANDING_START|>"], suffix=["<|TEXT_UNDERSTANDING_END|>"]
+    )
+
+
+def run_llama(accelerator=None) -> dict:
+    """Perplexity and speech-LLM WER of the tiny Llama (seed 0)."""
+    bundle = build_llama()
+    sequences, examples = llama_data(bundle.tokenizer)
+    ppl = evaluate_perplexity(
+        bundle.model, sequences, max_length=PPL_MAX_LENGTH, stride=PPL_STRIDE, accelerator=accelerator
+    )
+    wer = evaluate_wer(
+        bundle.model,
+        examples,
+        tokenizer=bundle.tokenizer,
+        prompt_builder=llama_prompt_builder(bundle.tokenizer),
+        batch_size=3,
+        max_new_tokens=5,
+        accelerator=accelerator,
+    )
+    return {
+        "perplexity": ppl.metrics(),
+        "perplexity_sequences": ppl.per_sequence,
+        "llm_wer": wer.metrics(),
+        "llm_predictions": wer.predictions,
+        "num_processes": ppl.num_processes,
+    }
+
+
+def run_whisper(cache_dir: str, accelerator=None) -> dict:
+    from hf_token_merge.reference import load_librivox_sonnets, load_whisper_tiny_en
+
+    model, processor = load_whisper_tiny_en(cache_dir=cache_dir)
+    result = evaluate_wer(
+        model,
+        load_librivox_sonnets(cache_dir=cache_dir),
+        processor=processor,
+        batch_size=WHISPER_BATCH,
+        accelerator=accelerator,
+    )
+    return {"wer": result.metrics(), "predictions": result.predictions, "num_processes": result.num_processes}
+
+
+def main(output: str, cache_dir: str) -> None:
+    torch.set_num_threads(1)  # the same threads as the in-process run: identical float results
+    from hf_token_merge.evaluation.runner import get_accelerator
+
+    accelerator = get_accelerator()
+    results = {**run_whisper(cache_dir, accelerator), **run_llama(accelerator)}
+    if accelerator.is_main_process:
+        with open(output, "w", encoding="utf-8") as handle:
+            json.dump(results, handle)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

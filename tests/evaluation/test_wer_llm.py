@@ -1,0 +1,127 @@
+"""WER scoring and the speech-LLM WER path on a tiny random Llama: mechanics, determinism, merged identity."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import jiwer
+import pytest
+import torch
+
+from hf_token_merge import TokenMergeConfig, apply_token_merge
+from hf_token_merge.evaluation import (
+    ErrorCounts,
+    corpus_error_counts,
+    error_counts,
+    evaluate_wer,
+    unit_prompt_builder,
+    word_error_rate,
+)
+from hf_token_merge.reference import asr_eval
+from tests.evaluation.dist_eval import llama_data, llama_prompt_builder
+from tests.models import build_llama
+
+
+def test_counts_add_up_and_match_jiwer():
+    references = ["Two. When forty winters", "the cat sat on the mat", "hello"]
+    hypotheses = ["2 when 40 winter", "the cat sat mat", "hello world again"]
+    total = corpus_error_counts(references, hypotheses)
+    assert total == ErrorCounts(hits=8, substitutions=1, deletions=2, insertions=2)
+    assert total.reference_words == 11
+    normalized = (
+        [asr_eval.normalize_transcript(text) for text in references],
+        [asr_eval.normalize_transcript(text) for text in hypotheses],
+    )
+    assert total.wer == pytest.approx(jiwer.wer(*normalized)) == word_error_rate(references, hypotheses)
+    assert asr_eval.word_error_rate is word_error_rate  # the reference module reuses the evaluator's code
+    assert error_counts("", "a b") == ErrorCounts(insertions=2)
+    assert error_counts("a b", "") == ErrorCounts(deletions=2)
+    assert ErrorCounts().wer == 0.0 and ErrorCounts(insertions=1).wer == float("inf")
+
+
+def test_unit_prompt_builder(llasa_tok):
+    build = unit_prompt_builder(
+        llasa_tok, prefix=["<|TEXT_UNDERSTANDING_START|>"], suffix=["<|TEXT_UNDERSTANDING_END|>"]
+    )
+    ids = build({"units": [3, 0, 47]})
+    tokens = llasa_tok.convert_ids_to_tokens(ids)
+    assert tokens == [
+        "<|begin_of_text|>",
+        "<|TEXT_UNDERSTANDING_START|>",
+        "<|s_3|>",
+        "<|s_0|>",
+        "<|s_47|>",
+        "<|TEXT_UNDERSTANDING_END|>",
+    ]
+    assert build({"units": "<|s_3|><|s_0|><|s_47|>"}) == ids  # unit-token strings work too
+    with pytest.raises(ValueError, match=re.escape("no token '<|asr|>'")):
+        unit_prompt_builder(llasa_tok)  # the default task tokens are not in this vocabulary
+    with pytest.raises(ValueError, match="no column 'units'"):
+        build({"speech": [1]})
+
+
+def _llm_wer(bundle, examples, **kwargs):
+    return evaluate_wer(
+        bundle.model,
+        examples,
+        tokenizer=bundle.tokenizer,
+        prompt_builder=llama_prompt_builder(bundle.tokenizer),
+        max_new_tokens=5,
+        show_progress=False,
+        **kwargs,
+    )
+
+
+def test_speech_llm_wer_mechanics_and_determinism(tmp_path):
+    bundle = build_llama()
+    _, examples = llama_data(bundle.tokenizer)
+    first = _llm_wer(bundle, examples, batch_size=3, output_dir=tmp_path)
+    again = _llm_wer(bundle, examples, batch_size=3)
+    assert first.predictions == again.predictions and first.metrics() == again.metrics()
+    assert first.num_utterances == 7 and first.audio_seconds is None and first.rtfx is None
+    assert first.counts.reference_words == sum(len(example["text"].split()) for example in examples)
+    assert [record["id"] for record in first.predictions] == [example["id"] for example in examples]
+
+    # The generated continuation is what a direct greedy generate() of the same prompt decodes to.
+    prompt = llama_prompt_builder(bundle.tokenizer)(examples[0])
+    with torch.no_grad():
+        out = bundle.model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=5)
+    new = out[0, len(prompt) :].tolist()
+    eos = bundle.tokenizer.eos_token_id
+    new = new[: new.index(eos)] if eos in new else new
+    assert first.predictions[0]["prediction"] == bundle.tokenizer.decode(new, skip_special_tokens=True).strip()
+
+    lines = (tmp_path / "wer_predictions.jsonl").read_text().splitlines()
+    assert [json.loads(line)["prediction"] for line in lines] == [r["prediction"] for r in first.predictions]
+    assert json.loads((tmp_path / "wer.json").read_text())["metrics"] == json.loads(json.dumps(first.metrics()))
+
+
+def test_singleton_merge_gives_identical_speech_llm_wer():
+    bundle, merged = build_llama(), build_llama()
+    apply_token_merge(
+        merged.model,
+        TokenMergeConfig(preset="llasa", n_clusters=merged.selected_ids.numel()),
+        tokenizer=merged.tokenizer,
+        show_progress=False,
+    )
+    _, examples = llama_data(bundle.tokenizer)
+    before, after = _llm_wer(bundle, examples, batch_size=2), _llm_wer(merged, examples, batch_size=2)
+    assert after.predictions == before.predictions and after.metrics() == before.metrics()
+
+
+def test_wer_bad_input(whisper):
+    bundle = build_llama()
+    _, examples = llama_data(bundle.tokenizer)
+    with pytest.raises(ValueError, match="causal LM LlamaForCausalLM but no prompt_builder"):
+        evaluate_wer(bundle.model, examples, tokenizer=bundle.tokenizer)
+    with pytest.raises(ValueError, match="needs its tokenizer"):
+        evaluate_wer(bundle.model, examples, prompt_builder=llama_prompt_builder(bundle.tokenizer))
+    with pytest.raises(ValueError, match="no column 'text'"):
+        _llm_wer(bundle, [{"units": [1, 2]}])
+    with pytest.raises(ValueError, match="no column 'units'"):
+        _llm_wer(bundle, [{"text": "a"}])
+    with pytest.raises(ValueError, match="empty"):
+        _llm_wer(bundle, [])
+    with pytest.raises(ValueError, match="needs its processor"):
+        evaluate_wer(whisper.model, [{"audio": "x.wav", "text": "a"}])
