@@ -5,8 +5,19 @@ umap-learn); they are imported on first use so that the budget search works with
 """
 
 from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compress_within_budget
+from hf_token_merge.analysis.sweep import STRATEGIES, SweepPoint, sweep, sweep_markdown
 
-__all__ = ["BudgetResult", "RedundancyReport", "analyze_redundancy", "bisect_smallest", "compress_within_budget"]
+__all__ = [
+    "STRATEGIES",
+    "BudgetResult",
+    "RedundancyReport",
+    "SweepPoint",
+    "analyze_redundancy",
+    "bisect_smallest",
+    "compress_within_budget",
+    "sweep",
+    "sweep_markdown",
+]
 
 
 def __getattr__(name: str):

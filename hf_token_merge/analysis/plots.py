@@ -90,3 +90,21 @@ def scatter_map(points: torch.Tensor, colours: torch.Tensor, title: str, path: s
 def figure_path(output_dir: str, name: str) -> str:
     """Where a figure of the report goes."""
     return os.path.join(output_dir, f"{name}.png")
+
+
+def sweep_curve(points, metric: str, path: str) -> str:
+    """A metric against rows removed, one line per strategy, the baseline as a dashed line."""
+    figure, axis = plt.subplots(figsize=(6, 3.8))
+    baseline = next((p for p in points if p.strategy == "baseline"), None)
+    for strategy in dict.fromkeys(p.strategy for p in points if p.strategy != "baseline"):
+        series = sorted((p.rows_removed, p.metrics[metric]) for p in points if p.strategy == strategy)
+        if baseline is not None:
+            series = [(0, baseline.metrics[metric]), *series]
+        removed, values = zip(*series, strict=True)
+        axis.plot(removed, values, marker="o", label=strategy)
+    if baseline is not None:
+        axis.axhline(baseline.metrics[metric], color="#888888", linestyle="--", linewidth=1, label="baseline")
+    axis.set(title=f"{metric} against rows removed", xlabel="rows removed", ylabel=metric)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    return _save(figure, path)

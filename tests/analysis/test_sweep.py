@@ -1,0 +1,70 @@
+"""sweep: strategies, levels and outputs on planted structure with a distortion metric."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hf_token_merge import TokenMergeConfig, count_tokens
+from hf_token_merge.analysis import sweep
+from hf_token_merge.analysis.sweep import least_frequent_labels, random_labels
+from tests.models import build_llama
+
+
+def _distortion_metric(original_rows: torch.Tensor, ids: torch.Tensor):
+    def evaluate(model):
+        rows = model.get_input_embeddings()(ids)
+        return {"distortion": float((rows - original_rows).pow(2).sum(1).mean())}
+
+    return evaluate
+
+
+def test_similarity_merge_beats_the_controls(tmp_path):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    ids = bundle.selected_ids
+    evaluate = _distortion_metric(bundle.model.get_input_embeddings()(ids).detach(), ids)
+    counts = count_tokens(torch.arange(bundle.vocab_size).repeat_interleave(2), bundle.vocab_size)
+    counts[ids[:4]] += 10  # a few frequent speech tokens
+    points = sweep(
+        bundle.model,
+        TokenMergeConfig(preset="llasa", n_clusters=8),
+        evaluate,
+        ratios=(0.5, 8 / 48),
+        strategies=("kmeans", "agglomerative", "drop_least_frequent", "random"),
+        tokenizer=bundle.tokenizer,
+        token_counts=counts,
+        output_dir=str(tmp_path),
+        show_progress=False,
+    )
+    by_key = {(p.strategy, p.rows_kept): p for p in points}
+    assert points[0].strategy == "baseline" and points[0].metrics["distortion"] == 0.0
+    assert len(points) == 1 + 4 * 2
+    assert by_key[("kmeans", 8)].rows_removed == 40
+    for method in ("kmeans", "agglomerative"):  # the planted clusters: almost no distortion
+        assert by_key[(method, 8)].metrics["distortion"] < 1e-4
+    for control in ("random", "drop_least_frequent"):
+        assert by_key[(control, 8)].metrics["distortion"] > 100 * by_key[("kmeans", 8)].metrics["distortion"] + 0.1
+    assert type(bundle.model.get_input_embeddings()) is torch.nn.Embedding  # the original is left unmerged
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert len(saved) == len(points)
+    assert (tmp_path / "sweep_distortion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| kmeans | 0.1667 | 8 | 40 |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_control_groupings():
+    labels = random_labels(20, 6, seed=1)
+    assert sorted(labels.unique().tolist()) == list(range(6))
+    assert torch.equal(labels, random_labels(20, 6, seed=1))
+    counts = torch.tensor([5, 1, 9, 0, 3])
+    assert least_frequent_labels(counts, 3).tolist() == [1, 2, 0, 2, 2]  # 9 and 5 stay, the rest share a row
+
+
+def test_sweep_errors():
+    bundle = build_llama()
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    with pytest.raises(ValueError, match="Unknown strategies"):
+        sweep(bundle.model, config, lambda m: {}, strategies=("magic",), tokenizer=bundle.tokenizer)
+    with pytest.raises(ValueError, match="needs token_counts"):
+        sweep(bundle.model, config, lambda m: {}, strategies=("drop_least_frequent",), tokenizer=bundle.tokenizer)
