@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, WhisperForConditionalGeneration
 
 from hf_token_merge import apply_token_merge, count_tokens
 from hf_token_merge.recipes import RECIPE_KEYS, Recipe, list_recipes, load_recipe
-from tests.models import logits_of, random_ids
+from tests.models import TEXT_WORDS, build_tokenizer, logits_of, random_ids
 from tests.recipes import replicas
 
 FAMILIES = ["llasa", "orpheus", "spark_tts", "outetts", "spiritlm", "speechgpt", "glm4_voice", "whisper", "reference"]
@@ -100,6 +100,31 @@ def test_orpheus_clusters_stay_inside_one_position_block(tmp_path):
     # each position keeps its share of the rows: 7,168 = 7 x 1,024
     per_position = [plan.cluster_of_selected[position == p].unique().numel() for p in range(7)]
     assert per_position == [1024] * 7
+
+
+def test_orpheus_with_special_flagged_custom_tokens():
+    # If a tokenizer flags every <custom_token_N> special, protection refuses the codes; allow_special_tokens=True
+    # then selects exactly the codes again, because the control tokens are excluded by pattern.
+    from hf_token_merge.selection.select import protected_token_ids, select_token_ids
+
+    total = replicas.ORPHEUS_CONTROL + replicas.ORPHEUS_POSITIONS * replicas.ORPHEUS_CODES + replicas.ORPHEUS_TRAILING
+    custom = [f"<custom_token_{n}>" for n in range(total)]
+    tokenizer = build_tokenizer(
+        TEXT_WORDS,
+        replicas.LLAMA3_SPECIALS,
+        [],
+        custom,
+        bos="<|begin_of_text|>",
+        eos="<|end_of_text|>",
+        pad="<|eot_id|>",
+    )
+    protected = protected_token_ids(tokenizer)
+    with pytest.raises(ValueError, match="includes special tokens"):
+        select_token_ids(load_recipe("orpheus").config, len(tokenizer), tokenizer, protected)
+    config = load_recipe("orpheus", allow_special_tokens=True).config
+    first_code = tokenizer.convert_tokens_to_ids("<custom_token_10>")
+    selected = select_token_ids(config, len(tokenizer), tokenizer, protected)
+    assert selected.tolist() == list(range(first_code, first_code + 7 * 4096))
 
 
 @pytest.mark.parametrize("slots", [1024, 1025])
