@@ -8,6 +8,7 @@ reloads with `AutoModelForCausalLM.from_pretrained(path)`.
 """
 
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.recipes import Recipe, list_recipes, load_recipe
 from hf_token_merge.remap import (
     MergedEmbedding,
     MergedLMHead,
@@ -26,6 +27,7 @@ register()
 
 __all__ = [
     "PRESETS",
+    "Recipe",
     "MergePlan",
     "MergeResult",
     "MergedEmbedding",
@@ -35,5 +37,7 @@ __all__ = [
     "apply_token_merge",
     "count_tokens",
     "export_plain",
+    "list_recipes",
+    "load_recipe",
     "plan_token_merge",
 ]

@@ -29,6 +29,8 @@ PRESETS: dict[str, Preset] = {
     "spark_tts_global": Preset(r"<\|bicodec_global_\d+\|>", "Spark-TTS: BiCodec global (speaker) tokens."),
     "outetts": Preset(r"<\|c[12]_\d+\|>", "OuteTTS 1.0: DAC codebook tokens <|c1_N|> and <|c2_N|>."),
     "spiritlm": Preset(r"\[Hu\d+\]", "SpiritLM: HuBERT units [HuN]."),
+    "spiritlm_pitch": Preset(r"\[Pi\d+\]", "SpiritLM Expressive: pitch tokens [PiN]."),
+    "spiritlm_style": Preset(r"\[St\d+\]", "SpiritLM Expressive: style tokens [StN]."),
     "speechgpt": Preset(r"<\d+>", "SpeechGPT: HuBERT units <N>."),
     "glm4_voice": Preset(r"<\|audio_\d+\|>", "GLM-4-Voice: speech tokens <|audio_N|>."),
     "reference": Preset(r"<\|s_\d+\|>", "The bundled reference speech-LLM: k-means units <|s_N|>."),

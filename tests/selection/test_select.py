@@ -142,6 +142,8 @@ def test_added_special_markers_are_protected(llasa_tok):
         ("spark_tts_global", "<|bicodec_global_3|>", ["<|bicodec_semantic_3|>"]),
         ("outetts", "<|c2_1023|>", ["<|c3_1|>", "<|c1_|>"]),
         ("spiritlm", "[Hu499]", ["[Pi3]", "Hu499"]),
+        ("spiritlm_pitch", "[Pi63]", ["[Hu3]", "[St3]", "Pi63"]),
+        ("spiritlm_style", "[St99]", ["[Hu3]", "[Pi3]", "St99"]),
         ("speechgpt", "<812>", ["<a1>", "812"]),
         ("glm4_voice", "<|audio_16383|>", ["<|audio_|>"]),
     ],
