@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from hf_token_merge import __version__
-
-BUILTIN_MODELS = ("whisper-tiny-en",)
+from hf_token_merge.cli import analyze, compress, push, sweep
+from hf_token_merge.cli.common import load_model
 
 
 def _add_evaluate(subparsers) -> None:
@@ -52,50 +53,46 @@ def _add_evaluate(subparsers) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
+def _add_run(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="the built-in job: analyse, merge, evaluate before/after and report, on the reference speech-LLM",
+        description=(
+            "Run the whole job on the bundled reference speech-LLM with no arguments: redundancy analysis, "
+            "merge of half its unit rows, WER and unit perplexity before and after, and a report. "
+            "Example: hf-token-merge run --output-dir outputs/reference-job"
+        ),
+    )
+    parser.add_argument("--output-dir", default=os.path.join("outputs", "reference-job"), help="report folder")
+    parser.set_defaults(handler=_run_job)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    from hf_token_merge.job import run_reference_job
+
+    run_reference_job(args.output_dir)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level argument parser.
 
     Returns:
-        The parser with its subcommands (`evaluate`).
+        The parser with its subcommands (`evaluate`, `analyze`, `compress`, `sweep`, `push`, `run`).
     """
     parser = argparse.ArgumentParser(
         prog="hf-token-merge",
         description="Merge near-duplicate speech-token rows of Hugging Face speech-LLMs through an index remap.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_evaluate(subparsers)
+    analyze.add_parser(subparsers)
+    compress.add_parser(subparsers)
+    sweep.add_parser(subparsers)
+    push.add_parser(subparsers)
+    _add_run(subparsers)
     return parser
-
-
-def _load_model(name: str):
-    """`(model, processor_or_tokenizer)` of a built-in name or a saved folder (never downloads)."""
-    if name == "whisper-tiny-en":
-        from hf_token_merge.reference import load_whisper_tiny_en
-
-        return load_whisper_tiny_en()
-    path = Path(name)
-    if not (path / "config.json").is_file():
-        raise ValueError(
-            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, "
-            f"or one of {list(BUILTIN_MODELS)}."
-        )
-    from transformers import (
-        AutoConfig,
-        AutoModelForCausalLM,
-        AutoModelForSpeechSeq2Seq,
-        AutoProcessor,
-        AutoTokenizer,
-    )
-
-    import hf_token_merge  # noqa: F401  (registers the loader of merged checkpoints)
-
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if getattr(config, "is_encoder_decoder", False):
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, local_files_only=True)
-        return model, AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -123,7 +120,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    model, helper = _load_model(args.model)
+    model, helper = load_model(args.model)
     task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
     accelerator = get_accelerator(None, args.device)
     common = {
@@ -203,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        reason = " ".join(str(error).split())
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        reason = " ".join(str(error).strip("'\"").split())
         print(f"hf-token-merge {getattr(args, 'command', 'evaluate')}: error: {reason}", file=sys.stderr)
         return 2
 

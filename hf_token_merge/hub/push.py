@@ -84,6 +84,27 @@ def push_to_hub(
         return _upload(folder, repo_id, private, revision, create_pr, commit_message, token)
 
 
+def push_folder(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    private: bool | None = None,
+    revision: str | None = None,
+    create_pr: bool = False,
+    commit_message: str = "Upload token-merged model (hf_token_merge)",
+    token: str | None = None,
+) -> str:
+    """Upload a folder written by `stage_folder` (or `hf-token-merge compress`) as it is.
+
+    Returns:
+        The URL of the commit (or pull request).
+    """
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise ValueError(f"{folder} holds no config.json. Fix: pass the model folder written by compress.")
+    return _upload(folder, repo_id, private, revision, create_pr, commit_message, token)
+
+
 def _upload(folder: Path, repo_id, private, revision, create_pr, commit_message, token) -> str:
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")

@@ -1,0 +1,141 @@
+"""What the subcommands share: loading a model by name or path, merge options, built-in evaluations."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hf_token_merge.config import TokenMergeConfig
+
+BUILTIN_MODELS = ("whisper-tiny-en", "reference")
+BUILTIN_EVALUATIONS = ("reference", "librivox")
+
+
+def load_model(name: str):
+    """`(model, processor_or_tokenizer)` of a built-in name or a saved folder (never downloads)."""
+    if name == "whisper-tiny-en":
+        from hf_token_merge.reference import load_whisper_tiny_en
+
+        return load_whisper_tiny_en()
+    if name == "reference":
+        from hf_token_merge.reference.speech_llm import load_reference_speech_llm
+
+        return load_reference_speech_llm()
+    path = Path(name)
+    if not (path / "config.json").is_file():
+        raise ValueError(
+            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, "
+            f"or one of {list(BUILTIN_MODELS)}."
+        )
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSpeechSeq2Seq,
+        AutoProcessor,
+        AutoTokenizer,
+    )
+
+    import hf_token_merge  # noqa: F401  (registers the loader of merged checkpoints)
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    if getattr(config, "is_encoder_decoder", False):
+        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, local_files_only=True)
+        return model, AutoProcessor.from_pretrained(path, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
+    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+
+def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that build a `TokenMergeConfig`: a saved config file, then flags that override its fields."""
+    group = parser.add_argument_group("merge settings (flags override --recipe/--config)")
+    group.add_argument("--recipe", help="a family recipe name (llasa, orpheus, ..., reference) or a YAML path")
+    group.add_argument("--config", help="token_merge_config.json (or its folder) to start from")
+    group.add_argument("--preset", help="family preset, e.g. llasa, orpheus, reference")
+    group.add_argument("--token-pattern", help="regex over token strings")
+    group.add_argument("--token-id-range", nargs=2, type=int, metavar=("START", "END"), help="half-open id range")
+    group.add_argument("--allow-special-tokens", action="store_true", default=None)
+    group.add_argument("--method", choices=["kmeans", "threshold", "agglomerative"])
+    group.add_argument("--metric", choices=["cosine", "euclidean"])
+    group.add_argument("--target-ratio", type=float, help="merged rows / selected rows")
+    group.add_argument("--n-clusters", type=int)
+    group.add_argument("--similarity-threshold", type=float)
+    group.add_argument("--lm-head", choices=["merge", "keep", "drop"])
+    group.add_argument("--logit-correction", choices=["none", "uniform", "frequency"])
+
+
+_STOPS = ("target_ratio", "n_clusters", "similarity_threshold", "distance_threshold")
+
+
+def config_from_args(args: argparse.Namespace, default: TokenMergeConfig | None = None) -> TokenMergeConfig:
+    """The merge config the options describe (flags override the file; a new stopping option replaces the old)."""
+    if getattr(args, "recipe", None) and args.config:
+        raise ValueError("--recipe and --config both give a starting config. Fix: pass only one of them.")
+    if getattr(args, "recipe", None):
+        from hf_token_merge.recipes import load_recipe
+
+        base = load_recipe(args.recipe).config.to_dict()
+    elif args.config:
+        base = TokenMergeConfig.from_pretrained(args.config).to_dict()
+    elif default is not None:
+        base = default.to_dict()
+    else:
+        base = {}
+    fields = (
+        "preset",
+        "token_pattern",
+        "token_id_range",
+        "allow_special_tokens",
+        "method",
+        "metric",
+        "target_ratio",
+        "n_clusters",
+        "similarity_threshold",
+        "lm_head",
+        "logit_correction",
+    )
+    overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
+    if any(stop in overrides for stop in _STOPS):
+        base = {key: value for key, value in base.items() if key not in _STOPS}
+    base.update(overrides)
+    if not any(base.get(key) is not None for key in ("preset", "token_pattern", "token_id_range", "token_ids")):
+        raise ValueError(
+            "No rows are selected. Fix: pass --recipe, --preset, --token-pattern, --token-id-range or --config."
+        )
+    if not any(base.get(stop) is not None for stop in _STOPS):
+        raise ValueError("No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold.")
+    return TokenMergeConfig.from_dict(base)
+
+
+def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Callable[[Any], dict[str, float]]:
+    """`model -> metrics` on a built-in evaluation set ('reference': WER + unit perplexity; 'librivox': WER)."""
+    if name == "reference":
+        from hf_token_merge.job import evaluate_reference
+        from hf_token_merge.reference.speech_llm import load_reference_eval_set
+
+        eval_set = load_reference_eval_set()
+
+        def evaluate(model) -> dict[str, float]:
+            results = evaluate_reference(model, model_helper, eval_set, show_progress=show_progress)
+            return {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
+
+        return evaluate
+    if name == "librivox":
+        from hf_token_merge.evaluation import evaluate_wer
+        from hf_token_merge.reference import load_librivox_sonnets
+
+        data = load_librivox_sonnets()
+
+        def evaluate(model) -> dict[str, float]:
+            return {"wer": evaluate_wer(model, data, processor=model_helper, show_progress=show_progress).wer}
+
+        return evaluate
+    raise ValueError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write indented JSON, creating the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

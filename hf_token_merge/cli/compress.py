@@ -1,0 +1,96 @@
+"""`hf-token-merge compress`: plan + apply + save (+ before/after evaluation, model card, plain export)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_token_merge.cli.common import (
+    BUILTIN_EVALUATIONS,
+    add_merge_arguments,
+    builtin_evaluation,
+    config_from_args,
+    load_model,
+    write_json,
+)
+
+EXAMPLES = """examples:
+  hf-token-merge compress --model reference --recipe reference --eval reference --output-dir runs/ref
+  hf-token-merge compress --model path/to/llasa --recipe llasa --target-ratio 0.25 --output-dir runs/llasa
+  hf-token-merge compress --model whisper-tiny-en --token-id-range 50364 51864 --allow-special-tokens \\
+      --n-clusters 150 --eval librivox --export-plain --output-dir runs/whisper
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register `compress`."""
+    parser = subparsers.add_parser(
+        "compress",
+        help="merge a model (plan + apply + save), optionally evaluating before and after",
+        description=(
+            "Merge the selected rows and write OUTPUT_DIR/model (slim checkpoint, tokenizer, merge config and "
+            "plan, README.md model card), OUTPUT_DIR/merge.json, and with --export-plain OUTPUT_DIR/plain."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--eval", choices=BUILTIN_EVALUATIONS, help="evaluate before and after on a built-in set")
+    parser.add_argument("--export-plain", action="store_true", help="also write a plain transformers checkpoint")
+    parser.add_argument("--base-model-id", help="Hub id of the base model for the card (default: --model)")
+    parser.add_argument("--repo-id", help="Hub id the card's loading snippet names (default: <output-dir name>)")
+    add_merge_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `compress`."""
+    from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
+    from hf_token_merge.hub import CardRow, build_model_card, stage_folder
+
+    config = config_from_args(args)
+    model, helper = load_model(args.model)
+    tokenizer = getattr(helper, "tokenizer", helper)
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
+    output = Path(args.output_dir)
+    before = evaluate(model) if evaluate else {}
+    disk_before = bytes_on_disk(model)
+    result = apply_token_merge(model, config, tokenizer=tokenizer)
+    after = evaluate(model) if evaluate else {}
+    folder = stage_folder(output / "model", model, tokenizer=helper, plan=result.plan)
+    disk_after = safetensors_bytes(folder)
+
+    stats = result.plan.statistics
+    rows = [CardRow(name, before[name], after[name]) for name in before] + [
+        CardRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
+        CardRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
+        CardRow("safetensors bytes", disk_before, disk_after, ",.0f"),
+    ]
+    card = build_model_card(
+        repo_id=args.repo_id or output.name,
+        base_model=args.base_model_id or args.model,
+        config=config,
+        plan_statistics=stats,
+        rows=rows,
+    )
+    card.save(folder / "README.md")
+    write_json(
+        output / "merge.json",
+        {
+            **result.to_dict(),
+            "before": before,
+            "after": after,
+            "disk_bytes_before": disk_before,
+            "disk_bytes_after": disk_after,
+        },
+    )
+    if args.export_plain:
+        export_plain(model, result.plan, output / "plain", tokenizer=tokenizer)
+    print(result)
+    for row in rows:
+        rendered = row.rendered()
+        print(f"{rendered['metric']}: {rendered['before']} -> {rendered['after']} ({rendered['change']})")
+    print(f"model: {folder}")
+    return 0

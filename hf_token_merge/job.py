@@ -1,0 +1,153 @@
+"""The built-in default job: analyse -> merge -> evaluate before and after -> report, on the reference speech-LLM.
+
+    hf-token-merge run            # or: python -m hf_token_merge.job
+
+It needs nothing but the installed package: the reference speech-LLM, its tokenizer and its held-out test split
+(speech units + transcripts) ship inside it. The report (Markdown, HTML with the figures, JSON) and the merged
+model go to `outputs/reference-job/` unless another folder is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.remap import apply_token_merge
+
+DEFAULT_OUTPUT_DIR = os.path.join("outputs", "reference-job")
+
+
+def _continuation_sequences(tokenizer, eval_set: Sequence[dict]) -> list[list[int]]:
+    """`<|bos|> <|continue|> units <|eos|>` id sequences: what unit perplexity is measured on."""
+    from hf_token_merge.reference.speech_llm import BOS, CONTINUE, EOS, unit_token
+
+    ids = tokenizer.convert_tokens_to_ids
+    return [[ids(BOS), ids(CONTINUE), *ids([unit_token(u) for u in row["units"]]), ids(EOS)] for row in eval_set]
+
+
+def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress: bool = True) -> dict[str, Any]:
+    """WER (ASR task) and unit perplexity (continuation task) of a reference speech-LLM on its test split."""
+    from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, unit_prompt_builder
+    from hf_token_merge.reference.speech_llm import ASR, TEXT_END, TEXT_START
+
+    builder = unit_prompt_builder(tokenizer, units_column="units", prefix=[ASR], suffix=[TEXT_START])
+    wer = evaluate_wer(
+        model,
+        list(eval_set),
+        tokenizer=tokenizer,
+        prompt_builder=builder,
+        eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_END),
+        batch_size=16,
+        show_progress=show_progress,
+    )
+    perplexity = evaluate_perplexity(model, _continuation_sequences(tokenizer, eval_set), show_progress=show_progress)
+    return {"wer": wer, "perplexity": perplexity}
+
+
+def _safetensors_bytes(folder: str) -> int:
+    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
+
+
+def _table(rows: list[tuple[str, float, float, str]]) -> str:
+    lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
+    for name, before, after, fmt in rows:
+        change = after - before
+        relative = f" ({change / before:+.1%})" if before else ""
+        lines.append(f"| {name} | {before:{fmt}} | {after:{fmt}} | {change:+{fmt}}{relative} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_reference_job(
+    output_dir: str = DEFAULT_OUTPUT_DIR,
+    config: TokenMergeConfig | None = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Analyse, merge, evaluate before and after, and write the report.
+
+    Args:
+        output_dir: Where the report, the figures and the merged model go.
+        config: The merge; defaults to the `reference` recipe (`recipes/reference.yaml`).
+        show_progress: Show tqdm bars.
+
+    Returns:
+        The numbers of the report (also in `report.json`).
+    """
+    from hf_token_merge.analysis import analyze_redundancy
+    from hf_token_merge.evaluation.compare import embedding_rows
+    from hf_token_merge.recipes import load_recipe
+    from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
+
+    config = config or load_recipe("reference").config
+    os.makedirs(output_dir, exist_ok=True)
+    model, tokenizer = load_reference_speech_llm()
+    eval_set = load_reference_eval_set()
+
+    inputs = [torch.tensor(ids) for ids in _continuation_sequences(tokenizer, eval_set)]
+    analysis = analyze_redundancy(
+        model,
+        config,
+        os.path.join(output_dir, "analysis"),
+        tokenizer=tokenizer,
+        inputs=inputs,
+        show_progress=show_progress,
+    )
+    before = evaluate_reference(model, tokenizer, eval_set, show_progress)
+    original_dir = os.path.join(output_dir, "original")
+    model.save_pretrained(original_dir)
+
+    merged = copy.deepcopy(model)
+    result = apply_token_merge(merged, config, tokenizer=tokenizer, show_progress=show_progress)
+    merged_dir = os.path.join(output_dir, "merged")
+    merged.save_pretrained(merged_dir)
+    tokenizer.save_pretrained(merged_dir)
+    after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
+
+    rows = [
+        ("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
+        ("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
+        ("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
+        ("parameters", result.parameters_before, result.parameters_after, ",d"),
+        ("safetensors bytes", _safetensors_bytes(original_dir), _safetensors_bytes(merged_dir), ",d"),
+    ]
+    table = _table(rows)
+    numbers = {
+        "config": config.to_dict(),
+        "table": [{"metric": n, "before": b, "after": a} for n, b, a, _ in rows],
+        "plan": result.plan.statistics,
+        "analysis": {"effective_rank": analysis.effective_rank, "threshold_curve": analysis.threshold_curve},
+        "utterances": len(eval_set),
+    }
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as handle:
+        json.dump(numbers, handle, indent=2)
+    report = (
+        "# Reference speech-LLM: merge report\n\n"
+        f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
+        f"Evaluated on the {len(eval_set)}-utterance held-out synthetic test split (greedy ASR; unit perplexity "
+        "on the continuation task).\n\n" + table + "\nRedundancy analysis: [analysis/report.md](analysis/report.md) "
+        "(figures, also as [analysis/report.html](analysis/report.html)).\n"
+    )
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
+        handle.write(report)
+    print("\n" + table)
+    print(f"report: {os.path.join(output_dir, 'report.md')}")
+    return numbers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m hf_token_merge.job [--output-dir DIR]`."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    args = parser.parse_args(argv)
+    run_reference_job(args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

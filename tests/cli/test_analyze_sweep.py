@@ -1,0 +1,137 @@
+"""`hf-token-merge analyze` and `sweep`: end to end on a saved tiny model, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hf_token_merge.cli.main import main
+from tests.models import build_llama
+
+
+@pytest.fixture
+def saved_llama(tmp_path):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    folder = tmp_path / "llama"
+    bundle.model.save_pretrained(folder)
+    bundle.tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_analyze_writes_the_report(saved_llama, tmp_path, capsys):
+    out = tmp_path / "analysis"
+    status = main(
+        [
+            "analyze",
+            "--model",
+            str(saved_llama),
+            "--preset",
+            "llasa",
+            "--n-clusters",
+            "8",
+            "--no-maps",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert status == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["selected_rows"] == 48 and report["plan_statistics"]["clusters"] == 8
+    assert {"pairwise.png", "threshold_curve.png", "report.html"} <= {p.name for p in out.iterdir()}
+    assert "48 selected rows" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--n-clusters", "8"], "No rows are selected. Fix: pass --recipe, --preset"),
+        (["--preset", "llasa"], "No stopping option. Fix: pass --target-ratio"),
+        (["--preset", "nope", "--n-clusters", "8"], "Unknown preset 'nope'"),
+    ],
+)
+def test_analyze_bad_input_is_one_line(saved_llama, tmp_path, capsys, arguments, reason):
+    status = main(["analyze", "--model", str(saved_llama), "--output-dir", str(tmp_path / "x"), *arguments])
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hf-token-merge analyze: error: ") and reason in err
+    assert "\n" not in err
+
+
+def test_missing_model_folder_is_one_line(tmp_path, capsys):
+    status = main(
+        [
+            "analyze",
+            "--model",
+            str(tmp_path / "none"),
+            "--preset",
+            "llasa",
+            "--n-clusters",
+            "2",
+            "--output-dir",
+            str(tmp_path / "x"),
+        ]
+    )
+    assert status == 2
+    assert "no config.json there. Fix:" in capsys.readouterr().err
+
+
+def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    status = main(
+        [
+            "compress",
+            "--model",
+            str(saved_llama),
+            "--recipe",
+            "llasa",
+            "--n-clusters",
+            "8",
+            "--export-plain",
+            "--repo-id",
+            "me/llama-merged",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert status == 0
+    merge = json.loads((out / "merge.json").read_text())
+    assert merge["clusters"] == 8 and merge["disk_bytes_after"] < merge["disk_bytes_before"]
+    names = {p.name for p in (out / "model").iterdir()}
+    assert {"README.md", "model.safetensors", "token_merge_plan.safetensors", "tokenizer.json"} <= names
+    assert 'from_pretrained("me/llama-merged")' in (out / "model" / "README.md").read_text()
+    assert json.loads((out / "plain" / "config.json").read_text())["vocab_size"] == merge["rows_after"]
+
+    status = main(
+        [
+            "push",
+            str(out / "model"),
+            "--repo-id",
+            "me/llama-merged",
+            "--dry-run",
+            "--staging-dir",
+            str(tmp_path / "stage"),
+        ]
+    )
+    assert status == 0
+    assert f"would upload {len(names)} files to me/llama-merged" in capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "stage").iterdir()} == names
+
+    import hf_token_merge.hub.push as push_module
+
+    uploads = []
+
+    class Api:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            uploads.append(("create", repo_id, kwargs["private"]))
+
+        def upload_folder(self, **kwargs):
+            uploads.append(("upload", kwargs["repo_id"], kwargs["folder_path"]))
+            return type("Info", (), {"commit_url": "https://hub/commit", "pr_url": None})()
+
+    monkeypatch.setattr(push_module, "HfApi", Api)
+    assert main(["push", str(out / "model"), "--repo-id", "me/llama-merged", "--private"]) == 0
+    assert uploads == [("create", "me/llama-merged", True), ("upload", "me/llama-merged", str(out / "model"))]
