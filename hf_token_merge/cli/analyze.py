@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hf_token_merge.cli.common import add_merge_arguments, config_from_args, load_model
+from hf_token_merge.cli.common import add_merge_arguments, load_for_merge
 
 EXAMPLES = """examples:
   hf-token-merge analyze --model reference --preset reference --target-ratio 0.5 --output-dir runs/analysis
@@ -34,9 +34,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `analyze`."""
     from hf_token_merge.analysis import analyze_redundancy
 
-    config = config_from_args(args)
-    model, helper = load_model(args.model)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    config, model, helper, tokenizer = load_for_merge(args)
     report = analyze_redundancy(
         model,
         config,

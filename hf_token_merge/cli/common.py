@@ -109,6 +109,13 @@ def config_from_args(args: argparse.Namespace, default: TokenMergeConfig | None 
     return TokenMergeConfig.from_dict(base)
 
 
+def load_for_merge(args: argparse.Namespace):
+    """`(config, model, helper, tokenizer)` of a merging subcommand: the config is validated before loading."""
+    config = config_from_args(args)
+    model, helper = load_model(args.model)
+    return config, model, helper, getattr(helper, "tokenizer", helper)
+
+
 def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Callable[[Any], dict[str, float]]:
     """`model -> metrics` on a built-in evaluation set ('reference': WER + unit perplexity; 'librivox': WER)."""
     if name == "reference":

@@ -9,8 +9,7 @@ from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     add_merge_arguments,
     builtin_evaluation,
-    config_from_args,
-    load_model,
+    load_for_merge,
     write_json,
 )
 
@@ -50,9 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import CardRow, build_model_card, stage_folder
 
-    config = config_from_args(args)
-    model, helper = load_model(args.model)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    config, model, helper, tokenizer = load_for_merge(args)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
     output = Path(args.output_dir)
     before = evaluate(model) if evaluate else {}

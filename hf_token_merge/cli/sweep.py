@@ -9,8 +9,7 @@ from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     add_merge_arguments,
     builtin_evaluation,
-    config_from_args,
-    load_model,
+    load_for_merge,
     write_json,
 )
 
@@ -57,9 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
 
-    config = config_from_args(args)
-    model, helper = load_model(args.model)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    config, model, helper, tokenizer = load_for_merge(args)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
     output = Path(args.output_dir)
     points = sweep(

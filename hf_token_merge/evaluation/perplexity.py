@@ -17,7 +17,6 @@ float32 and summed in float64 per sequence; the corpus NLL is the sum over seque
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -27,7 +26,7 @@ from typing import Any
 
 import torch
 
-from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded
+from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
 
 
 def window_plan(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -152,14 +151,7 @@ class PerplexityResult:
 
     def save(self, output_dir: str | os.PathLike[str], prefix: str = "perplexity") -> dict[str, Path]:
         """Write `{prefix}.json` and `{prefix}_sequences.jsonl`."""
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        report, lines = folder / f"{prefix}.json", folder / f"{prefix}_sequences.jsonl"
-        report.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        with open(lines, "w", encoding="utf-8") as handle:
-            for record in self.per_sequence:
-                handle.write(json.dumps(record) + "\n")
-        return {"report": report, "sequences": lines}
+        return write_report(output_dir, prefix, self.to_dict(), self.per_sequence, "sequences")
 
     def __str__(self) -> str:
         return (

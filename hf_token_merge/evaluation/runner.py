@@ -11,9 +11,11 @@ Aggregates are sums of per-example counts in dataset order, never averages of pe
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -108,3 +110,21 @@ def run_sharded(
     if [record["index"] for record in records] != list(range(num_examples)):
         raise RuntimeError("Sharded evaluation lost or duplicated examples; this is a bug, please report it.")
     return records, {"compute_seconds": max(times), "process_seconds": sum(times)}
+
+
+def write_report(
+    output_dir: str | os.PathLike[str], prefix: str, report: dict[str, Any], records: list[dict], records_name: str
+) -> dict[str, Path]:
+    """Write `{prefix}.json` (the report) and `{prefix}_{records_name}.jsonl` (one line per example).
+
+    Returns:
+        `{"report": path, records_name: path}`.
+    """
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    report_path, lines_path = folder / f"{prefix}.json", folder / f"{prefix}_{records_name}.jsonl"
+    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    with open(lines_path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return {"report": report_path, records_name: lines_path}

@@ -13,7 +13,6 @@ normaliser, jiwer alignment, summed counts) and the result object.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import torch
 
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value
 from hf_token_merge.evaluation.data import check_columns, undecoded_audio
-from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded
+from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
 from hf_token_merge.evaluation.text import ErrorCounts, error_counts, normalize_transcript
 
 PromptBuilder = Callable[[dict[str, Any]], Sequence[int]]
@@ -171,14 +170,7 @@ class WerResult:
 
     def save(self, output_dir: str | os.PathLike[str], prefix: str = "wer") -> dict[str, Path]:
         """Write `{prefix}.json` (metrics + timing) and `{prefix}_predictions.jsonl` (one line per utterance)."""
-        folder = Path(output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        report, lines = folder / f"{prefix}.json", folder / f"{prefix}_predictions.jsonl"
-        report.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        with open(lines, "w", encoding="utf-8") as handle:
-            for record in self.predictions:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        return {"report": report, "predictions": lines}
+        return write_report(output_dir, prefix, self.to_dict(), self.predictions, "predictions")
 
     def __str__(self) -> str:
         c = self.counts
