@@ -51,10 +51,6 @@ def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress
     return {"wer": wer, "perplexity": perplexity}
 
 
-def _safetensors_bytes(folder: str) -> int:
-    return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder) if f.endswith(".safetensors"))
-
-
 def _table(rows: list[tuple[str, float, float, str]]) -> str:
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
     for name, before, after, fmt in rows:
@@ -80,7 +76,7 @@ def run_reference_job(
         The numbers of the report (also in `report.json`).
     """
     from hf_token_merge.analysis import analyze_redundancy
-    from hf_token_merge.evaluation.compare import embedding_rows
+    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
 
@@ -114,7 +110,7 @@ def run_reference_job(
         ("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
         ("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
         ("parameters", result.parameters_before, result.parameters_after, ",d"),
-        ("safetensors bytes", _safetensors_bytes(original_dir), _safetensors_bytes(merged_dir), ",d"),
+        ("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
     ]
     table = _table(rows)
     numbers = {

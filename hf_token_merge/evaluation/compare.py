@@ -18,8 +18,8 @@ TABLE_COLUMNS = ("metric", "before", "after", "absolute change", "relative chang
 
 
 def safetensors_bytes(folder: str | os.PathLike[str]) -> int:
-    """Total size of the `*.safetensors` files in a saved model folder."""
-    files = list(Path(folder).glob("*.safetensors"))
+    """Total size of the `model*.safetensors` shards in a saved folder (a merge plan beside them is not counted)."""
+    files = list(Path(folder).glob("model*.safetensors"))
     if not files:
         raise ValueError(f"{folder} holds no .safetensors files. Fix: save the model with save_pretrained first.")
     return sum(path.stat().st_size for path in files)

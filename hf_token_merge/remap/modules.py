@@ -10,6 +10,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+# Index maps are int32: half the bytes of int64 on disk and in memory, and embedding / index_select accept
+# int32 indices. Vocabularies never approach 2**31 rows.
+INDEX_DTYPE = torch.int32
+
 
 class MergedEmbedding(nn.Embedding):
     """An `nn.Embedding` over merged rows: `forward(ids) = weight[index_map[ids]]`.
@@ -38,7 +42,7 @@ class MergedEmbedding(nn.Embedding):
             weight = torch.empty(num_rows, embedding_dim, device=device, dtype=dtype)
         super().__init__(num_rows, embedding_dim, padding_idx=padding_idx, _weight=weight)
         self.vocab_size = vocab_size
-        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=weight.device))
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=INDEX_DTYPE, device=weight.device))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(
@@ -96,7 +100,7 @@ class MergedLMHead(nn.Linear):
         self.bias = nn.Parameter(bias) if isinstance(bias, torch.Tensor) else None
         self.vocab_size = vocab_size
         self.compact_logits = compact_logits
-        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=torch.long, device=weight.device))
+        self.register_buffer("index_map", torch.zeros(vocab_size, dtype=INDEX_DTYPE, device=weight.device))
         self.register_buffer("logit_offset", torch.zeros(vocab_size, device=weight.device, dtype=weight.dtype))
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:

@@ -191,7 +191,7 @@ def export_plain(
         The output folder.
     """
     embedding_name, embedding, head_name, head = _merged_modules(model)
-    if not torch.equal(embedding.index_map.cpu(), plan.old_to_new):
+    if not torch.equal(embedding.index_map.cpu().long(), plan.old_to_new):
         raise ValueError("The plan does not match the model's merged embedding; pass result.plan of this merge.")
     num_rows = plan.num_rows
     old_to_new = plan.old_to_new

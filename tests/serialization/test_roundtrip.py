@@ -86,7 +86,7 @@ def test_save_and_reload_merged_model(case, tmp_path):
         0 if tied or lm_head == "keep" else (removed if lm_head == "merge" else len(bundle.selected_ids))
     )
     has_head = lm_head != "keep"
-    index_bytes = 8 * bundle.vocab_size * (2 if has_head else 1) + (item * bundle.vocab_size if has_head else 0)
+    index_bytes = 4 * bundle.vocab_size * (2 if has_head else 1) + (item * bundle.vocab_size if has_head else 0)
     saving = (removed + removed_head_rows) * hidden * item - index_bytes
     before = _tensor_bytes(str(tmp_path / "original" / WEIGHTS))
     after = _tensor_bytes(str(tmp_path / "merged" / WEIGHTS))
