@@ -63,6 +63,9 @@ def _table(rows: list[tuple[str, float, float, str]]) -> str:
 def run_reference_job(
     output_dir: str = DEFAULT_OUTPUT_DIR,
     config: TokenMergeConfig | None = None,
+    *,
+    limit: int | None = None,
+    maps: tuple[str, ...] = ("tsne", "umap"),
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Analyse, merge, evaluate before and after, and write the report.
@@ -70,6 +73,8 @@ def run_reference_job(
     Args:
         output_dir: Where the report, the figures and the merged model go.
         config: The merge; defaults to the `reference` recipe (`recipes/reference.yaml`).
+        limit: Evaluate only the first `limit` test utterances (for quick checks).
+        maps: The 2-D maps of the analysis ("tsne", "umap").
         show_progress: Show tqdm bars.
 
     Returns:
@@ -83,7 +88,7 @@ def run_reference_job(
     config = config or load_recipe("reference").config
     os.makedirs(output_dir, exist_ok=True)
     model, tokenizer = load_reference_speech_llm()
-    eval_set = load_reference_eval_set()
+    eval_set = load_reference_eval_set()[:limit]
 
     inputs = [torch.tensor(ids) for ids in _continuation_sequences(tokenizer, eval_set)]
     analysis = analyze_redundancy(
@@ -92,6 +97,7 @@ def run_reference_job(
         os.path.join(output_dir, "analysis"),
         tokenizer=tokenizer,
         inputs=inputs,
+        maps=maps,
         show_progress=show_progress,
     )
     before = evaluate_reference(model, tokenizer, eval_set, show_progress)
