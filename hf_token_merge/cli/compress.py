@@ -13,6 +13,10 @@ from hf_token_merge.cli.common import (
     write_json,
 )
 
+EVAL_NAMES = {
+    "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
+    "librivox": "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)",
+}
 EXAMPLES = """examples:
   hf-token-merge compress --model reference --recipe reference --eval reference --output-dir runs/ref
   hf-token-merge compress --model path/to/llasa --recipe llasa --target-ratio 0.25 --output-dir runs/llasa
@@ -45,6 +49,8 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `compress`."""
+    from huggingface_hub import EvalResult
+
     from hf_token_merge import apply_token_merge, export_plain
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import CardRow, build_model_card, stage_folder
@@ -65,12 +71,24 @@ def run(args: argparse.Namespace) -> int:
         CardRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
         CardRow("safetensors bytes", disk_before, disk_after, ",.0f"),
     ]
+    eval_results = [
+        EvalResult(
+            task_type="automatic-speech-recognition" if name == "wer" else "text-generation",
+            dataset_type=f"hf_token_merge/{args.eval}",
+            dataset_name=EVAL_NAMES[args.eval],
+            metric_type=name,
+            metric_value=value,
+        )
+        for name, value in after.items()
+    ]
     card = build_model_card(
         repo_id=args.repo_id or output.name,
         base_model=args.base_model_id or args.model,
         config=config,
         plan_statistics=stats,
         rows=rows,
+        eval_results=eval_results,
+        evaluation_note=f"Metrics measured on {EVAL_NAMES[args.eval]}." if args.eval else "",
     )
     card.save(folder / "README.md")
     write_json(

@@ -18,7 +18,6 @@ from tokenizers.models import WordLevel
 from torch import nn
 from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
 
-from hf_token_merge.demo import build_demo_model
 from tests.models import HIDDEN, TEXT_WORDS, WHISPER_FRAMES, WHISPER_MEL_BINS, build_tokenizer, llasa_tokenizer
 
 
@@ -200,11 +199,14 @@ def glm4_voice(architecture: str, tied: bool) -> Replica:
 
 
 def reference(architecture: str, tied: bool) -> Replica:
-    """The demo's reference speech-LLM itself (tied Llama, 512 `<|s_N|>` units)."""
-    model, tokenizer = build_demo_model()
+    """The bundled reference speech-LLM itself (tied Llama, 512 `<|s_N|>` units after 8 specials + 28 characters)."""
+    from hf_token_merge.reference.speech_llm import SPECIAL_TOKENS, load_reference_speech_llm
+
+    model, tokenizer = load_reference_speech_llm()
     assert type(model).__name__ == architecture and model.config.tie_word_embeddings == tied
     units = _ids(tokenizer, [f"<|s_{i}|>" for i in range(512)])
-    return Replica(model, tokenizer, units, kept=[tokenizer.bos_token_id, tokenizer.eos_token_id])
+    # <|unk|> is itself among the specials, so these ids are looked up directly rather than through _ids
+    return Replica(model, tokenizer, units, kept=tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
 
 
 WHISPER_TEXT = 50256  # GPT-2 byte-level text tokens, ids 0..50255

@@ -1,0 +1,26 @@
+"""The built-in job (`hf-token-merge run`) end to end on the bundled reference speech-LLM, on a few utterances."""
+
+from __future__ import annotations
+
+import json
+
+from hf_token_merge.recipes import load_recipe
+
+
+def test_job_writes_the_before_after_report(tmp_path, capsys):
+    from hf_token_merge.job import run_reference_job
+
+    numbers = run_reference_job(str(tmp_path), limit=6, maps=(), show_progress=False)
+    table = {row["metric"]: row for row in numbers["table"]}
+    assert set(table) == {"WER (test split)", "unit perplexity", "embedding rows", "parameters", "safetensors bytes"}
+    stats = numbers["plan"]
+    assert table["embedding rows"]["before"] - table["embedding rows"]["after"] == stats["rows_removed"] > 0
+    assert table["parameters"]["after"] < table["parameters"]["before"]
+    assert table["safetensors bytes"]["after"] < table["safetensors bytes"]["before"]
+    assert table["WER (test split)"]["before"] >= 0.0 and table["unit perplexity"]["before"] > 1.0
+    assert numbers["config"] == load_recipe("reference").config.to_dict()
+    assert json.loads((tmp_path / "report.json").read_text())["utterances"] == 6
+    for name in ("report.md", "analysis/report.html", "analysis/threshold_curve.png", "merged/model.safetensors"):
+        assert (tmp_path / name).is_file(), name
+    printed = capsys.readouterr().out
+    assert "| WER (test split) |" in printed and "| embedding rows |" in printed
