@@ -159,7 +159,7 @@ def _markdown(result) -> str:
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
     from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
-    from hf_token_merge.evaluation.runner import get_accelerator
+    from hf_token_merge.evaluation.runner import finish, get_accelerator
 
     if args.num_threads is not None:
         import torch
@@ -225,6 +225,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result.save(output)
         (output / f"{task}.md").write_text(_markdown(result), encoding="utf-8")
         print(result)
+    finish(accelerator)
     return 0
 
 

@@ -128,3 +128,14 @@ def write_report(
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
     return {"report": report_path, records_name: lines_path}
+
+
+def finish(accelerator: Accelerator) -> None:
+    """Wait for every process, then tear the process group down.
+
+    Without this, a gloo process group can still hold threads when the interpreter exits, and the process
+    aborts with "terminate called without an active exception" after its work is done.
+    """
+    accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

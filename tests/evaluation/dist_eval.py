@@ -91,13 +91,14 @@ def run_whisper(cache_dir: str, accelerator=None) -> dict:
 
 def main(output: str, cache_dir: str) -> None:
     torch.set_num_threads(1)  # the same threads as the in-process run: identical float results
-    from hf_token_merge.evaluation.runner import get_accelerator
+    from hf_token_merge.evaluation.runner import finish, get_accelerator
 
     accelerator = get_accelerator()
     results = {**run_whisper(cache_dir, accelerator), **run_llama(accelerator)}
     if accelerator.is_main_process:
         with open(output, "w", encoding="utf-8") as handle:
             json.dump(results, handle)
+    finish(accelerator)
 
 
 if __name__ == "__main__":
