@@ -74,8 +74,14 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
 _STOPS = ("target_ratio", "n_clusters", "similarity_threshold", "distance_threshold")
 
 
-def config_from_args(args: argparse.Namespace, default: TokenMergeConfig | None = None) -> TokenMergeConfig:
-    """The merge config the options describe (flags override the file; a new stopping option replaces the old)."""
+def config_from_args(
+    args: argparse.Namespace, default: TokenMergeConfig | None = None, require_stop: bool = True
+) -> TokenMergeConfig:
+    """The merge config the options describe (flags override the file; a new stopping option replaces the old).
+
+    With `require_stop=False` (sweeps and budget searches set the level themselves) a missing stopping option
+    becomes `target_ratio=1.0`, which merges nothing.
+    """
     if getattr(args, "recipe", None) and args.config:
         raise ValueError("--recipe and --config both give a starting config. Fix: pass only one of them.")
     if getattr(args, "recipe", None):
@@ -110,13 +116,15 @@ def config_from_args(args: argparse.Namespace, default: TokenMergeConfig | None 
             "No rows are selected. Fix: pass --recipe, --preset, --token-pattern, --token-id-range or --config."
         )
     if not any(base.get(stop) is not None for stop in _STOPS):
-        raise ValueError("No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold.")
+        if require_stop:
+            raise ValueError("No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold.")
+        base["target_ratio"] = 1.0
     return TokenMergeConfig.from_dict(base)
 
 
-def load_for_merge(args: argparse.Namespace):
+def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
     """`(config, model, helper, tokenizer)` of a merging subcommand: the config is validated before loading."""
-    config = config_from_args(args)
+    config = config_from_args(args, require_stop=require_stop)
     model, helper = load_model(args.model)
     return config, model, helper, getattr(helper, "tokenizer", helper)
 

@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
 
-    config, model, helper, tokenizer = load_for_merge(args)
+    config, model, helper, tokenizer = load_for_merge(args, require_stop=False)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
     output = Path(args.output_dir)
     points = sweep(
