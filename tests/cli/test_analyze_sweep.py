@@ -176,3 +176,30 @@ def test_every_subcommand_help_has_examples(command, capsys):
     out = capsys.readouterr().out
     assert out.startswith(f"usage: hf-token-merge {command}")
     assert "\nexamples:\n  " in out
+
+
+def test_sweep_on_the_reference_model(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    status = main(
+        [
+            "sweep",
+            "--model",
+            "reference",
+            "--recipe",
+            "reference",
+            "--eval",
+            "reference",
+            "--ratios",
+            "0.95",
+            "--strategies",
+            "random",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert status == 0
+    points = json.loads((out / "sweep.json").read_text())
+    assert [(p["strategy"], p["rows_kept"]) for p in points] == [("baseline", 512), ("random", 487)]
+    assert set(points[1]["metrics"]) == {"wer", "perplexity"}
+    assert points[1]["metrics"]["perplexity"] > points[0]["metrics"]["perplexity"]  # merging costs something
+    assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
