@@ -234,9 +234,11 @@ WHISPER_MEL_BINS = 8
 WHISPER_FRAMES = 16  # 2 * max_source_positions
 
 
-def build_whisper(*, vocab_size: int = 64, block: tuple[int, int] = (16, 48), n_centers: int = 8, seed: int = 2):
-    """A tiny `WhisperForConditionalGeneration` (decoder embedding tied to `proj_out`) with a planted id block."""
-    config = WhisperConfig(
+def tiny_whisper_config(
+    vocab_size: int, *, decoder_start_token_id: int, special_id: int, max_target_positions: int, **overrides
+) -> WhisperConfig:
+    """A 1 + 1 layer Whisper of width HIDDEN; `special_id` serves as pad, bos and eos."""
+    return WhisperConfig(
         vocab_size=vocab_size,
         num_mel_bins=WHISPER_MEL_BINS,
         encoder_layers=1,
@@ -247,14 +249,20 @@ def build_whisper(*, vocab_size: int = 64, block: tuple[int, int] = (16, 48), n_
         decoder_ffn_dim=2 * HIDDEN,
         d_model=HIDDEN,
         max_source_positions=WHISPER_FRAMES // 2,
-        max_target_positions=32,
-        decoder_start_token_id=3,
-        pad_token_id=2,
-        bos_token_id=2,
-        eos_token_id=2,
+        max_target_positions=max_target_positions,
+        decoder_start_token_id=decoder_start_token_id,
+        pad_token_id=special_id,
+        bos_token_id=special_id,
+        eos_token_id=special_id,
         suppress_tokens=[],
         begin_suppress_tokens=None,
+        **overrides,
     )
+
+
+def build_whisper(*, vocab_size: int = 64, block: tuple[int, int] = (16, 48), n_centers: int = 8, seed: int = 2):
+    """A tiny `WhisperForConditionalGeneration` (decoder embedding tied to `proj_out`) with a planted id block."""
+    config = tiny_whisper_config(vocab_size, decoder_start_token_id=3, special_id=2, max_target_positions=32)
     torch.manual_seed(seed)
     model = WhisperForConditionalGeneration(config)
     ids = torch.arange(*block)

@@ -16,9 +16,9 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from torch import nn
-from transformers import PreTrainedTokenizerFast, WhisperConfig, WhisperForConditionalGeneration
+from transformers import PreTrainedTokenizerFast, WhisperForConditionalGeneration
 
-from tests.models import HIDDEN, TEXT_WORDS, WHISPER_FRAMES, WHISPER_MEL_BINS, build_tokenizer, llasa_tokenizer
+from tests.models import HIDDEN, TEXT_WORDS, build_tokenizer, llasa_tokenizer, tiny_whisper_config
 
 
 @dataclass
@@ -266,24 +266,11 @@ def whisper(architecture: str, tied: bool) -> Replica:
         tokenizer_object=backend, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot
     )
     assert len(tokenizer) == 51864 and tokenizer.convert_tokens_to_ids("<|endoftext|>") == WHISPER_TEXT
-    config = WhisperConfig(
-        vocab_size=len(tokenizer),
-        num_mel_bins=WHISPER_MEL_BINS,
-        encoder_layers=1,
-        decoder_layers=1,
-        encoder_attention_heads=2,
-        decoder_attention_heads=2,
-        encoder_ffn_dim=2 * HIDDEN,
-        decoder_ffn_dim=2 * HIDDEN,
-        d_model=HIDDEN,
-        max_source_positions=WHISPER_FRAMES // 2,
-        max_target_positions=64,
+    config = tiny_whisper_config(
+        len(tokenizer),
         decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
-        pad_token_id=WHISPER_TEXT,
-        bos_token_id=WHISPER_TEXT,
-        eos_token_id=WHISPER_TEXT,
-        suppress_tokens=[],
-        begin_suppress_tokens=None,
+        special_id=WHISPER_TEXT,
+        max_target_positions=64,
         tie_word_embeddings=tied,
     )
     assert architecture == "WhisperForConditionalGeneration"
