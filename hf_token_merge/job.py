@@ -51,12 +51,12 @@ def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress
     return {"wer": wer, "perplexity": perplexity}
 
 
-def _table(rows: list[tuple[str, float, float, str]]) -> str:
+def _table(rows) -> str:
+    """The before/after rows (`hub.CardRow`) as the Markdown table the model card uses too."""
     lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
-    for name, before, after, fmt in rows:
-        change = after - before
-        relative = f" ({change / before:+.1%})" if before else ""
-        lines.append(f"| {name} | {before:{fmt}} | {after:{fmt}} | {change:+{fmt}}{relative} |")
+    for row in rows:
+        cells = row.rendered()
+        lines.append(f"| {cells['metric']} | {cells['before']} | {cells['after']} | {cells['change']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -82,6 +82,7 @@ def run_reference_job(
     """
     from hf_token_merge.analysis import analyze_redundancy
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
+    from hf_token_merge.hub import CardRow
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
 
@@ -112,16 +113,16 @@ def run_reference_job(
     after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
 
     rows = [
-        ("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
-        ("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
-        ("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
-        ("parameters", result.parameters_before, result.parameters_after, ",d"),
-        ("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
+        CardRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
+        CardRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
+        CardRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
+        CardRow("parameters", result.parameters_before, result.parameters_after, ",d"),
+        CardRow("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
     ]
     table = _table(rows)
     numbers = {
         "config": config.to_dict(),
-        "table": [{"metric": n, "before": b, "after": a} for n, b, a, _ in rows],
+        "table": [{"metric": row.metric, "before": row.before, "after": row.after} for row in rows],
         "plan": result.plan.statistics,
         "analysis": {"effective_rank": analysis.effective_rank, "threshold_curve": analysis.threshold_curve},
         "utterances": len(eval_set),
