@@ -47,7 +47,17 @@ def protected_token_ids(tokenizer: Any = None, *configs: Any) -> set[int]:
     return protected
 
 
-def _match_vocabulary(pattern: str, tokenizer: Any, source: str) -> list[int]:
+def match_vocabulary(pattern: str, tokenizer: Any, source: str) -> list[int]:
+    """Ids of the tokenizer's tokens whose string matches `pattern` in full.
+
+    Args:
+        pattern: Regular expression.
+        tokenizer: The tokenizer whose vocabulary is searched.
+        source: The option's name, for error messages.
+
+    Returns:
+        The matching ids (unsorted).
+    """
     if tokenizer is None:
         raise ValueError(f"{source} selects by token string and needs a tokenizer: pass tokenizer=... .")
     regex = re.compile(pattern)
@@ -101,9 +111,9 @@ def select_token_ids(
             )
         selected.update(range(start, end))
     if config.token_pattern is not None:
-        selected.update(_match_vocabulary(config.token_pattern, tokenizer, "token_pattern"))
+        selected.update(match_vocabulary(config.token_pattern, tokenizer, "token_pattern"))
     if config.preset is not None:
-        selected.update(_match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
+        selected.update(match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
 
     if config.exclude_token_ids is not None:
         selected.difference_update(config.exclude_token_ids)

@@ -1,0 +1,27 @@
+"""Sequence-level merging: Affinity Pooling of speech positions at the decoder input and at a deep layer."""
+
+from hf_token_merge.sequence.apply import (
+    PrefillRecord,
+    SequenceMergeHandle,
+    StageStatistics,
+    apply_sequence_merge,
+    locate_decoder,
+    speech_token_lookup,
+)
+from hf_token_merge.sequence.config import AFFINITY_SETTINGS, MergeStage, SequenceMergeConfig
+from hf_token_merge.sequence.grouping import affinity_groups, oracle_groups, pool_groups
+
+__all__ = [
+    "AFFINITY_SETTINGS",
+    "MergeStage",
+    "PrefillRecord",
+    "SequenceMergeConfig",
+    "SequenceMergeHandle",
+    "StageStatistics",
+    "affinity_groups",
+    "apply_sequence_merge",
+    "locate_decoder",
+    "oracle_groups",
+    "pool_groups",
+    "speech_token_lookup",
+]

@@ -1,0 +1,413 @@
+"""`apply_sequence_merge(model, config)`: shorten the speech part of the sequence inside the decoder.
+
+The merge is installed in place as forward pre-hooks, in the spirit of `torchao.quantize_`: the weights are not
+touched and `handle.remove()` restores the original model exactly.
+
+Why hooks on every decoder layer: after a stage merges, the layers that follow see a shorter sequence, so each of
+them needs an attention mask, rotary position embeddings and position ids for *that* sequence, and each of them
+caches keys and values of that length. transformers builds one mask and one set of position embeddings per forward
+for all layers, so the hooks hand every later layer its own. During generation, the layers before a deep stage keep
+the full prompt in their KV cache and the layers after it keep the merged one; each new token is appended to both
+and positioned after the last prompt position of its own view.
+
+Why the model's own mask is never asked for the merged view: `create_causal_mask` treats position ids with gaps
+(what the 'first' and 'mean' strategies produce) as packed sequences when no 2-D mask is given, and would block
+attention across the gaps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_token_merge.selection import PRESETS, match_vocabulary
+from hf_token_merge.sequence.config import SequenceMergeConfig
+from hf_token_merge.sequence.grouping import pool_groups, stage_groups
+
+SUPPORTED_ATTENTION = ("eager", "sdpa")
+
+
+@dataclass
+class _View:
+    """The sequence as one group of layers sees it: validity, positions and speech flags of every token."""
+
+    valid: torch.Tensor
+    positions: torch.Tensor
+    speech: torch.Tensor
+    step: int = -1
+    layer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def extend(self, new_valid: torch.Tensor) -> None:
+        """Append tokens that arrive after the prompt (generation): unmerged, positioned after the last one."""
+        last = torch.where(self.valid, self.positions, torch.full_like(self.positions, float("-inf"))).amax(1)
+        last = torch.where(torch.isinf(last), torch.full_like(last, -1.0), last)
+        steps = torch.arange(1, new_valid.shape[1] + 1, dtype=torch.float64, device=self.positions.device)
+        self.positions = torch.cat([self.positions, last[:, None] + steps], dim=1)
+        self.valid = torch.cat([self.valid, new_valid.to(self.valid.device)], dim=1)
+        self.speech = torch.cat([self.speech, torch.zeros_like(new_valid, device=self.speech.device)], dim=1)
+
+
+@dataclass
+class StageStatistics:
+    """What one stage did, summed over the prefills since the handle was applied or reset.
+
+    Attributes:
+        layer: Decoder layer whose input was merged.
+        tokens_in: Tokens (padding excluded) entering the stage.
+        tokens_out: Tokens leaving it.
+        speech_in: Speech tokens entering it.
+        speech_out: Speech tokens leaving it.
+    """
+
+    layer: int
+    tokens_in: int = 0
+    tokens_out: int = 0
+    speech_in: int = 0
+    speech_out: int = 0
+
+
+@dataclass
+class PrefillRecord:
+    """Token counts of one prefill, per row (padding excluded).
+
+    Attributes:
+        tokens: `(batch,)` tokens the decoder received.
+        speech: `(batch,)` speech tokens among them.
+        after_stage: Stage layer -> `((batch,) tokens, (batch,) speech tokens)` leaving that stage.
+    """
+
+    tokens: torch.Tensor
+    speech: torch.Tensor
+    after_stage: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+
+    def tokens_per_layer(self, num_layers: int) -> torch.Tensor:
+        """`(batch, num_layers)` tokens every decoder layer processed."""
+        counts, current = [], self.tokens
+        for layer in range(num_layers):
+            if layer in self.after_stage:
+                current = self.after_stage[layer][0]
+            counts.append(current)
+        return torch.stack(counts, dim=1)
+
+
+class SequenceMergeHandle:
+    """The installed sequence merge of one model.
+
+    Attributes:
+        config: The applied config.
+        num_layers: Decoder layers of the model.
+        records: One `PrefillRecord` per prefill since the handle was applied or reset.
+    """
+
+    def __init__(self, model: nn.Module, config: SequenceMergeConfig, num_layers: int) -> None:
+        self.model = model
+        self.config = config
+        self.num_layers = num_layers
+        self.records: list[PrefillRecord] = []
+        self._hooks: list[Any] = []
+
+    def reset_statistics(self) -> None:
+        """Forget the records of earlier prefills."""
+        self.records.clear()
+
+    @property
+    def statistics(self) -> list[StageStatistics]:
+        """Per-stage token counts summed over the records."""
+        totals = [StageStatistics(stage.layer) for stage in self.config.stages]
+        for record in self.records:
+            tokens, speech = record.tokens, record.speech
+            for total in totals:
+                out_tokens, out_speech = record.after_stage.get(total.layer, (tokens, speech))
+                total.tokens_in += int(tokens.sum())
+                total.speech_in += int(speech.sum())
+                total.tokens_out += int(out_tokens.sum())
+                total.speech_out += int(out_speech.sum())
+                tokens, speech = out_tokens, out_speech
+        return totals
+
+    @property
+    def retention(self) -> float:
+        """Speech tokens after the last stage / speech tokens in the input, over the records (1.0 if none)."""
+        original = sum(int(record.speech.sum()) for record in self.records)
+        return self.statistics[-1].speech_out / original if original else 1.0
+
+    def remove(self) -> None:
+        """Remove the hooks; the model behaves exactly as before `apply_sequence_merge`."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if getattr(self.model, "_sequence_merge_handle", None) is self:
+            del self.model._sequence_merge_handle
+
+    def __enter__(self) -> SequenceMergeHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+def locate_decoder(model: nn.Module) -> nn.Module:
+    """The module that owns the decoder layers and the rotary embedding (e.g. `LlamaModel`, `Qwen2Model`).
+
+    Args:
+        model: A transformers model; wrappers such as `Qwen2AudioForConditionalGeneration` are searched.
+
+    Returns:
+        The decoder module.
+    """
+    for module in model.modules():
+        if isinstance(getattr(module, "layers", None), nn.ModuleList) and hasattr(module, "rotary_emb"):
+            return module
+    raise ValueError(
+        f"{type(model).__name__} has no decoder with `layers` and `rotary_emb` (a Llama/Qwen2/Mistral-style "
+        "decoder with rotary positions); sequence merging supports those decoders."
+    )
+
+
+def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> torch.Tensor:
+    """A bool table over input ids, True for speech tokens.
+
+    Args:
+        model: The model (its input embedding gives the vocabulary size; its config may name an audio token).
+        config: The speech-token selection.
+        tokenizer: Needed for `speech_token_pattern` / `preset`.
+
+    Returns:
+        `(vocab_size,)` bool tensor.
+    """
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    selectors = (config.speech_token_ids, config.speech_token_range, config.speech_token_pattern, config.preset)
+    if any(selector is not None for selector in selectors):
+        ids = set(config.speech_token_ids or [])
+        if config.speech_token_range is not None:
+            ids.update(range(*config.speech_token_range))
+        if config.speech_token_pattern is not None:
+            ids.update(match_vocabulary(config.speech_token_pattern, tokenizer, "speech_token_pattern"))
+        if config.preset is not None:
+            ids.update(match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
+        beyond = sorted(i for i in ids if i >= vocab_size)
+        if beyond:
+            raise ValueError(
+                f"Speech token ids {beyond[:5]} are beyond the embedding's {vocab_size} rows; fix the selection "
+                "(or pass the model's own tokenizer)."
+            )
+        ids = torch.tensor(sorted(ids), dtype=torch.long)
+    else:
+        audio_id = getattr(model.config, "audio_token_id", None)
+        if audio_id is None:
+            audio_id = getattr(model.config, "audio_token_index", None)
+        if audio_id is None:
+            raise ValueError(
+                "No speech tokens selected and the model config names no audio_token_id: set speech_token_ids, "
+                "speech_token_range, speech_token_pattern or preset in SequenceMergeConfig."
+            )
+        ids = torch.tensor([int(audio_id)])
+    lookup = torch.zeros(vocab_size, dtype=torch.bool)
+    lookup[ids] = True
+    return lookup
+
+
+class _State:
+    """Per-call bookkeeping shared by the hooks of one model."""
+
+    def __init__(self, handle: SequenceMergeHandle, lookup: torch.Tensor, rotary: nn.Module, attention: str) -> None:
+        self.handle = handle
+        self.lookup = lookup
+        self.rotary = rotary
+        self.attention = attention
+        self.step = 0
+        self.prefill = True
+        self.speech: torch.Tensor | None = None
+        self.input_length = 0
+        self.new_valid: torch.Tensor | None = None
+        self.current: _View | None = None
+        self.original: _View | None = None
+        self.layer_view: dict[int, _View] = {}
+        self.generator = torch.Generator()
+        self.record: PrefillRecord | None = None
+
+    def start_call(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Any) -> None:
+        self.step += 1
+        if cache is not None and getattr(cache, "is_compileable", False):
+            raise ValueError(
+                "Sequence merging keeps KV caches of different lengths per layer and needs the default "
+                "DynamicCache; do not pass cache_implementation='static' (or a StaticCache)."
+            )
+        past = cache.get_seq_length() if cache is not None else 0
+        self.prefill = past == 0
+        if self.prefill:
+            if input_ids is None:
+                raise ValueError(
+                    "Sequence merging finds the speech positions from input_ids; call the model with input_ids "
+                    "(not inputs_embeds) for the prompt."
+                )
+            self.speech = self.lookup.to(input_ids.device)[input_ids]
+            self.input_length = input_ids.shape[1]
+            self.layer_view.clear()
+            self.generator.manual_seed(self.handle.config.seed)
+        else:
+            length = input_ids.shape[1] if input_ids is not None else 1
+            if attention_mask is not None and attention_mask.dim() == 2:
+                self.new_valid = attention_mask[:, -length:].bool()
+            else:
+                batch = input_ids.shape[0] if input_ids is not None else self.current.valid.shape[0]
+                self.new_valid = torch.ones(batch, length, dtype=torch.bool)
+
+    def start_decoder(self, kwargs: dict[str, Any], args: tuple) -> None:
+        embeds = kwargs.get("inputs_embeds")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        length = embeds.shape[1] if embeds is not None else ids.shape[1]
+        device = embeds.device if embeds is not None else ids.device
+        if length != self.input_length:
+            raise ValueError(
+                f"The decoder received {length} positions but input_ids has {self.input_length}; the model expands "
+                "placeholders inside forward (e.g. Qwen2-Audio's legacy single <|AUDIO|> token). Let the processor "
+                "expand the audio tokens in input_ids."
+            )
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise ValueError("Sequence merging needs a 2-D attention_mask (batch, length) or none.")
+        batch = self.speech.shape[0]
+        valid = mask.bool() if mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
+        positions = kwargs.get("position_ids")
+        if positions is None:
+            positions = torch.arange(length, device=device)[None].expand(batch, length)
+        elif positions.dim() != 2:
+            raise ValueError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
+        self.original = _View(
+            valid=valid,
+            positions=positions.to(torch.float64).expand(batch, length).clone(),
+            speech=self.speech.to(device) & valid,
+        )
+        self.current = self.original
+        self.record = PrefillRecord(tokens=valid.sum(1).cpu(), speech=self.original.speech.sum(1).cpu())
+        self.handle.records.append(self.record)
+
+    def merge(self, stage, hidden: torch.Tensor) -> torch.Tensor:
+        view = self.current
+        group = stage_groups(stage, hidden, view.valid, view.speech, self.generator)
+        unchanged = bool((group.max(1).values + 1 == view.valid.sum(1).to(group.device)).all())
+        if not unchanged:  # keep the view (and the model's own mask and positions) when nothing merged
+            pooled = pool_groups(hidden, group, view.positions, view.speech, self.handle.config.position_strategy)
+            self.current = _View(valid=pooled.valid, positions=pooled.positions, speech=pooled.speech)
+            hidden = pooled.hidden
+        self.record.after_stage[stage.layer] = (self.current.valid.sum(1).cpu(), self.current.speech.sum(1).cpu())
+        return hidden
+
+    def layer_kwargs(self, view: _View, hidden: torch.Tensor) -> dict[str, Any]:
+        """Mask, rotary embeddings and position ids for the queries `hidden` in `view` (cached per call)."""
+        if view.step == self.step:
+            return view.layer_kwargs
+        if not self.prefill:
+            view.extend(self.new_valid)
+        queries = hidden.shape[1]
+        keys = view.valid.shape[1]
+        query_positions = view.positions[:, keys - queries :]
+        position_embeddings = self.rotary(hidden, position_ids=query_positions.float())
+        view.layer_kwargs = {
+            "attention_mask": self._mask(view.valid, queries, hidden.dtype),
+            "position_embeddings": position_embeddings,
+            "position_ids": query_positions.round().long(),
+        }
+        view.step = self.step
+        return view.layer_kwargs
+
+    def _mask(self, valid: torch.Tensor, queries: int, dtype: torch.dtype) -> torch.Tensor | None:
+        keys = valid.shape[1]
+        if self.attention == "sdpa" and bool(valid.all()) and queries in (1, keys):
+            return None  # sdpa's own causal path: no mask memory, fastest kernel
+        query_index = torch.arange(keys - queries, keys, device=valid.device)
+        visible = (torch.arange(keys, device=valid.device)[None, :] <= query_index[:, None])[None] & valid[:, None, :]
+        visible = visible[:, None]  # (batch, 1, queries, keys)
+        if self.attention == "sdpa":
+            return visible
+        return torch.zeros(visible.shape, dtype=dtype, device=valid.device).masked_fill_(
+            ~visible, torch.finfo(dtype).min
+        )
+
+
+def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> SequenceMergeHandle:
+    """Merge redundant speech positions inside the decoder of `model`, in place (Affinity Pooling).
+
+    Every prefill (a forward whose cache is empty) groups the speech positions at each stage's layer and
+    mean-pools each group into one token; text positions are never merged. Later calls with a cache (the decoding
+    steps of `generate`) append tokens as usual. Logits come back for the merged sequence: the last position is
+    always the last prompt token, so `generate` works unchanged.
+
+    Args:
+        model: A decoder-only transformers model (Llama/Qwen2 families) or a wrapper around one such as
+            `Qwen2AudioForConditionalGeneration`, with `attn_implementation` 'sdpa' or 'eager'.
+        config: Where and how to merge.
+        tokenizer: Needed when the config selects speech tokens by pattern or preset.
+
+    Returns:
+        A handle with per-stage statistics of the last prefill and `remove()`.
+
+    Raises:
+        ValueError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
+            or a sequence merge is already installed. The model is left untouched.
+    """
+    if getattr(model, "_sequence_merge_handle", None) is not None:
+        raise ValueError("A sequence merge is already installed; call handle.remove() before applying another.")
+    decoder = locate_decoder(model)
+    num_layers = len(decoder.layers)
+    beyond = [stage.layer for stage in config.stages if stage.layer >= num_layers]
+    if beyond:
+        raise ValueError(
+            f"Stage layers {beyond} do not exist: the decoder has {num_layers} layers "
+            f"(valid layers 0..{num_layers - 1})."
+        )
+    attention = getattr(decoder.config, "_attn_implementation", None) or "eager"
+    if attention not in SUPPORTED_ATTENTION:
+        raise ValueError(
+            f"attn_implementation={attention!r} is not supported; load the model with attn_implementation='sdpa' "
+            "or 'eager' (sequence merging passes explicit masks)."
+        )
+    lookup = speech_token_lookup(model, config, tokenizer)
+
+    handle = SequenceMergeHandle(model, config, num_layers)
+    state = _State(handle, lookup, decoder.rotary_emb, attention)
+    stages = {stage.layer: stage for stage in config.stages}
+
+    def before_model(module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        state.start_call(input_ids, kwargs.get("attention_mask"), cache)
+
+    def before_decoder(module, args, kwargs):
+        if state.prefill:
+            state.start_decoder(kwargs, args)
+            return None
+        # the hooks give every layer its own mask and positions; the decoder's would not fit the merged caches
+        kwargs["attention_mask"] = None
+        kwargs["position_ids"] = None
+        return args, kwargs
+
+    def layer_hook(layer_index: int):
+        def before_layer(module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            if state.prefill:
+                if layer_index in stages:
+                    hidden = state.merge(stages[layer_index], hidden)
+                view = state.layer_view[layer_index] = state.current
+                if view is state.original:
+                    return None  # nothing merged yet: the model's own mask and positions are right
+            else:
+                view = state.layer_view[layer_index]
+            kwargs.update(state.layer_kwargs(view, hidden))
+            if args:
+                return (hidden, *args[1:]), kwargs
+            kwargs["hidden_states"] = hidden
+            return args, kwargs
+
+        return before_layer
+
+    handle._hooks.append(model.register_forward_pre_hook(before_model, with_kwargs=True))
+    handle._hooks.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
+    for index, layer in enumerate(decoder.layers):
+        handle._hooks.append(layer.register_forward_pre_hook(layer_hook(index), with_kwargs=True))
+    model._sequence_merge_handle = handle
+    return handle

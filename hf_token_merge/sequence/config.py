@@ -1,0 +1,221 @@
+"""The sequence-merge configuration: which positions may merge, where in the decoder, and how.
+
+A merge *stage* runs at the input of one decoder layer. Stage `layer=0` is the decoder's input (after the
+embeddings, and after the audio projector in models such as Qwen2-Audio); a later layer is a deep stage. Affinity
+Pooling as published ("Dual") is one stage at layer 0 and one deep stage; `SequenceMergeConfig.dual` builds it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Literal
+
+from hf_token_merge.selection import PRESETS
+
+SEQUENCE_CONFIG_NAME = "sequence_merge_config.json"
+
+StageMode = Literal["affinity", "uniform_merge", "uniform_drop", "random_drop"]
+PositionStrategy = Literal["first", "mean", "contiguous"]
+STAGE_MODES = ("affinity", "uniform_merge", "uniform_drop", "random_drop")
+POSITION_STRATEGIES = ("first", "mean", "contiguous")
+
+# (tau_in, tau_deep, omega_in, omega_deep) of the published settings
+AFFINITY_SETTINGS = {
+    "aggressive": (0.8, 0.7, 1, 3),
+    "conservative": (0.9, 0.8, 1, 3),
+}
+
+
+@dataclass
+class MergeStage:
+    """One place in the decoder where speech positions merge.
+
+    Example:
+        >>> MergeStage(layer=0, threshold=0.8, window=1)                  # Affinity Pooling at the input
+        >>> MergeStage(layer=3, mode="uniform_drop", retention=0.25)       # an oracle intervention
+    """
+
+    layer: int = field(
+        metadata={"help": "Decoder layer whose input is merged; 0 is the decoder input (after the embeddings)."}
+    )
+    mode: StageMode = field(
+        default="affinity",
+        metadata={
+            "help": "'affinity': Affinity Pooling (greedy left-to-right groups, mean-pooled). Oracle interventions "
+            "for analysis: 'uniform_merge' (equal consecutive groups, mean-pooled), 'uniform_drop' (keep evenly "
+            "spaced tokens), 'random_drop' (keep a random subset)."
+        },
+    )
+    threshold: float | None = field(
+        default=None,
+        metadata={
+            "help": "Affinity only: a token joins the open group when its cosine similarity to any of the "
+            "group's last `window` tokens is at least this (tau)."
+        },
+    )
+    window: int = field(default=1, metadata={"help": "Affinity only: how many of the group's last tokens to compare."})
+    retention: float | None = field(
+        default=None,
+        metadata={"help": "Oracle modes only: the share of each speech span's tokens that survives, in (0, 1]."},
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"MergeStage.layer must be a non-negative int (0 = decoder input), got {self.layer!r}.")
+        if self.mode not in STAGE_MODES:
+            raise ValueError(f"MergeStage.mode must be one of {STAGE_MODES}, got {self.mode!r}.")
+        if self.mode == "affinity":
+            if self.threshold is None or not -1.0 <= float(self.threshold) <= 1.0:
+                raise ValueError(
+                    f"An affinity stage needs a cosine threshold in [-1, 1], got {self.threshold!r}; "
+                    "the published values are 0.8/0.9 at the input and 0.7/0.8 deep."
+                )
+            if self.retention is not None:
+                raise ValueError("retention is for the oracle modes; an affinity stage is set by threshold/window.")
+            if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
+                raise ValueError(f"MergeStage.window must be an int >= 1, got {self.window!r}.")
+        else:
+            if self.retention is None or not 0.0 < float(self.retention) <= 1.0:
+                raise ValueError(f"Mode {self.mode!r} needs retention in (0, 1], got {self.retention!r}.")
+            if self.threshold is not None:
+                raise ValueError(f"Mode {self.mode!r} is set by retention; remove threshold.")
+
+
+@dataclass
+class SequenceMergeConfig:
+    """Configuration of a sequence merge (Affinity Pooling or an oracle intervention).
+
+    Speech positions are those whose input id is selected by `speech_token_ids`, `speech_token_range`,
+    `speech_token_pattern` or `preset` (union). With none of them, the model's audio placeholder id
+    (`config.audio_token_id`, as in Qwen2-Audio) is used. Text positions never merge.
+
+    Example:
+        >>> SequenceMergeConfig.dual("aggressive", deep_layer=20, speech_token_range=(151665, 168049))
+    """
+
+    stages: list[MergeStage] = field(
+        default_factory=list, metadata={"help": "Merge stages, in increasing layer order (at most one per layer)."}
+    )
+    speech_token_ids: list[int] | None = field(default=None, metadata={"help": "Ids of speech tokens."})
+    speech_token_range: tuple[int, int] | None = field(
+        default=None, metadata={"help": "Half-open id range [start, end) of speech tokens."}
+    )
+    speech_token_pattern: str | None = field(
+        default=None, metadata={"help": "Regex over token strings naming speech tokens; needs a tokenizer."}
+    )
+    preset: str | None = field(
+        default=None, metadata={"help": "A family preset from `hf_token_merge.PRESETS`; needs a tokenizer."}
+    )
+    position_strategy: PositionStrategy = field(
+        default="first",
+        metadata={
+            "help": "Position (RoPE) of a merged token: 'first' (its first member's), 'mean' (the members' mean, "
+            "fractional), 'contiguous' (renumbered as if the sequence were shorter). Tokens generated later "
+            "continue after the last position."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of 'random_drop'."})
+
+    def __post_init__(self) -> None:
+        self.stages = [MergeStage(**stage) if isinstance(stage, dict) else stage for stage in self.stages]
+        if not self.stages:
+            raise ValueError("SequenceMergeConfig needs at least one stage, e.g. SequenceMergeConfig.dual(...).")
+        layers = [stage.layer for stage in self.stages]
+        if layers != sorted(set(layers)):
+            raise ValueError(f"Stages must have strictly increasing layers (one stage per layer), got {layers}.")
+        if self.position_strategy not in POSITION_STRATEGIES:
+            raise ValueError(f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}.")
+        if self.speech_token_range is not None:
+            start, end = (int(v) for v in self.speech_token_range)
+            if not 0 <= start < end:
+                raise ValueError(f"speech_token_range must be (start, end) with 0 <= start < end, got {(start, end)}.")
+            self.speech_token_range = (start, end)
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}; known presets: {sorted(PRESETS)}.")
+
+    @classmethod
+    def dual(
+        cls, setting: str = "aggressive", *, deep_layer: int, input_stage: bool = True, **kwargs: Any
+    ) -> SequenceMergeConfig:
+        """Affinity Pooling as published: one stage at the decoder input and one deep stage.
+
+        Args:
+            setting: 'aggressive' (tau 0.8/0.7) or 'conservative' (tau 0.9/0.8); windows 1 (input) and 3 (deep).
+            deep_layer: Decoder layer of the deep stage (the study avoids middle layers).
+            input_stage: Set False for the deep stage alone.
+            **kwargs: Other `SequenceMergeConfig` fields (speech-token selection, position strategy).
+
+        Returns:
+            The config.
+        """
+        if setting not in AFFINITY_SETTINGS:
+            raise ValueError(f"Unknown setting {setting!r}; choose one of {sorted(AFFINITY_SETTINGS)}.")
+        tau_in, tau_deep, omega_in, omega_deep = AFFINITY_SETTINGS[setting]
+        stages = [MergeStage(layer=0, threshold=tau_in, window=omega_in)] if input_stage else []
+        if deep_layer is not None:
+            if input_stage and deep_layer == 0:
+                raise ValueError("deep_layer=0 is the input stage; pick a deep layer (the study uses late layers).")
+            stages.append(MergeStage(layer=deep_layer, threshold=tau_deep, window=omega_deep))
+        return cls(stages=stages, **kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the config as a JSON-serialisable dict."""
+        data = asdict(self)
+        if data["speech_token_range"] is not None:
+            data["speech_token_range"] = list(data["speech_token_range"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SequenceMergeConfig:
+        """Build a config from `to_dict()` output.
+
+        Args:
+            data: Field names and values.
+
+        Returns:
+            The validated config.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown SequenceMergeConfig fields {unknown}; known fields are {sorted(known)}.")
+        return cls(**data)
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
+        """Write `sequence_merge_config.json` into `save_directory`, atomically.
+
+        Args:
+            save_directory: Folder to write into; created if missing.
+
+        Returns:
+            The path of the written file.
+        """
+        os.makedirs(save_directory, exist_ok=True)
+        path = os.path.join(save_directory, SEQUENCE_CONFIG_NAME)
+        with tempfile.NamedTemporaryFile("w", dir=save_directory, delete=False, suffix=".tmp") as handle:
+            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        os.replace(handle.name, path)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> SequenceMergeConfig:
+        """Load a config saved by `save_pretrained`.
+
+        Args:
+            path: The folder holding `sequence_merge_config.json`, or the file itself.
+
+        Returns:
+            The validated config.
+        """
+        if os.path.isdir(path):
+            path = os.path.join(path, SEQUENCE_CONFIG_NAME)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"No {SEQUENCE_CONFIG_NAME} at {path}; save one with SequenceMergeConfig.save_pretrained."
+            )
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
