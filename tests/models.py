@@ -379,3 +379,64 @@ def assert_unchanged(model: nn.Module, before) -> None:
         if tensor.device.type != "meta":  # offloaded weights have no values to compare
             assert torch.equal(after[name], tensor), name
     assert getattr(getattr(model, "config", None), "quantization_config", None) is quantization
+
+
+SPEECH_START, SPEECH_VOCAB = 32, 64
+
+
+def build_speech_decoder(family: str = "llama", *, layers: int = 4, seed: int = 0) -> nn.Module:
+    """A decoder whose ids 32..63 are speech tokens: id `32 + j` has the row of sound `j % 8` (+ noise).
+
+    The eight sound rows are orthonormal, so consecutive speech tokens of one sound have cosine ~1 and tokens of
+    different sounds ~0 at the input; ids 0..31 are text with random rows.
+    """
+    classes = {"llama": (LlamaConfig, LlamaForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM)}
+    config_class, model_class = classes[family]
+    config = config_class(
+        vocab_size=SPEECH_VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    sounds = torch.linalg.qr(torch.randn(HIDDEN, 8, generator=generator))[0].T
+    with torch.no_grad():
+        weight = model.get_input_embeddings().weight
+        for token in range(SPEECH_START, SPEECH_VOCAB):
+            weight[token] = sounds[(token - SPEECH_START) % 8] + NOISE * torch.randn(HIDDEN, generator=generator)
+    return model
+
+
+def build_qwen2_audio(*, audio_token_id: int = 60, seed: int = 0):
+    """A tiny `Qwen2AudioForConditionalGeneration` (random weights): 40 feature frames give 10 audio tokens."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioEncoderConfig, Qwen2AudioForConditionalGeneration
+
+    audio = Qwen2AudioEncoderConfig(
+        num_mel_bins=8,
+        encoder_layers=1,
+        encoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        d_model=16,
+        max_source_positions=20,
+    )
+    text = Qwen2Config(
+        vocab_size=64,
+        hidden_size=HIDDEN,
+        intermediate_size=2 * HIDDEN,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    config = Qwen2AudioConfig(audio_config=audio.to_dict(), text_config=text.to_dict(), audio_token_id=audio_token_id)
+    torch.manual_seed(seed)
+    return Qwen2AudioForConditionalGeneration(config).eval()

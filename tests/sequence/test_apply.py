@@ -1,0 +1,250 @@
+"""apply_sequence_merge on tiny Llama/Qwen2 decoders: logits, masks, positions, KV cache and generate()."""
+
+import pytest
+import torch
+
+from hf_token_merge.sequence import (
+    MergeStage,
+    SequenceMergeConfig,
+    apply_sequence_merge,
+    pool_groups,
+    speech_token_lookup,
+)
+from hf_token_merge.sequence.grouping import stage_groups
+from tests.models import SPEECH_START, SPEECH_VOCAB, build_speech_decoder
+
+SPEECH = (SPEECH_START, SPEECH_VOCAB)
+# bos, two text tokens, then runs of one sound each (ids 32 + j and 40 + j share sound j), then text
+PROMPT = [0, 5, 6, 32, 40, 48, 33, 41, 34, 35, 43, 51, 59, 7, 8]
+
+
+def config(*stages: MergeStage, strategy: str = "first") -> SequenceMergeConfig:
+    return SequenceMergeConfig(stages=list(stages), speech_token_range=SPEECH, position_strategy=strategy)
+
+
+def dual(strategy: str = "first", deep: MergeStage | None = None) -> SequenceMergeConfig:
+    """Input stage at tau 0.9 (merges the runs of one sound), and a deep stage that surely merges more."""
+    deep = deep or MergeStage(layer=2, mode="uniform_merge", retention=0.5)
+    return config(MergeStage(layer=0, threshold=0.9, window=1), deep, strategy=strategy)
+
+
+def logits(model, ids, **kwargs):
+    with torch.no_grad():
+        return model(input_ids=ids, **kwargs).logits
+
+
+@torch.no_grad()
+def manual_logits(model, ids: torch.Tensor, cfg: SequenceMergeConfig, prompt_length: int) -> torch.Tensor:
+    """A from-scratch forward of one row without hooks or cache: run the layers, pool at each stage.
+
+    Only the first `prompt_length` positions may merge (later ones were generated).
+    """
+    decoder = model.model
+    lookup = speech_token_lookup(model, cfg)
+    hidden = decoder.embed_tokens(ids)
+    length = ids.shape[1]
+    positions = torch.arange(length, dtype=torch.float64)[None]
+    speech = lookup[ids]
+    speech[:, prompt_length:] = False
+    valid = torch.ones(1, length, dtype=torch.bool)
+    stages = {stage.layer: stage for stage in cfg.stages}
+    for index, layer in enumerate(decoder.layers):
+        if index in stages:
+            group = stage_groups(stages[index], hidden, valid, speech, torch.Generator().manual_seed(cfg.seed))
+            pooled = pool_groups(hidden, group, positions, speech, cfg.position_strategy)
+            hidden, positions, speech, valid = pooled.hidden, pooled.positions, pooled.speech, pooled.valid
+        n = hidden.shape[1]
+        mask = torch.full((n, n), torch.finfo(hidden.dtype).min).triu(1)[None, None]
+        rotary = decoder.rotary_emb(hidden, position_ids=positions.float())
+        hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=positions.long())
+    return model.lm_head(decoder.norm(hidden))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_threshold_one_changes_nothing(family):
+    model = build_speech_decoder(family)
+    ids = torch.randint(0, SPEECH_VOCAB, (2, 20), generator=torch.Generator().manual_seed(0))
+    before = logits(model, ids)
+    cfg = config(MergeStage(layer=0, threshold=1.0), MergeStage(layer=2, threshold=1.0, window=3))
+    with apply_sequence_merge(model, cfg) as handle:
+        after = logits(model, ids)
+        assert handle.retention == 1.0
+    assert torch.equal(after, before)
+    assert torch.equal(logits(model, ids), before)  # removed: the original model again
+
+
+def test_text_positions_are_never_touched():
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    seen = {}
+    cfg = config(MergeStage(layer=0, threshold=-1.0))  # every speech token joins its run's group
+    handle = apply_sequence_merge(model, cfg)
+    capture = model.model.layers[0].register_forward_pre_hook(lambda m, args: seen.setdefault("hidden", args[0]))
+    logits(model, ids)
+    capture.remove()
+    handle.remove()
+    merged = seen["hidden"][0]
+    embeddings = model.model.embed_tokens.weight.detach()
+    # 5 text tokens, exactly as embedded and in order, around one pooled token for the single speech span
+    assert merged.shape[0] == 6
+    assert torch.equal(merged[[0, 1, 2, 4, 5]], embeddings[[0, 5, 6, 7, 8]])
+    assert torch.allclose(merged[3], embeddings[PROMPT[3:13]].mean(0), atol=1e-6)
+    assert handle.statistics[0].speech_out == 1
+
+
+@pytest.mark.parametrize("strategy", ["first", "mean", "contiguous"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_input_stage_equals_a_direct_forward_on_the_merged_sequence(family, strategy):
+    model = build_speech_decoder(family)
+    ids = torch.tensor([PROMPT])
+    cfg = config(MergeStage(layer=0, threshold=0.9), strategy=strategy)
+    with apply_sequence_merge(model, cfg) as handle:
+        merged_logits = logits(model, ids)
+        assert handle.statistics[0].speech_out == 4  # runs of sounds 0, 1, 2, 3
+    embeds = model.model.embed_tokens(ids).detach()
+    lookup = speech_token_lookup(model, cfg)
+    valid = torch.ones_like(ids, dtype=torch.bool)
+    group = stage_groups(cfg.stages[0], embeds, valid, lookup[ids])
+    pooled = pool_groups(embeds, group, torch.arange(ids.shape[1])[None], lookup[ids], strategy)
+    # the model's own path: explicit positions and a 2-D mask (which also keeps position gaps from being read
+    # as packed sequences)
+    direct = model(
+        inputs_embeds=pooled.hidden,
+        position_ids=pooled.positions.float() if strategy == "mean" else pooled.positions.long(),
+        attention_mask=pooled.valid.long(),
+    ).logits.detach()
+    assert merged_logits.shape == (1, 5 + 4, SPEECH_VOCAB)  # 5 text tokens, 4 pooled speech tokens
+    torch.testing.assert_close(merged_logits, direct, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["first", "mean", "contiguous"])
+@pytest.mark.parametrize(
+    "deep",
+    [MergeStage(layer=2, mode="uniform_merge", retention=0.5), MergeStage(layer=3, threshold=-1.0, window=3)],
+    ids=["uniform", "affinity"],
+)
+def test_dual_merge_equals_the_manual_layer_loop(strategy, deep):
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    cfg = dual(strategy, deep)
+    with apply_sequence_merge(model, cfg) as handle:
+        hooked = logits(model, ids)
+        stats = handle.statistics
+    assert stats[0].speech_out == 4 and stats[1].speech_out in (2, 1)  # the deep stage merged further
+    torch.testing.assert_close(hooked, manual_logits(model, ids, cfg, ids.shape[1]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["first", "mean", "contiguous"])
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_generate_matches_a_direct_forward_on_the_merged_sequence(family, strategy):
+    model = build_speech_decoder(family)
+    ids = torch.tensor([PROMPT])
+    cfg = dual(strategy)
+    with apply_sequence_merge(model, cfg):
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False, eos_token_id=None
+        )
+    generated = out[0, ids.shape[1] :]
+    assert generated.numel() == 6
+    # greedy decoding without a cache, every step a fresh manual forward over prompt + generated tokens
+    sequence = ids
+    for step in range(6):
+        step_logits = manual_logits(model, sequence, cfg, ids.shape[1])[0, -1]
+        assert int(step_logits.argmax()) == int(generated[step]), f"step {step}"
+        sequence = torch.cat([sequence, generated[step].view(1, 1)], dim=1)
+
+
+def test_cached_decoding_equals_recomputation_in_logits():
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    cfg = dual("first")
+    with apply_sequence_merge(model, cfg):
+        out = model(input_ids=ids, use_cache=True)
+        cache = out.cache
+        next_ids = torch.tensor([[9, 10]])
+        cached = model(input_ids=next_ids, cache=cache, attention_mask=torch.ones(1, ids.shape[1] + 2)).logits
+        # the deep layers cached the merged prompt, the shallow ones the input-merged prompt
+        assert cache.layers[0].keys.shape[-2] == 9 + 2
+        assert cache.layers[3].keys.shape[-2] < 9 + 2
+    manual = manual_logits(model, torch.cat([ids, next_ids], dim=1), cfg, ids.shape[1])[:, -2:]
+    torch.testing.assert_close(cached, manual.detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_left_padded_batch_matches_rows_alone():
+    model = build_speech_decoder()
+    short = [0, 5, 32, 40, 33, 41, 49, 6]
+    pad = 2
+    batch = torch.tensor([PROMPT, [pad] * (len(PROMPT) - len(short)) + short])
+    mask = (torch.arange(len(PROMPT)) >= torch.tensor([[0], [len(PROMPT) - len(short)]])).long()
+    cfg = dual("first")
+    with apply_sequence_merge(model, cfg):
+        together = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=5, do_sample=False)
+        alone = [
+            model.generate(input_ids=torch.tensor([row]), max_new_tokens=5, do_sample=False) for row in (PROMPT, short)
+        ]
+    assert together[0, len(PROMPT) :].tolist() == alone[0][0, len(PROMPT) :].tolist()
+    assert together[1, len(PROMPT) :].tolist() == alone[1][0, len(short) :].tolist()
+
+
+def test_eager_attention_gives_the_same_logits_as_sdpa():
+    sdpa = build_speech_decoder()
+    eager = build_speech_decoder()
+    eager.config._attn_implementation = "eager"
+    ids = torch.tensor([PROMPT])
+    with apply_sequence_merge(sdpa, dual()), apply_sequence_merge(eager, dual()):
+        torch.testing.assert_close(logits(sdpa, ids), logits(eager, ids), atol=1e-5, rtol=1e-5)
+
+
+def test_oracle_stage_counts_and_flops_records():
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT, PROMPT])
+    cfg = config(MergeStage(layer=1, mode="uniform_drop", retention=0.5))
+    with apply_sequence_merge(model, cfg) as handle:
+        logits(model, ids)
+        assert handle.retention == 0.5  # 10 speech tokens -> 5, in both rows
+        assert handle.records[0].tokens_per_layer(4).tolist() == [[15, 10, 10, 10]] * 2
+        handle.reset_statistics()
+        assert handle.records == [] and handle.retention == 1.0
+
+
+def test_bad_input_is_refused_and_leaves_the_model_without_hooks():
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    before = logits(model, ids)
+    with pytest.raises(ValueError, match="do not exist: the decoder has 4 layers"):
+        apply_sequence_merge(model, config(MergeStage(layer=4, threshold=0.5)))
+    with pytest.raises(ValueError, match="names no audio_token_id"):
+        apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.5)]))
+    with pytest.raises(ValueError, match="beyond the embedding's 64 rows"):
+        apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], speech_token_ids=[70]))
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' is not supported"):
+        apply_sequence_merge(model, dual())
+    model.config._attn_implementation = "sdpa"
+    assert not model._forward_pre_hooks and not any(layer._forward_pre_hooks for layer in model.model.layers)
+    assert not hasattr(model, "_sequence_merge_handle")
+    assert torch.equal(logits(model, ids), before)
+
+    with apply_sequence_merge(model, dual()):
+        with pytest.raises(ValueError, match="already installed"):
+            apply_sequence_merge(model, dual())
+        with pytest.raises(ValueError, match="call the model with input_ids"):
+            model(inputs_embeds=model.model.embed_tokens(ids))
+
+
+def test_config_validation_and_round_trip(tmp_path):
+    cfg = SequenceMergeConfig.dual("conservative", deep_layer=3, speech_token_range=(32, 64), position_strategy="mean")
+    assert [(s.layer, s.threshold, s.window) for s in cfg.stages] == [(0, 0.9, 1), (3, 0.8, 3)]
+    cfg.save_pretrained(tmp_path)
+    assert SequenceMergeConfig.from_pretrained(tmp_path) == cfg
+    assert SequenceMergeConfig.dual("aggressive", deep_layer=5, input_stage=False).stages == [
+        MergeStage(layer=5, threshold=0.7, window=3)
+    ]
+    with pytest.raises(ValueError, match="strictly increasing layers"):
+        SequenceMergeConfig(stages=[MergeStage(2, threshold=0.5), MergeStage(1, threshold=0.5)])
+    with pytest.raises(ValueError, match="at least one stage"):
+        SequenceMergeConfig()
+    with pytest.raises(ValueError, match="position_strategy must be one of"):
+        SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], position_strategy="last")
+    with pytest.raises(ValueError, match="Unknown setting"):
+        SequenceMergeConfig.dual("medium", deep_layer=3)
