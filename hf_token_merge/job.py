@@ -32,13 +32,13 @@ def _continuation_sequences(tokenizer, eval_set: Sequence[dict]) -> list[list[in
     return [[ids(BOS), ids(CONTINUE), *ids([unit_token(u) for u in row["units"]]), ids(EOS)] for row in eval_set]
 
 
-def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress: bool = True) -> dict[str, Any]:
-    """WER (ASR task) and unit perplexity (continuation task) of a reference speech-LLM on its test split."""
-    from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, unit_prompt_builder
+def evaluate_reference_wer(model, tokenizer, eval_set: Sequence[dict], show_progress: bool = True):
+    """WER of a reference speech-LLM on the ASR task (greedy, batches of 16): a `WerResult`."""
+    from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
     from hf_token_merge.reference.speech_llm import ASR, TEXT_END, TEXT_START
 
     builder = unit_prompt_builder(tokenizer, units_column="units", prefix=[ASR], suffix=[TEXT_START])
-    wer = evaluate_wer(
+    return evaluate_wer(
         model,
         list(eval_set),
         tokenizer=tokenizer,
@@ -47,6 +47,13 @@ def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress
         batch_size=16,
         show_progress=show_progress,
     )
+
+
+def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress: bool = True) -> dict[str, Any]:
+    """WER (ASR task) and unit perplexity (continuation task) of a reference speech-LLM on its test split."""
+    from hf_token_merge.evaluation import evaluate_perplexity
+
+    wer = evaluate_reference_wer(model, tokenizer, eval_set, show_progress=show_progress)
     perplexity = evaluate_perplexity(model, _continuation_sequences(tokenizer, eval_set), show_progress=show_progress)
     return {"wer": wer, "perplexity": perplexity}
 

@@ -5,16 +5,30 @@ umap-learn); they are imported on first use so that the budget search works with
 """
 
 from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compress_within_budget
+from hf_token_merge.analysis.sequence_sweep import (
+    ORACLE_MODES,
+    SequencePoint,
+    evaluate_sequence_configs,
+    oracle_configs,
+    save_sequence_points,
+    sequence_markdown,
+)
 from hf_token_merge.analysis.sweep import STRATEGIES, SweepPoint, sweep, sweep_markdown
 
 __all__ = [
+    "ORACLE_MODES",
     "STRATEGIES",
     "BudgetResult",
     "RedundancyReport",
+    "SequencePoint",
     "SweepPoint",
     "analyze_redundancy",
     "bisect_smallest",
     "compress_within_budget",
+    "evaluate_sequence_configs",
+    "oracle_configs",
+    "save_sequence_points",
+    "sequence_markdown",
     "sweep",
     "sweep_markdown",
 ]

@@ -108,3 +108,23 @@ def sweep_curve(points, metric: str, path: str) -> str:
     axis.grid(alpha=0.3)
     axis.legend()
     return _save(figure, path)
+
+
+def layerwise_curve(points, metric: str, path: str) -> str:
+    """An oracle study: a metric against the intervention layer, one line per (mode, retention)."""
+    figure, axis = plt.subplots(figsize=(6.4, 4))
+    oracle = [p for p in points if p.layer is not None]
+    for mode, retention in dict.fromkeys((p.mode, p.target_retention) for p in oracle):
+        series = sorted(
+            (p.layer, p.metrics[metric]) for p in oracle if (p.mode, p.target_retention) == (mode, retention)
+        )
+        layers, values = zip(*series, strict=True)
+        axis.plot(layers, values, marker="o", label=f"{mode.replace('_', ' ')}, keep {retention:.0%}")
+    baseline = next((p for p in points if p.name == "baseline"), None)
+    if baseline is not None:
+        axis.axhline(baseline.metrics[metric], color="#888888", linestyle="--", linewidth=1, label="baseline")
+    axis.set(title=f"{metric} when speech tokens are cut at one layer", xlabel="layer (0 = input)", ylabel=metric)
+    axis.xaxis.get_major_locator().set_params(integer=True)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hf_token_merge import __version__
-from hf_token_merge.cli import analyze, compress, push, sweep
+from hf_token_merge.cli import analyze, compress, push, sequence, sweep
 from hf_token_merge.cli.common import load_model
 
 EVALUATE_EXAMPLES = """examples:
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_parser(subparsers)
     compress.add_parser(subparsers)
     sweep.add_parser(subparsers)
+    sequence.add_parser(subparsers)
     push.add_parser(subparsers)
     _add_run(subparsers)
     _add_assets(subparsers)

@@ -230,6 +230,11 @@ def evaluate_perplexity(
             f"evaluate_perplexity scores causal LMs; {type(model).__name__} is an encoder-decoder whose decoder "
             "needs audio features. Fix: evaluate it with evaluate_wer, or pass a causal LM (e.g. LlamaForCausalLM)."
         )
+    if getattr(model, "_sequence_merge_handle", None) is not None:
+        raise ValueError(
+            "evaluate_perplexity needs a logit for every input position, but a sequence merge is installed and "
+            "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."
+        )
     sequences = _sequences(data, tokenizer, column)
     if max_length is None:
         max_length = int(getattr(model.config, "max_position_embeddings", 0) or 1024)

@@ -25,6 +25,7 @@ from torch import nn
 
 from hf_token_merge.selection import PRESETS, match_vocabulary
 from hf_token_merge.sequence.config import SequenceMergeConfig
+from hf_token_merge.sequence.flops import prefill_flops
 from hf_token_merge.sequence.grouping import pool_groups, stage_groups
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
@@ -98,14 +99,16 @@ class SequenceMergeHandle:
 
     Attributes:
         config: The applied config.
+        decoder_config: Config of the decoder (for FLOPs).
         num_layers: Decoder layers of the model.
         records: One `PrefillRecord` per prefill since the handle was applied or reset.
     """
 
-    def __init__(self, model: nn.Module, config: SequenceMergeConfig, num_layers: int) -> None:
+    def __init__(self, model: nn.Module, config: SequenceMergeConfig, decoder: nn.Module) -> None:
         self.model = model
         self.config = config
-        self.num_layers = num_layers
+        self.decoder_config = decoder.config
+        self.num_layers = len(decoder.layers)
         self.records: list[PrefillRecord] = []
         self._hooks: list[Any] = []
 
@@ -133,6 +136,24 @@ class SequenceMergeHandle:
         """Speech tokens after the last stage / speech tokens in the input, over the records (1.0 if none)."""
         original = sum(int(record.speech.sum()) for record in self.records)
         return self.statistics[-1].speech_out / original if original else 1.0
+
+    def prefill_flops(self) -> tuple[float, float]:
+        """Analytic prefill FLOPs over the records, without and with the merge (see `sequence.flops`).
+
+        Returns:
+            `(baseline, merged)`; their ratio is the FLOPs saving.
+        """
+        baseline = merged = 0.0
+        for record in self.records:
+            per_layer = record.tokens_per_layer(self.num_layers)
+            entering = {
+                stage.layer: per_layer[:, stage.layer - 1] if stage.layer > 0 else record.tokens
+                for stage in self.config.stages
+            }
+            full = record.tokens[:, None].expand_as(per_layer)
+            baseline += prefill_flops(self.decoder_config, full)
+            merged += prefill_flops(self.decoder_config, per_layer, self.config.stages, entering)
+        return baseline, merged
 
     def remove(self) -> None:
         """Remove the hooks; the model behaves exactly as before `apply_sequence_merge`."""
@@ -368,7 +389,7 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         )
     lookup = speech_token_lookup(model, config, tokenizer)
 
-    handle = SequenceMergeHandle(model, config, num_layers)
+    handle = SequenceMergeHandle(model, config, decoder)
     state = _State(handle, lookup, decoder.rotary_emb, attention)
     stages = {stage.layer: stage for stage in config.stages}
 

@@ -248,3 +248,19 @@ def test_config_validation_and_round_trip(tmp_path):
         SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], position_strategy="last")
     with pytest.raises(ValueError, match="Unknown setting"):
         SequenceMergeConfig.dual("medium", deep_layer=3)
+
+
+def test_prefill_flops_follow_the_token_counts():
+    from hf_token_merge.sequence.flops import layer_flops
+
+    model = build_speech_decoder()
+    cfg = config(MergeStage(layer=2, mode="uniform_drop", retention=0.5))
+    with apply_sequence_merge(model, cfg) as handle:
+        logits(model, torch.tensor([PROMPT]))
+        baseline, merged = handle.prefill_flops()
+    c = model.config  # d = 32, 4 heads of 8, 2 kv heads, f = 64, vocab 64
+    per_layer_15 = 2 * 15 * 32 * (4 + 4) * 8 + 2 * 15 * 32 * 32 + 6 * 15 * 32 * 64 + 4 * 32 * 15 * 16 / 2
+    assert float(layer_flops(c, 15)) == per_layer_15
+    head = 2 * 32 * 64
+    assert baseline == 4 * per_layer_15 + head
+    assert merged == 2 * per_layer_15 + 2 * float(layer_flops(c, 10)) + head + 32 * 15  # + the stage's pooling

@@ -1,0 +1,156 @@
+"""Sequence-merge sweeps: evaluate named configs, and the layer-wise oracle study.
+
+The oracle study follows "Do We Need Distinct Representations for Every Speech Token?": at one layer, keep a share
+(retention) of the speech tokens by random drop, uniform drop or uniform merge, and watch the metric as the layer
+moves deeper. Word boundaries are not used: the oracle groups are equal consecutive slices of each speech span.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from tqdm.auto import tqdm
+
+from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
+
+ORACLE_MODES = ("random_drop", "uniform_drop", "uniform_merge")
+
+
+@dataclass
+class SequencePoint:
+    """One evaluated configuration.
+
+    Attributes:
+        name: The configuration's name ('baseline' for no merge).
+        retention: Speech tokens kept after the last stage / speech tokens in the input.
+        flops_ratio: Analytic prefill FLOPs with the merge / without.
+        metrics: What `evaluate` returned.
+        layer: Oracle layer (None for named configs).
+        mode: Oracle mode (None for named configs).
+        target_retention: Oracle retention asked for (None for named configs).
+    """
+
+    name: str
+    retention: float
+    flops_ratio: float
+    metrics: dict[str, float]
+    layer: int | None = None
+    mode: str | None = None
+    target_retention: float | None = None
+
+
+def evaluate_sequence_configs(
+    model,
+    configs: Mapping[str, SequenceMergeConfig],
+    evaluate: Callable[[object], dict[str, float]],
+    *,
+    tokenizer=None,
+    show_progress: bool = True,
+) -> list[SequencePoint]:
+    """Evaluate the model without a merge and with each config (installed, measured, removed in turn).
+
+    Args:
+        model: The model; it is left without hooks afterwards.
+        configs: Name -> config.
+        evaluate: `evaluate(model) -> {"wer": ...}`, run with the merge installed.
+        tokenizer: For configs that select speech tokens by pattern or preset.
+        show_progress: Show a tqdm bar.
+
+    Returns:
+        The baseline point first, then one point per config.
+    """
+    points = [SequencePoint("baseline", 1.0, 1.0, dict(evaluate(model)))]
+    for name, config in tqdm(configs.items(), desc="sequence configs", disable=not show_progress):
+        with apply_sequence_merge(model, config, tokenizer=tokenizer) as handle:
+            metrics = dict(evaluate(model))
+            baseline, merged = handle.prefill_flops()
+            retention = handle.retention
+        stage = config.stages[0] if len(config.stages) == 1 and config.stages[0].mode != "affinity" else None
+        points.append(
+            SequencePoint(
+                name,
+                retention,
+                merged / baseline if baseline else 1.0,
+                metrics,
+                layer=stage.layer if stage else None,
+                mode=stage.mode if stage else None,
+                target_retention=stage.retention if stage else None,
+            )
+        )
+    return points
+
+
+def oracle_configs(
+    speech: Mapping[str, object],
+    layers: Sequence[int],
+    retentions: Sequence[float],
+    modes: Sequence[str] = ORACLE_MODES,
+    seed: int = 0,
+) -> dict[str, SequenceMergeConfig]:
+    """One single-stage oracle config per (mode, retention, layer).
+
+    Args:
+        speech: The speech-token selection, e.g. `{"preset": "reference"}` or `{"speech_token_range": (a, b)}`.
+        layers: Decoder layers (0 = the input).
+        retentions: Shares of speech tokens kept.
+        modes: Oracle modes.
+        seed: Seed of 'random_drop'.
+
+    Returns:
+        Name -> config, names like 'uniform_merge@0.25/L3'.
+    """
+    unknown = sorted(set(modes) - set(ORACLE_MODES))
+    if unknown:
+        raise ValueError(f"Unknown oracle modes {unknown}; choose from {ORACLE_MODES}.")
+    return {
+        f"{mode}@{retention:g}/L{layer}": SequenceMergeConfig(
+            stages=[MergeStage(layer=layer, mode=mode, retention=retention)], seed=seed, **speech
+        )
+        for mode in modes
+        for retention in retentions
+        for layer in layers
+    }
+
+
+def sequence_markdown(points: Sequence[SequencePoint]) -> str:
+    """The points as a Markdown table."""
+    names = sorted({name for point in points for name in point.metrics})
+    lines = [
+        "| configuration | speech tokens kept | prefill FLOPs | " + " | ".join(names) + " |",
+        "|---|---:|---:|" + "---:|" * len(names),
+    ]
+    for p in points:
+        values = " | ".join(f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names)
+        lines.append(f"| {p.name} | {p.retention:.1%} | {p.flops_ratio:.1%} | {values} |")
+    return "\n".join(lines) + "\n"
+
+
+def save_sequence_points(points: Sequence[SequencePoint], output_dir: str, name: str = "sequence") -> dict[str, str]:
+    """Write `<name>.json`, `<name>.md`, and for oracle points `<name>_layerwise_<metric>.png`.
+
+    Args:
+        points: From `evaluate_sequence_configs` (the baseline first).
+        output_dir: Folder to write into.
+        name: File stem.
+
+    Returns:
+        Kind -> written path.
+    """
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {"json": os.path.join(output_dir, f"{name}.json"), "md": os.path.join(output_dir, f"{name}.md")}
+    with open(paths["json"], "w", encoding="utf-8") as handle:
+        json.dump([dataclasses.asdict(p) for p in points], handle, indent=2)
+    with open(paths["md"], "w", encoding="utf-8") as handle:
+        handle.write(sequence_markdown(points))
+    if any(p.layer is not None for p in points):
+        from hf_token_merge.analysis import plots
+
+        for metric in sorted({m for p in points for m in p.metrics}):
+            paths[metric] = plots.layerwise_curve(
+                points, metric, plots.figure_path(output_dir, f"{name}_layerwise_{metric}")
+            )
+    return paths

@@ -1,0 +1,116 @@
+"""`hf-token-merge sequence`: Affinity Pooling settings and the layer-wise oracle study on a built-in eval set."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from hf_token_merge.cli.common import load_model
+
+EXAMPLES = """examples:
+  hf-token-merge sequence --model reference --output-dir runs/sequence \\
+      --settings aggressive conservative --deep-layers 2 3 --position-strategies first mean contiguous
+  hf-token-merge sequence --model reference --output-dir runs/oracle --settings \\
+      --oracle-layers 0 1 2 3 --oracle-retentions 0.5 0.25 --oracle-modes random_drop uniform_drop uniform_merge
+"""
+
+
+def add_parser(subparsers) -> None:
+    """Register `sequence`."""
+    parser = subparsers.add_parser(
+        "sequence",
+        help="evaluate sequence merging (Affinity Pooling, oracle interventions) on the reference speech-LLM",
+        description=(
+            "Evaluate the speech-LLM without a sequence merge, with Affinity Pooling (Dual: input + one deep layer) "
+            "at each setting, deep layer and position strategy, and with oracle interventions at each layer. "
+            "Writes sequence.md/json (WER, speech tokens kept, analytic prefill FLOPs) and the layer-wise plot."
+        ),
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--model", default="reference", help="'reference' or a saved reference-style model folder")
+    parser.add_argument("--eval", default="reference", choices=["reference"], help="built-in ASR test split")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--preset", default="reference", help="speech-token preset (default: reference)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    affinity = parser.add_argument_group("Affinity Pooling")
+    affinity.add_argument(
+        "--settings", nargs="*", default=["aggressive", "conservative"], help="published settings to run (or none)"
+    )
+    affinity.add_argument("--deep-layers", nargs="+", type=int, default=[3], help="deep stage layers")
+    affinity.add_argument(
+        "--variants", nargs="+", default=["dual"], choices=["dual", "input", "deep"], help="which stages to run"
+    )
+    affinity.add_argument(
+        "--position-strategies", nargs="+", default=["first"], choices=["first", "mean", "contiguous"]
+    )
+    affinity.add_argument("--deep-thresholds", nargs="*", type=float, default=[], help="extra deep-only taus")
+    oracle = parser.add_argument_group("oracle interventions")
+    oracle.add_argument("--oracle-layers", nargs="*", type=int, default=[])
+    oracle.add_argument("--oracle-retentions", nargs="+", type=float, default=[0.5, 0.25])
+    oracle.add_argument(
+        "--oracle-modes", nargs="+", default=["random_drop", "uniform_drop", "uniform_merge"], help="oracle modes"
+    )
+    parser.set_defaults(handler=run)
+
+
+def configs_from_args(args: argparse.Namespace) -> dict:
+    """Name -> `SequenceMergeConfig` for every requested run."""
+    from hf_token_merge.analysis import oracle_configs
+    from hf_token_merge.sequence import AFFINITY_SETTINGS, MergeStage, SequenceMergeConfig
+
+    speech = {"preset": args.preset}
+    configs = {}
+    for setting in args.settings:
+        if setting not in AFFINITY_SETTINGS:
+            raise ValueError(f"--settings {setting}: unknown. Fix: choose from {sorted(AFFINITY_SETTINGS)}.")
+        tau_in, tau_deep, omega_in, omega_deep = AFFINITY_SETTINGS[setting]
+        for strategy in args.position_strategies:
+            if "input" in args.variants:
+                stages = [MergeStage(layer=0, threshold=tau_in, window=omega_in)]
+                configs[f"{setting} input/{strategy}"] = SequenceMergeConfig(
+                    stages=stages, position_strategy=strategy, **speech
+                )
+            for layer in args.deep_layers:
+                for variant in ("dual", "deep"):
+                    if variant in args.variants:
+                        configs[f"{setting} {variant} L{layer}/{strategy}"] = SequenceMergeConfig.dual(
+                            setting,
+                            deep_layer=layer,
+                            input_stage=variant == "dual",
+                            position_strategy=strategy,
+                            **speech,
+                        )
+    for tau in args.deep_thresholds:
+        for layer in args.deep_layers:
+            for strategy in args.position_strategies:
+                configs[f"tau {tau:g} deep L{layer}/{strategy}"] = SequenceMergeConfig(
+                    stages=[MergeStage(layer=layer, threshold=tau, window=3)], position_strategy=strategy, **speech
+                )
+    if args.oracle_layers:
+        configs.update(oracle_configs(speech, args.oracle_layers, args.oracle_retentions, args.oracle_modes))
+    if not configs:
+        raise ValueError("Nothing to run. Fix: pass --settings and/or --oracle-layers.")
+    return configs
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `sequence`."""
+    from hf_token_merge.analysis import evaluate_sequence_configs, save_sequence_points, sequence_markdown
+    from hf_token_merge.job import evaluate_reference_wer
+    from hf_token_merge.reference.speech_llm import load_reference_eval_set
+
+    configs = configs_from_args(args)
+    model, tokenizer = load_model(args.model)
+    eval_set = load_reference_eval_set()
+    if args.limit:
+        eval_set = eval_set[: args.limit]
+
+    def evaluate(model) -> dict[str, float]:
+        return {"wer": evaluate_reference_wer(model, tokenizer, eval_set, show_progress=False).wer}
+
+    points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer)
+    paths = save_sequence_points(points, str(Path(args.output_dir)))
+    print(sequence_markdown(points))
+    print(f"wrote {', '.join(sorted(paths.values()))}")
+    return 0
