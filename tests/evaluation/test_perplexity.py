@@ -130,3 +130,16 @@ def test_bad_input(whisper, llasa_tok):
         evaluate_perplexity(model, [[1, 2, 3]], max_length=4, stride=8)
     result = evaluate_perplexity(model, [{"text": "hello world the cat"}], tokenizer=llasa_tok, show_progress=False)
     assert result.token_count == 4  # <bos> hello world the cat: 4 scored tokens
+
+
+def test_a_sequence_merged_model_is_refused():
+    from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
+    from tests.models import build_speech_decoder
+
+    model = build_speech_decoder()
+    config = SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.9)], speech_token_range=(32, 64))
+    with (
+        apply_sequence_merge(model, config),
+        pytest.raises(ValueError, match="a sequence merge is installed and shortens the input"),
+    ):
+        evaluate_perplexity(model, [[0, 32, 40, 5]], device="cpu", show_progress=False)

@@ -1,0 +1,60 @@
+"""Sequence sweeps: named configs and the oracle study, with their table and layer-wise plot."""
+
+import json
+
+import pytest
+import torch
+
+from hf_token_merge.analysis import evaluate_sequence_configs, oracle_configs, save_sequence_points
+from hf_token_merge.sequence import MergeStage, SequenceMergeConfig
+from tests.models import SPEECH_START, SPEECH_VOCAB, build_speech_decoder
+
+PROMPT = [0, 5, 6, 32, 40, 48, 33, 41, 34, 35, 43, 51, 59, 7, 8]
+SPEECH = {"speech_token_range": (SPEECH_START, SPEECH_VOCAB)}
+
+
+def last_logit_metric(model) -> dict[str, float]:
+    """A metric that moves with the merge: the top next-token logit after the prompt."""
+    with torch.no_grad():
+        return {"top_logit": float(model(input_ids=torch.tensor([PROMPT])).logits[0, -1].max())}
+
+
+def test_oracle_sweep_points_plot_and_table(tmp_path):
+    model = build_speech_decoder()
+    configs = oracle_configs(SPEECH, layers=[0, 3], retentions=[0.5], modes=["uniform_drop", "uniform_merge"])
+    assert list(configs) == [
+        "uniform_drop@0.5/L0",
+        "uniform_drop@0.5/L3",
+        "uniform_merge@0.5/L0",
+        "uniform_merge@0.5/L3",
+    ]
+    points = evaluate_sequence_configs(model, configs, last_logit_metric, show_progress=False)
+    assert [p.name for p in points] == ["baseline", *configs]
+    assert points[0].retention == 1.0 and points[0].flops_ratio == 1.0
+    assert all(p.retention == 0.5 for p in points[1:])  # 10 speech tokens -> 5
+    by_name = {p.name: p for p in points}
+    # cutting at the input saves more compute than cutting before the last of 4 layers
+    assert by_name["uniform_drop@0.5/L0"].flops_ratio < by_name["uniform_drop@0.5/L3"].flops_ratio < 1.0
+    assert by_name["uniform_merge@0.5/L3"].layer == 3 and by_name["uniform_merge@0.5/L3"].mode == "uniform_merge"
+    assert points[1].metrics != points[0].metrics
+    assert not model._forward_pre_hooks and not hasattr(model, "_sequence_merge_handle")
+
+    paths = save_sequence_points(points, str(tmp_path))
+    with open(paths["top_logit"], "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+    table = (tmp_path / "sequence.md").read_text()
+    assert "| uniform_drop@0.5/L0 | 50.0% |" in table
+    assert json.loads((tmp_path / "sequence.json").read_text())[0]["name"] == "baseline"
+
+
+def test_named_configs_have_no_layerwise_plot(tmp_path):
+    model = build_speech_decoder()
+    config = SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.9)], **SPEECH)
+    points = evaluate_sequence_configs(model, {"affinity": config}, last_logit_metric, show_progress=False)
+    assert points[1].retention == 0.4 and points[1].layer is None  # the four runs of one sound each
+    assert set(save_sequence_points(points, str(tmp_path))) == {"json", "md"}
+
+
+def test_unknown_oracle_mode():
+    with pytest.raises(ValueError, match="Unknown oracle modes \\['uniform'\\]"):
+        oracle_configs(SPEECH, [0], [0.5], ["uniform"])
