@@ -8,6 +8,7 @@ from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compre
 from hf_token_merge.analysis.sequence_sweep import (
     ORACLE_MODES,
     SequencePoint,
+    evaluate_encoder_merges,
     evaluate_sequence_configs,
     oracle_configs,
     save_sequence_points,
@@ -25,6 +26,7 @@ __all__ = [
     "analyze_redundancy",
     "bisect_smallest",
     "compress_within_budget",
+    "evaluate_encoder_merges",
     "evaluate_sequence_configs",
     "oracle_configs",
     "save_sequence_points",

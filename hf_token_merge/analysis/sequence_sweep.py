@@ -27,7 +27,7 @@ class SequencePoint:
     Attributes:
         name: The configuration's name ('baseline' for no merge).
         retention: Speech tokens kept after the last stage / speech tokens in the input.
-        flops_ratio: Analytic prefill FLOPs with the merge / without.
+        flops_ratio: Analytic prefill FLOPs with the merge / without (None where not modelled).
         metrics: What `evaluate` returned.
         layer: Oracle layer (None for named configs).
         mode: Oracle mode (None for named configs).
@@ -36,7 +36,7 @@ class SequencePoint:
 
     name: str
     retention: float
-    flops_ratio: float
+    flops_ratio: float | None
     metrics: dict[str, float]
     layer: int | None = None
     mode: str | None = None
@@ -84,6 +84,36 @@ def evaluate_sequence_configs(
     return points
 
 
+def evaluate_encoder_merges(
+    model,
+    thresholds: Sequence[float],
+    evaluate: Callable[[object], dict[str, float]],
+    *,
+    window: int = 1,
+    show_progress: bool = True,
+) -> list[SequencePoint]:
+    """The encoder-decoder analogue: evaluate without and with encoder-frame pooling at each threshold.
+
+    Args:
+        model: An encoder-decoder ASR model such as Whisper; left without hooks afterwards.
+        thresholds: Cosine thresholds tau.
+        evaluate: `evaluate(model) -> {"wer": ...}`.
+        window: Frames of the open group compared.
+        show_progress: Show a tqdm bar.
+
+    Returns:
+        The baseline point first, then one per threshold (`retention` = encoder frames kept).
+    """
+    from hf_token_merge.sequence.encoder import apply_encoder_merge
+
+    points = [SequencePoint("baseline", 1.0, None, dict(evaluate(model)))]
+    for tau in tqdm(thresholds, desc="encoder merges", disable=not show_progress):
+        with apply_encoder_merge(model, tau, window) as handle:
+            metrics = dict(evaluate(model))
+            points.append(SequencePoint(f"encoder frames tau {tau:g} window {window}", handle.retention, None, metrics))
+    return points
+
+
 def oracle_configs(
     speech: Mapping[str, object],
     layers: Sequence[int],
@@ -125,7 +155,8 @@ def sequence_markdown(points: Sequence[SequencePoint]) -> str:
     ]
     for p in points:
         values = " | ".join(f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names)
-        lines.append(f"| {p.name} | {p.retention:.1%} | {p.flops_ratio:.1%} | {values} |")
+        flops = f"{p.flops_ratio:.1%}" if p.flops_ratio is not None else "n/a"
+        lines.append(f"| {p.name} | {p.retention:.1%} | {flops} | {values} |")
     return "\n".join(lines) + "\n"
 
 

@@ -12,6 +12,8 @@ EXAMPLES = """examples:
       --settings aggressive conservative --deep-layers 2 3 --position-strategies first mean contiguous
   hf-token-merge sequence --model reference --output-dir runs/oracle --settings \\
       --oracle-layers 0 1 2 3 --oracle-retentions 0.5 0.25 --oracle-modes random_drop uniform_drop uniform_merge
+  hf-token-merge sequence --model whisper-tiny-en --eval librivox --output-dir runs/whisper-frames \\
+      --encoder-thresholds 0.99 0.97 0.95
 """
 
 
@@ -28,8 +30,15 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default="reference", help="'reference' or a saved reference-style model folder")
-    parser.add_argument("--eval", default="reference", choices=["reference"], help="built-in ASR test split")
+    parser.add_argument(
+        "--model", default="reference", help="'reference' (or a saved reference-style folder), or 'whisper-tiny-en'"
+    )
+    parser.add_argument(
+        "--eval",
+        default="reference",
+        choices=["reference", "librivox"],
+        help="'reference': the speech-LLM's ASR test split; 'librivox': 12 real utterances (Whisper)",
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--preset", default="reference", help="speech-token preset (default: reference)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N utterances")
@@ -51,6 +60,9 @@ def add_parser(subparsers) -> None:
     oracle.add_argument(
         "--oracle-modes", nargs="+", default=["random_drop", "uniform_drop", "uniform_merge"], help="oracle modes"
     )
+    encoder = parser.add_argument_group("encoder-decoder analogue (Whisper: pool encoder frames)")
+    encoder.add_argument("--encoder-thresholds", nargs="*", type=float, default=[], help="cosine thresholds tau")
+    encoder.add_argument("--encoder-window", type=int, default=1, help="frames of the open group compared")
     parser.set_defaults(handler=run)
 
 
@@ -96,20 +108,44 @@ def configs_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Run `sequence`."""
-    from hf_token_merge.analysis import evaluate_sequence_configs, save_sequence_points, sequence_markdown
-    from hf_token_merge.job import evaluate_reference_wer
-    from hf_token_merge.reference.speech_llm import load_reference_eval_set
+    from hf_token_merge.analysis import (
+        evaluate_encoder_merges,
+        evaluate_sequence_configs,
+        save_sequence_points,
+        sequence_markdown,
+    )
 
-    configs = configs_from_args(args)
-    model, tokenizer = load_model(args.model)
-    eval_set = load_reference_eval_set()
-    if args.limit:
-        eval_set = eval_set[: args.limit]
+    if args.eval == "librivox":
+        if not args.encoder_thresholds:
+            raise ValueError("--eval librivox evaluates encoder-frame merges. Fix: pass --encoder-thresholds.")
+        from hf_token_merge.evaluation import evaluate_wer
+        from hf_token_merge.reference import load_librivox_sonnets
 
-    def evaluate(model) -> dict[str, float]:
-        return {"wer": evaluate_reference_wer(model, tokenizer, eval_set, show_progress=False).wer}
+        model, processor = load_model(args.model)
+        if not getattr(model.config, "is_encoder_decoder", False):
+            raise ValueError(f"--model {args.model} is not an encoder-decoder. Fix: use --model whisper-tiny-en.")
+        data = load_librivox_sonnets()
+        if args.limit:
+            data = data.select(range(args.limit))
 
-    points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer)
+        def evaluate(model) -> dict[str, float]:
+            return {"wer": evaluate_wer(model, data, processor=processor, batch_size=4, show_progress=False).wer}
+
+        points = evaluate_encoder_merges(model, args.encoder_thresholds, evaluate, window=args.encoder_window)
+    else:
+        from hf_token_merge.job import evaluate_reference_wer
+        from hf_token_merge.reference.speech_llm import load_reference_eval_set
+
+        configs = configs_from_args(args)
+        model, tokenizer = load_model(args.model)
+        eval_set = load_reference_eval_set()
+        if args.limit:
+            eval_set = eval_set[: args.limit]
+
+        def evaluate(model) -> dict[str, float]:
+            return {"wer": evaluate_reference_wer(model, tokenizer, eval_set, show_progress=False).wer}
+
+        points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer)
     paths = save_sequence_points(points, str(Path(args.output_dir)))
     print(sequence_markdown(points))
     print(f"wrote {', '.join(sorted(paths.values()))}")

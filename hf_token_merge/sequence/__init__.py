@@ -9,16 +9,19 @@ from hf_token_merge.sequence.apply import (
     speech_token_lookup,
 )
 from hf_token_merge.sequence.config import AFFINITY_SETTINGS, MergeStage, SequenceMergeConfig
+from hf_token_merge.sequence.encoder import EncoderMergeHandle, apply_encoder_merge
 from hf_token_merge.sequence.grouping import affinity_groups, oracle_groups, pool_groups
 
 __all__ = [
     "AFFINITY_SETTINGS",
+    "EncoderMergeHandle",
     "MergeStage",
     "PrefillRecord",
     "SequenceMergeConfig",
     "SequenceMergeHandle",
     "StageStatistics",
     "affinity_groups",
+    "apply_encoder_merge",
     "apply_sequence_merge",
     "locate_decoder",
     "oracle_groups",
