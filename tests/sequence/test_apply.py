@@ -264,3 +264,20 @@ def test_prefill_flops_follow_the_token_counts():
     head = 2 * 32 * 64
     assert baseline == 4 * per_layer_15 + head
     assert merged == 2 * per_layer_15 + 2 * float(layer_flops(c, 10)) + head + 32 * 15  # + the stage's pooling
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dual_merge_and_generate_on_cuda_match_cpu():
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    cfg = dual("mean")
+    with apply_sequence_merge(model, cfg):
+        cpu_logits = logits(model, ids)
+        cpu_tokens = model.generate(input_ids=ids, max_new_tokens=5, do_sample=False)
+    model.to("cuda")
+    with apply_sequence_merge(model, cfg) as handle:
+        cuda_logits = logits(model, ids.cuda())
+        cuda_tokens = model.generate(input_ids=ids.cuda(), max_new_tokens=5, do_sample=False)
+        assert handle.statistics[1].speech_out == 2
+    torch.testing.assert_close(cuda_logits.cpu(), cpu_logits, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cuda_tokens.cpu(), cpu_tokens)
