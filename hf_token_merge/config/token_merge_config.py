@@ -6,12 +6,11 @@ round-trips through `to_dict`/`from_dict` and `save_pretrained`/`from_pretrained
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
+
+from hf_token_merge.config.json_config import JsonConfigMixin
 
 CONFIG_NAME = "token_merge_config.json"
 
@@ -34,7 +33,7 @@ _STOPPING_FIELDS = ("similarity_threshold", "distance_threshold", "n_clusters", 
 
 
 @dataclass
-class TokenMergeConfig:
+class TokenMergeConfig(JsonConfigMixin):
     """Configuration of a vocabulary merge.
 
     Rows are selected by the union of `token_ids`, `token_id_range`, `token_pattern` and `preset`.
@@ -44,6 +43,8 @@ class TokenMergeConfig:
     Example:
         >>> TokenMergeConfig(preset="llasa", target_ratio=0.125)  # 65,536 speech rows -> 8,192
     """
+
+    config_file_name: ClassVar[str] = CONFIG_NAME
 
     # --- which rows may merge ---------------------------------------------------------------------
     token_ids: list[int] | None = field(default=None, metadata={"help": "Explicit token ids that may merge."})
@@ -307,56 +308,3 @@ class TokenMergeConfig:
         if data["token_id_range"] is not None:
             data["token_id_range"] = list(data["token_id_range"])
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TokenMergeConfig:
-        """Build a config from `to_dict()` output.
-
-        Args:
-            data: Field names and values.
-
-        Returns:
-            The validated config.
-
-        Raises:
-            ValueError: On an unknown field name.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown TokenMergeConfig fields {unknown}; known fields are {sorted(known)}.")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `token_merge_config.json` into `save_directory`, atomically.
-
-        Args:
-            save_directory: Folder to write into; created if missing.
-
-        Returns:
-            The path of the written file.
-        """
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, CONFIG_NAME)
-        with tempfile.NamedTemporaryFile("w", dir=save_directory, delete=False, suffix=".tmp") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(handle.name, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> TokenMergeConfig:
-        """Load a config saved by `save_pretrained`.
-
-        Args:
-            path: The folder holding `token_merge_config.json`, or the JSON file itself.
-
-        Returns:
-            The validated config.
-        """
-        if os.path.isdir(path):
-            path = os.path.join(path, CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"No {CONFIG_NAME} at {path}; save one with TokenMergeConfig.save_pretrained.")
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))

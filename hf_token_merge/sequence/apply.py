@@ -94,7 +94,31 @@ class PrefillRecord:
         return torch.stack(counts, dim=1)
 
 
-class SequenceMergeHandle:
+class HookHandle:
+    """Hooks installed on a model by one call, removable at once (also as a context manager)."""
+
+    attribute: str = "_hook_handle"
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self._hooks: list[Any] = []
+
+    def remove(self) -> None:
+        """Remove the hooks; the model behaves exactly as before they were installed."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if getattr(self.model, self.attribute, None) is self:
+            delattr(self.model, self.attribute)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+
+class SequenceMergeHandle(HookHandle):
     """The installed sequence merge of one model.
 
     Attributes:
@@ -104,13 +128,14 @@ class SequenceMergeHandle:
         records: One `PrefillRecord` per prefill since the handle was applied or reset.
     """
 
+    attribute = "_sequence_merge_handle"
+
     def __init__(self, model: nn.Module, config: SequenceMergeConfig, decoder: nn.Module) -> None:
-        self.model = model
+        super().__init__(model)
         self.config = config
         self.decoder_config = decoder.config
         self.num_layers = len(decoder.layers)
         self.records: list[PrefillRecord] = []
-        self._hooks: list[Any] = []
 
     def reset_statistics(self) -> None:
         """Forget the records of earlier prefills."""
@@ -154,20 +179,6 @@ class SequenceMergeHandle:
             baseline += prefill_flops(self.decoder_config, full)
             merged += prefill_flops(self.decoder_config, per_layer, self.config.stages, entering)
         return baseline, merged
-
-    def remove(self) -> None:
-        """Remove the hooks; the model behaves exactly as before `apply_sequence_merge`."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        if getattr(self.model, "_sequence_merge_handle", None) is self:
-            del self.model._sequence_merge_handle
-
-    def __enter__(self) -> SequenceMergeHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def locate_decoder(model: nn.Module) -> nn.Module:

@@ -7,12 +7,10 @@ Pooling as published ("Dual") is one stage at layer 0 and one deep stage; `Seque
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
 
+from hf_token_merge.config.json_config import JsonConfigMixin
 from hf_token_merge.selection import PRESETS
 
 SEQUENCE_CONFIG_NAME = "sequence_merge_config.json"
@@ -85,7 +83,7 @@ class MergeStage:
 
 
 @dataclass
-class SequenceMergeConfig:
+class SequenceMergeConfig(JsonConfigMixin):
     """Configuration of a sequence merge (Affinity Pooling or an oracle intervention).
 
     Speech positions are those whose input id is selected by `speech_token_ids`, `speech_token_range`,
@@ -95,6 +93,8 @@ class SequenceMergeConfig:
     Example:
         >>> SequenceMergeConfig.dual("aggressive", deep_layer=20, speech_token_range=(151665, 168049))
     """
+
+    config_file_name: ClassVar[str] = SEQUENCE_CONFIG_NAME
 
     stages: list[MergeStage] = field(
         default_factory=list, metadata={"help": "Merge stages, in increasing layer order (at most one per layer)."}
@@ -167,55 +167,3 @@ class SequenceMergeConfig:
         if data["speech_token_range"] is not None:
             data["speech_token_range"] = list(data["speech_token_range"])
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SequenceMergeConfig:
-        """Build a config from `to_dict()` output.
-
-        Args:
-            data: Field names and values.
-
-        Returns:
-            The validated config.
-        """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown SequenceMergeConfig fields {unknown}; known fields are {sorted(known)}.")
-        return cls(**data)
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> str:
-        """Write `sequence_merge_config.json` into `save_directory`, atomically.
-
-        Args:
-            save_directory: Folder to write into; created if missing.
-
-        Returns:
-            The path of the written file.
-        """
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, SEQUENCE_CONFIG_NAME)
-        with tempfile.NamedTemporaryFile("w", dir=save_directory, delete=False, suffix=".tmp") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(handle.name, path)
-        return path
-
-    @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> SequenceMergeConfig:
-        """Load a config saved by `save_pretrained`.
-
-        Args:
-            path: The folder holding `sequence_merge_config.json`, or the file itself.
-
-        Returns:
-            The validated config.
-        """
-        if os.path.isdir(path):
-            path = os.path.join(path, SEQUENCE_CONFIG_NAME)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(
-                f"No {SEQUENCE_CONFIG_NAME} at {path}; save one with SequenceMergeConfig.save_pretrained."
-            )
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))

@@ -9,15 +9,14 @@ the rows are left-padded to the longest and the padding is masked in every decod
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from hf_token_merge.sequence.apply import HookHandle
 from hf_token_merge.sequence.grouping import affinity_groups, pool_groups
 
 
-class EncoderMergeHandle:
+class EncoderMergeHandle(HookHandle):
     """The installed encoder-frame merge.
 
     Attributes:
@@ -27,33 +26,20 @@ class EncoderMergeHandle:
         frames_out: Frames left after pooling.
     """
 
+    attribute = "_encoder_merge_handle"
+
     def __init__(self, model: nn.Module, threshold: float, window: int) -> None:
-        self.model = model
+        super().__init__(model)
         self.threshold = threshold
         self.window = window
         self.frames_in = 0
         self.frames_out = 0
         self.valid: torch.Tensor | None = None
-        self._hooks: list[Any] = []
 
     @property
     def retention(self) -> float:
         """Frames kept / frames in (1.0 before any call)."""
         return self.frames_out / self.frames_in if self.frames_in else 1.0
-
-    def remove(self) -> None:
-        """Remove the hooks; the model behaves exactly as before."""
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks.clear()
-        if getattr(self.model, "_encoder_merge_handle", None) is self:
-            del self.model._encoder_merge_handle
-
-    def __enter__(self) -> EncoderMergeHandle:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.remove()
 
 
 def apply_encoder_merge(model: nn.Module, threshold: float, window: int = 1) -> EncoderMergeHandle:
