@@ -73,21 +73,27 @@ def compare(model, ids: torch.Tensor, config: SequenceMergeConfig, repeats: int,
 
 
 def reference_setup(length: int):
-    """The reference speech-LLM and one prompt of `length` real units, plus its speech selection."""
-    from hf_token_merge.reference.speech_llm import (
-        ASR,
-        TEXT_START,
-        load_reference_eval_set,
-        load_reference_speech_llm,
-        unit_token,
-    )
+    """The reference speech-LLM and one prompt of `length` real units, plus its speech selection.
 
-    model, tokenizer = load_reference_speech_llm()
+    The bundled checkpoint folder is read with plain transformers, so this runs where only torch and transformers
+    are installed.
+    """
+    import json
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import hf_token_merge
+
+    folder = Path(hf_token_merge.__file__).parent / "reference" / "assets" / "reference_speech_llm"
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tokenizer = AutoTokenizer.from_pretrained(folder)
     limit = model.config.max_position_embeddings - 3
     if length > limit:
         raise SystemExit(f"--length {length}: the reference model has {limit + 3} positions; use <= {limit}.")
-    units = [unit for example in load_reference_eval_set() for unit in example["units"]][:length]
-    tokens = [tokenizer.bos_token, ASR, *[unit_token(u) for u in units], TEXT_START]
+    with open(folder / "eval_test.jsonl", encoding="utf-8") as rows:
+        units = [unit for line in rows if line.strip() for unit in json.loads(line)["units"]][:length]
+    tokens = [tokenizer.bos_token, "<|asr|>", *[f"<|s_{u}|>" for u in units], "<|text_start|>"]
     ids = torch.tensor([tokenizer.convert_tokens_to_ids(tokens)])
     configs = {
         "aggressive dual L3": SequenceMergeConfig.dual("aggressive", deep_layer=3, preset="reference"),
@@ -102,7 +108,7 @@ def reference_setup(length: int):
     return model, tokenizer, ids, configs
 
 
-def shaped_setup(shape: str, length: int, retention: float, dtype: torch.dtype):
+def shaped_setup(shape: str, length: int, retention: float, dtype: torch.dtype, device: torch.device):
     """A random Llama of `hidden x layers`, a prompt of `length` speech tokens between short text."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -118,12 +124,8 @@ def shaped_setup(shape: str, length: int, retention: float, dtype: torch.dtype):
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    model = model.to_empty(device="cpu").to(dtype)
-    for parameter in model.parameters():
-        torch.nn.init.normal_(parameter, std=0.02)
-    model.eval()
+    with torch.device(device):  # initialise where it runs: a 1 B model inits in seconds on a GPU
+        model = LlamaForCausalLM(config).to(dtype).eval()
     speech = torch.randint(32_000, 36_096, (length,), generator=torch.Generator().manual_seed(0))
     ids = torch.cat([torch.tensor([1, 10, 11]), speech, torch.tensor([12, 13])])[None]
     deep = layers * 3 // 4
@@ -153,12 +155,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
 
     if args.shape:
-        model, ids, configs = shaped_setup(args.shape, args.length or 8192, args.retention, dtype)
+        model, ids, configs = shaped_setup(args.shape, args.length or 8192, args.retention, dtype, device)
         tokenizer = None
     else:
         model, tokenizer, ids, configs = reference_setup(args.length or 1000)
