@@ -128,3 +128,19 @@ def layerwise_curve(points, metric: str, path: str) -> str:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def retention_curve(points, metric: str, path: str) -> str:
+    """A metric against the share of speech tokens kept, one line per series (e.g. deep layer and positions)."""
+    figure, axis = plt.subplots(figsize=(6.4, 4))
+    for series in dict.fromkeys(p.series for p in points if p.series):
+        values = sorted((p.retention, p.metrics[metric]) for p in points if p.series == series)
+        kept, metric_values = zip(*values, strict=True)
+        axis.plot([100 * k for k in kept], metric_values, marker="o", label=series)
+    baseline = next((p for p in points if p.name == "baseline"), None)
+    if baseline is not None:
+        axis.axhline(baseline.metrics[metric], color="#888888", linestyle="--", linewidth=1, label="baseline")
+    axis.set(title=f"{metric} against speech tokens kept", xlabel="speech tokens kept (%)", ylabel=metric)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    return _save(figure, path)

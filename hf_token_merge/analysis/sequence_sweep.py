@@ -32,6 +32,7 @@ class SequencePoint:
         layer: Oracle layer (None for named configs).
         mode: Oracle mode (None for named configs).
         target_retention: Oracle retention asked for (None for named configs).
+        series: Curve the point belongs to in the retention plot (e.g. 'deep L3/first'), or None.
     """
 
     name: str
@@ -41,6 +42,7 @@ class SequencePoint:
     layer: int | None = None
     mode: str | None = None
     target_retention: float | None = None
+    series: str | None = None
 
 
 def evaluate_sequence_configs(
@@ -49,6 +51,7 @@ def evaluate_sequence_configs(
     evaluate: Callable[[object], dict[str, float]],
     *,
     tokenizer=None,
+    series: Mapping[str, str] | None = None,
     show_progress: bool = True,
 ) -> list[SequencePoint]:
     """Evaluate the model without a merge and with each config (installed, measured, removed in turn).
@@ -58,6 +61,7 @@ def evaluate_sequence_configs(
         configs: Name -> config.
         evaluate: `evaluate(model) -> {"wer": ...}`, run with the merge installed.
         tokenizer: For configs that select speech tokens by pattern or preset.
+        series: Config name -> curve name, for the plot of the metric against speech tokens kept.
         show_progress: Show a tqdm bar.
 
     Returns:
@@ -79,6 +83,7 @@ def evaluate_sequence_configs(
                 layer=stage.layer if stage else None,
                 mode=stage.mode if stage else None,
                 target_retention=stage.retention if stage else None,
+                series=(series or {}).get(name),
             )
         )
     return points
@@ -161,7 +166,8 @@ def sequence_markdown(points: Sequence[SequencePoint]) -> str:
 
 
 def save_sequence_points(points: Sequence[SequencePoint], output_dir: str, name: str = "sequence") -> dict[str, str]:
-    """Write `<name>.json`, `<name>.md`, and for oracle points `<name>_layerwise_<metric>.png`.
+    """Write `<name>.json`, `<name>.md`, for oracle points `<name>_layerwise_<metric>.png`, and for points with a
+    series `<name>_retention_<metric>.png`.
 
     Args:
         points: From `evaluate_sequence_configs` (the baseline first).
@@ -177,11 +183,17 @@ def save_sequence_points(points: Sequence[SequencePoint], output_dir: str, name:
         json.dump([dataclasses.asdict(p) for p in points], handle, indent=2)
     with open(paths["md"], "w", encoding="utf-8") as handle:
         handle.write(sequence_markdown(points))
-    if any(p.layer is not None for p in points):
+    metrics = sorted({m for p in points for m in p.metrics})
+    if any(p.layer is not None for p in points) or any(p.series for p in points):
         from hf_token_merge.analysis import plots
 
-        for metric in sorted({m for p in points for m in p.metrics}):
-            paths[metric] = plots.layerwise_curve(
-                points, metric, plots.figure_path(output_dir, f"{name}_layerwise_{metric}")
-            )
+        for metric in metrics:
+            if any(p.layer is not None for p in points):
+                paths[metric] = plots.layerwise_curve(
+                    points, metric, plots.figure_path(output_dir, f"{name}_layerwise_{metric}")
+                )
+            if any(p.series for p in points):
+                paths[f"{metric}_retention"] = plots.retention_curve(
+                    points, metric, plots.figure_path(output_dir, f"{name}_retention_{metric}")
+                )
     return paths

@@ -53,7 +53,9 @@ def add_parser(subparsers) -> None:
     affinity.add_argument(
         "--position-strategies", nargs="+", default=["first"], choices=["first", "mean", "contiguous"]
     )
-    affinity.add_argument("--deep-thresholds", nargs="*", type=float, default=[], help="extra deep-only taus")
+    affinity.add_argument(
+        "--deep-thresholds", nargs="*", type=float, default=[], help="extra taus of a deep-only stage (window 3)"
+    )
     oracle = parser.add_argument_group("oracle interventions")
     oracle.add_argument("--oracle-layers", nargs="*", type=int, default=[])
     oracle.add_argument("--oracle-retentions", nargs="+", type=float, default=[0.5, 0.25])
@@ -66,13 +68,16 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def configs_from_args(args: argparse.Namespace) -> dict:
-    """Name -> `SequenceMergeConfig` for every requested run."""
+def configs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Name -> `SequenceMergeConfig` for every requested run, and name -> curve for the retention plot.
+
+    Runs that differ only in their deep threshold share a curve, e.g. 'deep L3/first'.
+    """
     from hf_token_merge.analysis import oracle_configs
     from hf_token_merge.sequence import AFFINITY_SETTINGS, MergeStage, SequenceMergeConfig
 
     speech = {"preset": args.preset}
-    configs = {}
+    configs, series = {}, {}
     for setting in args.settings:
         if setting not in AFFINITY_SETTINGS:
             raise ValueError(f"--settings {setting}: unknown. Fix: choose from {sorted(AFFINITY_SETTINGS)}.")
@@ -86,6 +91,7 @@ def configs_from_args(args: argparse.Namespace) -> dict:
             for layer in args.deep_layers:
                 for variant in ("dual", "deep"):
                     if variant in args.variants:
+                        series[f"{setting} {variant} L{layer}/{strategy}"] = f"{variant} L{layer}/{strategy}"
                         configs[f"{setting} {variant} L{layer}/{strategy}"] = SequenceMergeConfig.dual(
                             setting,
                             deep_layer=layer,
@@ -96,6 +102,7 @@ def configs_from_args(args: argparse.Namespace) -> dict:
     for tau in args.deep_thresholds:
         for layer in args.deep_layers:
             for strategy in args.position_strategies:
+                series[f"tau {tau:g} deep L{layer}/{strategy}"] = f"deep L{layer}/{strategy}"
                 configs[f"tau {tau:g} deep L{layer}/{strategy}"] = SequenceMergeConfig(
                     stages=[MergeStage(layer=layer, threshold=tau, window=3)], position_strategy=strategy, **speech
                 )
@@ -103,7 +110,7 @@ def configs_from_args(args: argparse.Namespace) -> dict:
         configs.update(oracle_configs(speech, args.oracle_layers, args.oracle_retentions, args.oracle_modes))
     if not configs:
         raise ValueError("Nothing to run. Fix: pass --settings and/or --oracle-layers.")
-    return configs
+    return configs, series
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         from hf_token_merge.job import evaluate_reference_wer
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
 
-        configs = configs_from_args(args)
+        configs, series = configs_from_args(args)
         model, tokenizer = load_model(args.model)
         eval_set = load_reference_eval_set()
         if args.limit:
@@ -145,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         def evaluate(model) -> dict[str, float]:
             return {"wer": evaluate_reference_wer(model, tokenizer, eval_set, show_progress=False).wer}
 
-        points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer)
+        points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer, series=series)
     paths = save_sequence_points(points, str(Path(args.output_dir)))
     print(sequence_markdown(points))
     print(f"wrote {', '.join(sorted(paths.values()))}")

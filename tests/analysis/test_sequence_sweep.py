@@ -1,6 +1,7 @@
 """Sequence sweeps: named configs and the oracle study, with their table and layer-wise plot."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -47,12 +48,20 @@ def test_oracle_sweep_points_plot_and_table(tmp_path):
     assert json.loads((tmp_path / "sequence.json").read_text())[0]["name"] == "baseline"
 
 
-def test_named_configs_have_no_layerwise_plot(tmp_path):
+def test_named_configs_plot_against_tokens_kept_by_series(tmp_path):
     model = build_speech_decoder()
-    config = SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.9)], **SPEECH)
-    points = evaluate_sequence_configs(model, {"affinity": config}, last_logit_metric, show_progress=False)
-    assert points[1].retention == 0.4 and points[1].layer is None  # the four runs of one sound each
-    assert set(save_sequence_points(points, str(tmp_path))) == {"json", "md"}
+    configs = {
+        f"tau {tau}": SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=tau)], **SPEECH) for tau in (0.9, -1.0)
+    }
+    series = dict.fromkeys(configs, "input")
+    points = evaluate_sequence_configs(model, configs, last_logit_metric, series=series, show_progress=False)
+    # tau 0.9: the four runs of one sound each; tau -1: the whole speech span in one token
+    assert [p.retention for p in points[1:]] == [0.4, 0.1]
+    assert points[1].layer is None and points[1].series == "input"
+    paths = save_sequence_points(points, str(tmp_path))
+    assert set(paths) == {"json", "md", "top_logit_retention"}
+    assert Path(paths["top_logit_retention"]).read_bytes()[:4] == b"\x89PNG"
+    assert set(save_sequence_points(points[:1], str(tmp_path / "plain"))) == {"json", "md"}
 
 
 def test_unknown_oracle_mode():
