@@ -260,9 +260,11 @@ class _State:
         self.layer_view: dict[int, _View] = {}
         self.generator = torch.Generator()
         self.record: PrefillRecord | None = None
+        self.called = False  # set by the model's hook, consumed by the decoder's
 
     def start_call(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cache: Any) -> None:
         self.step += 1
+        self.called = True
         if cache is not None and getattr(cache, "is_compileable", False):
             raise ValueError(
                 "Sequence merging keeps KV caches of different lengths per layer and needs the default "
@@ -398,6 +400,12 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             f"attn_implementation={attention!r} is not supported; load the model with attn_implementation='sdpa' "
             "or 'eager' (sequence merging passes explicit masks)."
         )
+    layer_types = getattr(decoder.config, "layer_types", None) or []
+    if getattr(decoder.config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
+        raise ValueError(
+            "The decoder uses sliding-window attention; sequence merging builds full causal masks. Fix: load it "
+            "with use_sliding_window=False (and full attention in every layer) or use a full-attention model."
+        )
     lookup = speech_token_lookup(model, config, tokenizer)
 
     handle = SequenceMergeHandle(model, config, decoder)
@@ -410,6 +418,12 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         state.start_call(input_ids, kwargs.get("attention_mask"), cache)
 
     def before_decoder(module, args, kwargs):
+        if not state.called:
+            raise ValueError(
+                f"The decoder was called directly; call the model passed to apply_sequence_merge "
+                f"({type(model).__name__}), which reads the input ids that mark the speech positions."
+            )
+        state.called = False
         if state.prefill:
             state.start_decoder(kwargs, args)
             return None

@@ -225,7 +225,14 @@ def test_bad_input_is_refused_and_leaves_the_model_without_hooks():
     assert not hasattr(model, "_sequence_merge_handle")
     assert torch.equal(logits(model, ids), before)
 
+    sliding = build_speech_decoder("qwen2")
+    sliding.config.layer_types = ["sliding_attention"] * 4
+    with pytest.raises(ValueError, match="uses sliding-window attention"):
+        apply_sequence_merge(sliding, dual())
+
     with apply_sequence_merge(model, dual()):
+        with pytest.raises(ValueError, match="The decoder was called directly"):
+            model.model(input_ids=ids)
         with pytest.raises(ValueError, match="already installed"):
             apply_sequence_merge(model, dual())
         with pytest.raises(ValueError, match="call the model with input_ids"):
