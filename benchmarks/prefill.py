@@ -98,6 +98,9 @@ def reference_setup(length: int):
     configs = {
         "aggressive dual L3": SequenceMergeConfig.dual("aggressive", deep_layer=3, preset="reference"),
         "conservative dual L3": SequenceMergeConfig.dual("conservative", deep_layer=3, preset="reference"),
+        "affinity tau 0.3 at L3": SequenceMergeConfig(
+            stages=[MergeStage(layer=3, threshold=0.3, window=3)], preset="reference"
+        ),
         "uniform merge, keep 50 % at L0": SequenceMergeConfig(
             stages=[MergeStage(layer=0, mode="uniform_merge", retention=0.5)], preset="reference"
         ),
