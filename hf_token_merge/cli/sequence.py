@@ -42,6 +42,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--preset", default="reference", help="speech-token preset (default: reference)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    parser.add_argument("--name", default="sequence", help="stem of the written files (default: sequence)")
     affinity = parser.add_argument_group("Affinity Pooling")
     affinity.add_argument(
         "--settings", nargs="*", default=["aggressive", "conservative"], help="published settings to run (or none)"
@@ -90,8 +91,9 @@ def configs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
                 )
             for layer in args.deep_layers:
                 for variant in ("dual", "deep"):
+                    if variant == "deep":  # the deep stage alone shares its curve with the --deep-thresholds runs
+                        series[f"{setting} deep L{layer}/{strategy}"] = f"deep L{layer}/{strategy}"
                     if variant in args.variants:
-                        series[f"{setting} {variant} L{layer}/{strategy}"] = f"{variant} L{layer}/{strategy}"
                         configs[f"{setting} {variant} L{layer}/{strategy}"] = SequenceMergeConfig.dual(
                             setting,
                             deep_layer=layer,
@@ -153,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
             return {"wer": evaluate_reference_wer(model, tokenizer, eval_set, show_progress=False).wer}
 
         points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer, series=series)
-    paths = save_sequence_points(points, str(Path(args.output_dir)))
+    paths = save_sequence_points(points, str(Path(args.output_dir)), name=args.name)
     print(sequence_markdown(points))
     print(f"wrote {', '.join(sorted(paths.values()))}")
     return 0
