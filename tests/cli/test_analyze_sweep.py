@@ -276,3 +276,12 @@ def test_eval_synthetic_without_the_corpus_names_the_fix(saved_llama, tmp_path, 
     )
     assert status == 2
     assert "synthetic corpus is not built" in capsys.readouterr().err
+
+
+def test_every_builtin_evaluation_is_described_and_loadable_by_name():
+    from hf_token_merge.cli.common import BUILTIN_EVALUATIONS
+    from hf_token_merge.cli.compress import EVAL_NAMES
+    from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+
+    assert set(EVAL_NAMES) == set(BUILTIN_EVALUATIONS)
+    assert set(BUILTIN_DATASETS) == set(BUILTIN_EVALUATIONS) - {"reference"}
