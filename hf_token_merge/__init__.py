@@ -15,8 +15,11 @@ from hf_token_merge.remap import (
     MergePlan,
     MergeResult,
     apply_token_merge,
+    calibration_counts,
+    count_text_tokens,
     count_tokens,
     plan_token_merge,
+    read_calibration_text,
 )
 from hf_token_merge.selection import PRESETS
 from hf_token_merge.serialization import TokenMergeQuantizationConfig, export_plain, register
@@ -35,9 +38,12 @@ __all__ = [
     "TokenMergeConfig",
     "TokenMergeQuantizationConfig",
     "apply_token_merge",
+    "calibration_counts",
+    "count_text_tokens",
     "count_tokens",
     "export_plain",
     "list_recipes",
     "load_recipe",
     "plan_token_merge",
+    "read_calibration_text",
 ]

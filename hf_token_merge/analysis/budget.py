@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hf_token_merge.analysis.sweep import SIMILARITY_METHODS, STRATEGIES, strategy_labels
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap import MergePlan, MergeResult, apply_token_merge, plan_token_merge, resolve_selection
 
@@ -94,6 +95,8 @@ def compress_within_budget(
     token_counts: torch.Tensor | None = None,
     min_ratio: float = 1 / 64,
     tolerance: float = 0.0,
+    strategy: str | None = None,
+    seed: int = 0,
     show_progress: bool = True,
 ) -> BudgetResult:
     """Merge `model` in place as far as the budget allows.
@@ -109,6 +112,10 @@ def compress_within_budget(
         token_counts: Calibration counts, where the config needs them.
         min_ratio: The strongest merge tried, as merged rows / selected rows.
         tolerance: Stop bisecting once the bracket is this fraction of the selected rows (0: exact to one row).
+        strategy: How k rows are formed, one of `sweep.STRATEGIES`: "kmeans"/"agglomerative" cluster by
+            similarity (None: the config's method); "drop_least_frequent" keeps the k - 1 most frequent selected
+            ids (by `token_counts`, ties by id) and collapses the rest into one row; "random" is the control.
+        seed: Seed of the "random" strategy.
         show_progress: Show a tqdm bar over trials.
 
     Returns:
@@ -123,8 +130,14 @@ def compress_within_budget(
         raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
     if any(allowed < 0 for allowed in budget.values()):
         raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
-    if config.method == "threshold":
+    if strategy is not None and strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose from {list(STRATEGIES)} or None.")
+    if strategy in SIMILARITY_METHODS:
+        config = dataclasses.replace(config, method=strategy)
+    if config.method == "threshold" and strategy in (None, *SIMILARITY_METHODS):
         raise ValueError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")
+    if strategy == "drop_least_frequent" and token_counts is None:
+        raise ValueError("strategy='drop_least_frequent' needs token_counts (see hf_token_merge.calibration_counts).")
     if not 0 < min_ratio <= 1:
         raise ValueError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
 
@@ -137,13 +150,19 @@ def compress_within_budget(
     progress = tqdm(desc="budget search", disable=not show_progress, leave=False)
 
     def config_for(k: int) -> TokenMergeConfig:
+        method = "kmeans" if config.method == "threshold" else config.method  # unused when labels are fixed
         return dataclasses.replace(
-            config, n_clusters=k, target_ratio=None, similarity_threshold=None, distance_threshold=None
+            config, method=method, n_clusters=k, target_ratio=None, similarity_threshold=None, distance_threshold=None
         )
 
     def within(k: int) -> bool:
+        labels = (
+            None
+            if strategy in (None, *SIMILARITY_METHODS)
+            else strategy_labels(strategy, selected, k, token_counts, seed)
+        )
         plan = plan_token_merge(
-            model, config_for(k), tokenizer=tokenizer, token_counts=token_counts, show_progress=False
+            model, config_for(k), tokenizer=tokenizer, token_counts=token_counts, labels=labels, show_progress=False
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)

@@ -62,6 +62,35 @@ def least_frequent_labels(counts: torch.Tensor, k: int) -> torch.Tensor:
     return labels
 
 
+def strategy_labels(
+    strategy: str, selected: torch.Tensor, k: int, token_counts: torch.Tensor | None = None, seed: int = 0
+) -> torch.Tensor | None:
+    """The fixed grouping a non-similarity strategy gives the selected ids at k rows (None: cluster by similarity).
+
+    Args:
+        strategy: One of `STRATEGIES`.
+        selected: The sorted selected ids (`resolve_selection`).
+        k: Rows to keep for them.
+        token_counts: `(vocab_size,)` calibration counts; needed by "drop_least_frequent".
+        seed: Seed of "random".
+
+    Returns:
+        `(n,)` labels in selection order, or None for a similarity method.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"Unknown strategy {strategy!r}; choose from {list(STRATEGIES)}.")
+    if strategy == "random":
+        return random_labels(selected.numel(), k, seed)
+    if strategy == "drop_least_frequent":
+        if token_counts is None:
+            raise ValueError(
+                "strategy 'drop_least_frequent' needs token_counts=count_tokens(calibration_ids, vocab) "
+                "(or calibration_counts(tokenizer, file, vocab))."
+            )
+        return least_frequent_labels(torch.as_tensor(token_counts)[selected], k)
+    return None
+
+
 def sweep(
     model: torch.nn.Module,
     config: TokenMergeConfig,
@@ -116,11 +145,7 @@ def sweep(
             similarity_threshold=None,
             distance_threshold=None,
         )
-        labels = None
-        if strategy == "random":
-            labels = random_labels(n, k, seed)
-        elif strategy == "drop_least_frequent":
-            labels = least_frequent_labels(torch.as_tensor(token_counts)[selected], k)
+        labels = strategy_labels(strategy, selected, k, token_counts, seed)
         plan = plan_token_merge(
             model, point_config, tokenizer=tokenizer, token_counts=token_counts, labels=labels, show_progress=False
         )

@@ -11,7 +11,7 @@ from typing import Any
 from hf_token_merge.config import TokenMergeConfig
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference")
-BUILTIN_EVALUATIONS = ("reference", "librivox")
+BUILTIN_EVALUATIONS = ("reference", "librivox", "synthetic")
 
 
 def load_model(name: str):
@@ -130,7 +130,18 @@ def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
 
 
 def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Callable[[Any], dict[str, float]]:
-    """`model -> metrics` on a built-in evaluation set ('reference': WER + unit perplexity; 'librivox': WER)."""
+    """`model -> metrics` on a built-in evaluation set.
+
+    Args:
+        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), 'librivox' (WER on the
+            12 LibriVox utterances) or 'synthetic' (WER on the 100-sentence test split of the synthetic KJV corpus,
+            which must have been built with recipes/reference_model/synthesize.py).
+        model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
+        show_progress: Show progress bars.
+
+    Returns:
+        A function `model -> {"wer": ...}` (plus "perplexity" for 'reference').
+    """
     if name == "reference":
         from hf_token_merge.job import evaluate_reference
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
@@ -142,11 +153,11 @@ def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Cal
             return {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
 
         return evaluate
-    if name == "librivox":
+    if name in ("librivox", "synthetic"):
         from hf_token_merge.evaluation import evaluate_wer
-        from hf_token_merge.reference import load_librivox_sonnets
+        from hf_token_merge.reference import load_librivox_sonnets, load_synthetic_corpus
 
-        data = load_librivox_sonnets()
+        data = load_librivox_sonnets() if name == "librivox" else load_synthetic_corpus("test")
 
         def evaluate(model) -> dict[str, float]:
             return {"wer": evaluate_wer(model, data, processor=model_helper, show_progress=show_progress).wer}

@@ -16,6 +16,7 @@ from hf_token_merge.cli.common import (
 EVAL_NAMES = {
     "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
     "librivox": "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)",
+    "synthetic": "the 100-sentence test split of the synthetic (Piper) KJV speech corpus (greedy ASR WER)",
 }
 EXAMPLES = """examples:
   hf-token-merge compress --model reference --recipe reference --eval reference --output-dir runs/ref

@@ -39,7 +39,11 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
     parser.add_argument("--task", choices=["wer", "perplexity"], help="default: wer for encoder-decoders, else ppl")
     data = parser.add_mutually_exclusive_group(required=True)
-    data.add_argument("--dataset", choices=["librivox"], help="built-in data: 12 LibriVox sonnet utterances")
+    data.add_argument(
+        "--dataset",
+        choices=["librivox", "synthetic"],
+        help="built-in data: 12 LibriVox sonnet utterances, or the synthetic KJV corpus's test split (built locally)",
+    )
     data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
     data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")
     parser.add_argument("--output-dir", required=True, help="where the report and predictions go")

@@ -18,6 +18,9 @@ EXAMPLES = """examples:
       --ratios 0.5 0.25 0.125 --strategies kmeans random --output-dir runs/sweep
   hf-token-merge sweep --model reference --preset reference --target-ratio 0.5 --eval reference \\
       --ratios 0.5 --strategies kmeans --max-wer-increase 0.01 --output-dir runs/budget
+  hf-token-merge sweep --model whisper-tiny-en --token-id-range 256 50256 --eval librivox \\
+      --calibration-text calibration.txt --budget-only --budget-strategy drop_least_frequent \\
+      --max-wer-increase 0.005 --output-dir runs/whisper-budget
 """
 
 
@@ -42,12 +45,32 @@ def add_parser(subparsers) -> None:
         "--strategies",
         nargs="+",
         default=["kmeans", "random"],
-        help="kmeans, agglomerative, drop_least_frequent (needs counts; not from the CLI), random",
+        help="kmeans, agglomerative, drop_least_frequent (needs --calibration-text), random",
+    )
+    parser.add_argument(
+        "--calibration-text",
+        help=(
+            "UTF-8 text file, one example a line used verbatim (keep leading spaces for byte-level BPE), optionally "
+            "ending in TAB + weight; its weighted token counts rank rows for drop_least_frequent and feed "
+            "logit_correction/merge_rule 'frequency'/'weighted_mean'"
+        ),
     )
     budget = parser.add_argument_group("budget")
     budget.add_argument("--max-wer-increase", type=float, help="absolute WER increase allowed (0.01 = 1 point)")
     budget.add_argument("--max-ppl-increase", type=float, help="absolute perplexity increase allowed")
     budget.add_argument("--min-ratio", type=float, default=1 / 64, help="strongest merge the budget search tries")
+    budget.add_argument(
+        "--budget-strategy",
+        choices=["kmeans", "agglomerative", "drop_least_frequent", "random"],
+        help="how the budget search forms k rows (default: the config's method)",
+    )
+    budget.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="stop bisecting once the bracket is this fraction of the selected rows (default 0: exact to one row)",
+    )
+    budget.add_argument("--budget-only", action="store_true", help="skip the sweep grid; only run the budget search")
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -56,21 +79,38 @@ def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
 
+    if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
+        raise ValueError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
+    if not 0 <= args.tolerance < 1:
+        raise ValueError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
+    needs_counts = "drop_least_frequent" in ([] if args.budget_only else args.strategies) or (
+        args.budget_strategy == "drop_least_frequent"
+    )
+    if needs_counts and not args.calibration_text:
+        raise ValueError("drop_least_frequent needs token counts. Fix: pass --calibration-text FILE.")
     config, model, helper, tokenizer = load_for_merge(args, require_stop=False)
+    token_counts = None
+    if args.calibration_text:
+        from hf_token_merge.remap import calibration_counts
+
+        token_counts = calibration_counts(tokenizer, args.calibration_text, model.get_input_embeddings().num_embeddings)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
     output = Path(args.output_dir)
-    points = sweep(
-        model,
-        config,
-        evaluate,
-        ratios=args.ratios,
-        strategies=args.strategies,
-        tokenizer=tokenizer,
-        output_dir=str(output),
-    )
-    print(sweep_markdown(points))
+    if not args.budget_only:
+        points = sweep(
+            model,
+            config,
+            evaluate,
+            ratios=args.ratios,
+            strategies=args.strategies,
+            tokenizer=tokenizer,
+            token_counts=token_counts,
+            output_dir=str(output),
+        )
+        print(sweep_markdown(points))
     if args.max_wer_increase is None and args.max_ppl_increase is None:
         return 0
+    model_rows_before = model.get_input_embeddings().num_embeddings
     result = compress_within_budget(
         model,
         config,
@@ -78,13 +118,20 @@ def run(args: argparse.Namespace) -> int:
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
         tokenizer=tokenizer,
+        token_counts=token_counts,
         min_ratio=args.min_ratio,
+        tolerance=args.tolerance,
+        strategy=args.budget_strategy,
     )
     write_json(
         output / "budget.json",
         {
             "n_clusters": result.n_clusters,
             "ratio": result.ratio,
+            "strategy": args.budget_strategy or config.method,
+            "selected_rows": int(result.plan.selected_ids.numel()) if result.plan is not None else result.n_clusters,
+            "rows_before": model_rows_before,
+            "rows_after": model.get_input_embeddings().num_embeddings,
             "before": result.before,
             "after": result.after,
             "trials": result.trials,
@@ -93,8 +140,10 @@ def run(args: argparse.Namespace) -> int:
     if result.plan is not None:
         model.save_pretrained(output / "budgeted")
         helper.save_pretrained(output / "budgeted")
+    rows_after = model.get_input_embeddings().num_embeddings
     print(
-        f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); "
+        f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
+        f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
         f"before {result.before}, after {result.after}"
     )
     return 0

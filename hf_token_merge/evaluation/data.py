@@ -18,7 +18,7 @@ from pathlib import Path
 import datasets
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
-BUILTIN_DATASETS = ("librivox",)
+BUILTIN_DATASETS = ("librivox", "synthetic")
 
 
 def _audio_dataset(rows: dict[str, list]) -> datasets.Dataset:
@@ -122,8 +122,9 @@ def load_eval_dataset(
     """Load evaluation data from a name, a manifest or a folder.
 
     Args:
-        source: `"librivox"` (the 12 built-in LibriVox sonnet utterances), a `.jsonl` manifest, or an
-            audiofolder.
+        source: `"librivox"` (the 12 built-in LibriVox sonnet utterances), `"synthetic"` (the 100-sentence test
+            split of the locally built synthetic KJV corpus, see `load_synthetic_corpus`), a `.jsonl` manifest,
+            or an audiofolder.
         audio_column: Audio key of a manifest.
         text_column: Transcript key of a manifest or audiofolder.
         cache_dir: Cache root for the built-in sets.
@@ -134,6 +135,10 @@ def load_eval_dataset(
     if str(source) in BUILTIN_DATASETS:
         from hf_token_merge.reference.librivox import load_librivox_sonnets
 
+        if str(source) == "synthetic":
+            from hf_token_merge.reference.synthetic_corpus import load_synthetic_corpus
+
+            return load_synthetic_corpus("test", cache_dir=cache_dir)
         return load_librivox_sonnets(cache_dir=cache_dir)
     path = Path(source)
     if path.is_dir():

@@ -12,7 +12,8 @@
 
 Each asset is built once into the user cache (`$HF_TOKEN_MERGE_CACHE`, default
 `~/.cache/hf_token_merge`) and loaded from there afterwards; `build_whisper_tiny_en()` and
-`build_librivox_sonnets()` rebuild them.
+`build_librivox_sonnets()` rebuild them. `load_synthetic_corpus(split)` reads a split of the synthetic KJV corpus
+that `recipes/reference_model/synthesize.py` (dev-only Piper) builds; it is never built by the package.
 """
 
 from hf_token_merge.reference.asr_eval import normalize_transcript, transcribe, word_error_rate
@@ -27,6 +28,7 @@ from hf_token_merge.reference.speech_llm import (
     unit_perplexity,
 )
 from hf_token_merge.reference.speech_units import SpeechUnitTokenizer
+from hf_token_merge.reference.synthetic_corpus import load_synthetic_corpus, synthetic_corpus_dir
 from hf_token_merge.reference.whisper import build_whisper_tiny_en, load_whisper_tiny_en
 
 __all__ = [
@@ -40,9 +42,11 @@ __all__ = [
     "load_reference_eval_set",
     "load_reference_speech_llm",
     "load_reference_unit_tokenizer",
+    "load_synthetic_corpus",
     "load_whisper_tiny_en",
     "normalize_transcript",
     "read_ctranslate2_model",
+    "synthetic_corpus_dir",
     "transcribe",
     "transcribe_units",
     "unit_perplexity",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from hf_token_merge import TokenMergeConfig
 from hf_token_merge.analysis import bisect_smallest, compress_within_budget
@@ -101,4 +102,69 @@ def test_budget_errors():
     with pytest.raises(KeyError, match="returned no 'wer'"):
         compress_within_budget(
             bundle.model, config, lambda m: {"cer": 0.1}, max_wer_increase=0.1, tokenizer=bundle.tokenizer
+        )
+
+
+def _frequent_ids_shared_metric(frequent):
+    """'WER' grows by one point for every frequent id that no longer has a row of its own."""
+
+    def evaluate(model):
+        embedding = model.get_input_embeddings()
+        if not isinstance(embedding, MergedEmbedding):
+            return {"wer": 0.10}
+        index = embedding.index_map.long()
+        sizes = torch.bincount(index, minlength=embedding.num_embeddings)
+        return {"wer": 0.10 + 0.01 * int((sizes[index[frequent]] > 1).sum())}
+
+    return evaluate
+
+
+@pytest.mark.parametrize(("allowed", "expected_k"), [(0.0, 11), (0.02, 9), (0.1, 1)])
+def test_budget_with_drop_least_frequent_keeps_the_frequent_ids(allowed, expected_k):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    selected = bundle.selected_ids
+    counts = torch.zeros(bundle.vocab_size)
+    frequent = selected[[3, 40, 7, 22, 30, 11, 0, 47, 15, 19]]
+    counts[frequent] = torch.arange(10, 0, -1, dtype=torch.float32)  # frequent[0] is the most frequent
+    result = compress_within_budget(
+        bundle.model,
+        TokenMergeConfig(preset="llasa", n_clusters=8),
+        _frequent_ids_shared_metric(frequent),
+        max_wer_increase=allowed,
+        tokenizer=bundle.tokenizer,
+        token_counts=counts,
+        strategy="drop_least_frequent",
+        min_ratio=1 / 48,
+        show_progress=False,
+    )
+    # k rows: the k - 1 most frequent ids stay alone, the other 48 - k + 1 ids share one row
+    assert result.n_clusters == expected_k
+    assert result.plan.num_clusters == expected_k
+    sizes = result.plan.cluster_sizes
+    assert int(sizes.max()) == 48 - expected_k + 1
+    kept = frequent[: expected_k - 1]
+    kept_clusters = result.plan.cluster_of_selected[torch.searchsorted(selected, kept)]
+    assert (sizes[kept_clusters] == 1).all()
+
+
+def test_budget_strategy_errors():
+    bundle = build_llama()
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    with pytest.raises(ValueError, match="needs token_counts"):
+        compress_within_budget(
+            bundle.model,
+            config,
+            _rows_removed_metric,
+            max_wer_increase=0.1,
+            tokenizer=bundle.tokenizer,
+            strategy="drop_least_frequent",
+        )
+    with pytest.raises(ValueError, match="Unknown strategy 'nearest'"):
+        compress_within_budget(
+            bundle.model,
+            config,
+            _rows_removed_metric,
+            max_wer_increase=0.1,
+            tokenizer=bundle.tokenizer,
+            strategy="nearest",
         )

@@ -9,7 +9,7 @@ import torch
 
 from hf_token_merge import TokenMergeConfig, count_tokens
 from hf_token_merge.analysis import sweep
-from hf_token_merge.analysis.sweep import least_frequent_labels, random_labels
+from hf_token_merge.analysis.sweep import least_frequent_labels, random_labels, strategy_labels
 from tests.models import build_llama
 
 
@@ -68,3 +68,19 @@ def test_sweep_errors():
         sweep(bundle.model, config, lambda m: {}, strategies=("magic",), tokenizer=bundle.tokenizer)
     with pytest.raises(ValueError, match="needs token_counts"):
         sweep(bundle.model, config, lambda m: {}, strategies=("drop_least_frequent",), tokenizer=bundle.tokenizer)
+
+
+def test_strategy_labels():
+    selected = torch.tensor([2, 4, 6, 8, 10])
+    counts = torch.zeros(12)
+    counts[[4, 10]] = torch.tensor([3.0, 7.0])
+    assert strategy_labels("kmeans", selected, 3) is None
+    assert strategy_labels("agglomerative", selected, 3) is None
+    # ids 10 and 4 are the most frequent; ties among the zero counts go to the smaller id (2 comes before 6 and 8)
+    assert strategy_labels("drop_least_frequent", selected, 3, counts).tolist() == [2, 1, 2, 2, 0]
+    assert strategy_labels("drop_least_frequent", selected, 4, counts).tolist() == [2, 1, 3, 3, 0]
+    assert torch.equal(strategy_labels("random", selected, 3, seed=4), random_labels(5, 3, seed=4))
+    with pytest.raises(ValueError, match="needs token_counts"):
+        strategy_labels("drop_least_frequent", selected, 3)
+    with pytest.raises(ValueError, match="Unknown strategy 'magic'"):
+        strategy_labels("magic", selected, 3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hf_token_merge.cli.main import main
 from tests.models import build_llama
@@ -203,3 +204,84 @@ def test_sweep_on_the_reference_model(tmp_path, capsys):
     assert set(points[1]["metrics"]) == {"wer", "perplexity"}
     assert points[1]["metrics"]["perplexity"] > points[0]["metrics"]["perplexity"]  # merging costs something
     assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
+
+
+def _frequent_ids_metric(frequent_ids):
+    """'WER' + 1 point for each of `frequent_ids` that shares its row (a stand-in for a real evaluation)."""
+
+    def evaluate(model):
+        from hf_token_merge.remap import MergedEmbedding
+
+        embedding = model.get_input_embeddings()
+        if not isinstance(embedding, MergedEmbedding):
+            return {"wer": 0.10}
+        index = embedding.index_map.long()
+        sizes = torch.bincount(index, minlength=embedding.num_embeddings)
+        return {"wer": 0.10 + 0.01 * int((sizes[index[frequent_ids]] > 1).sum())}
+
+    return evaluate
+
+
+def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import hf_token_merge.cli.sweep as sweep_cli
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_llama)
+    frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
+    monkeypatch.setattr(
+        sweep_cli, "builtin_evaluation", lambda name, helper, show_progress: _frequent_ids_metric(frequent)
+    )
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
+    out = tmp_path / "budget"
+    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference"]
+    arguments += ["--calibration-text", str(calibration), "--budget-only", "--budget-strategy", "drop_least_frequent"]
+    status = main([*arguments, "--max-wer-increase", "0", "--min-ratio", "0.02", "--output-dir", str(out)])
+    assert status == 0
+    budget = json.loads((out / "budget.json").read_text())
+    # the 3 calibrated ids keep rows of their own; the other 45 speech ids share one: 4 rows
+    assert budget["n_clusters"] == 4 and budget["strategy"] == "drop_least_frequent"
+    assert budget["selected_rows"] == 48
+    assert budget["rows_after"] == budget["rows_before"] - 44
+    assert budget["after"] == {"wer": 0.10}
+    assert not (out / "sweep.json").exists()  # --budget-only: no grid
+    assert "budget: 4 rows for the selection" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--strategies", "drop_least_frequent"], "drop_least_frequent needs token counts. Fix: pass --calibration"),
+        (["--budget-only"], "--budget-only needs a budget. Fix: add --max-wer-increase"),
+        (["--max-wer-increase", "0.01", "--tolerance", "1.5"], "--tolerance 1.5: must lie in [0, 1)"),
+        (["--calibration-text", "missing.txt"], "Calibration text missing.txt does not exist"),
+    ],
+)
+def test_sweep_calibration_and_budget_errors(saved_llama, tmp_path, capsys, arguments, reason):
+    status = main(
+        ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference", *arguments]
+        + ["--output-dir", str(tmp_path / "x")]
+    )
+    assert status == 2
+    err = capsys.readouterr().err
+    assert reason in err and err.count("\n") == 1
+
+
+def test_eval_synthetic_without_the_corpus_names_the_fix(saved_llama, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN_MERGE_CACHE", str(tmp_path / "empty-cache"))
+    status = main(
+        ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "synthetic", "--ratios", "0.5"]
+        + ["--strategies", "random", "--output-dir", str(tmp_path / "x")]
+    )
+    assert status == 2
+    assert "synthetic corpus is not built" in capsys.readouterr().err
+
+
+def test_every_builtin_evaluation_is_described_and_loadable_by_name():
+    from hf_token_merge.cli.common import BUILTIN_EVALUATIONS
+    from hf_token_merge.cli.compress import EVAL_NAMES
+    from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+
+    assert set(EVAL_NAMES) == set(BUILTIN_EVALUATIONS)
+    assert set(BUILTIN_DATASETS) == set(BUILTIN_EVALUATIONS) - {"reference"}
