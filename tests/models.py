@@ -440,3 +440,19 @@ def build_qwen2_audio(*, audio_token_id: int = 60, seed: int = 0):
     config = Qwen2AudioConfig(audio_config=audio.to_dict(), text_config=text.to_dict(), audio_token_id=audio_token_id)
     torch.manual_seed(seed)
     return Qwen2AudioForConditionalGeneration(config).eval()
+
+
+def frequent_ids_shared_metric(frequent_ids):
+    """A stand-in evaluation: 'WER' 0.10 plus one point for each of `frequent_ids` that no longer has a row alone."""
+
+    def evaluate(model):
+        from hf_token_merge.remap import MergedEmbedding
+
+        embedding = model.get_input_embeddings()
+        if not isinstance(embedding, MergedEmbedding):
+            return {"wer": 0.10}
+        index = embedding.index_map.long()
+        sizes = torch.bincount(index, minlength=embedding.num_embeddings)
+        return {"wer": 0.10 + 0.01 * int((sizes[index[frequent_ids]] > 1).sum())}
+
+    return evaluate

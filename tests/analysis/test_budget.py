@@ -8,7 +8,7 @@ import torch
 from hf_token_merge import TokenMergeConfig
 from hf_token_merge.analysis import bisect_smallest, compress_within_budget
 from hf_token_merge.remap import MergedEmbedding
-from tests.models import build_llama
+from tests.models import build_llama, frequent_ids_shared_metric
 
 
 @pytest.mark.parametrize("boundary", [1, 2, 17, 63, 64, 100])
@@ -105,20 +105,6 @@ def test_budget_errors():
         )
 
 
-def _frequent_ids_shared_metric(frequent):
-    """'WER' grows by one point for every frequent id that no longer has a row of its own."""
-
-    def evaluate(model):
-        embedding = model.get_input_embeddings()
-        if not isinstance(embedding, MergedEmbedding):
-            return {"wer": 0.10}
-        index = embedding.index_map.long()
-        sizes = torch.bincount(index, minlength=embedding.num_embeddings)
-        return {"wer": 0.10 + 0.01 * int((sizes[index[frequent]] > 1).sum())}
-
-    return evaluate
-
-
 @pytest.mark.parametrize(("allowed", "expected_k"), [(0.0, 11), (0.02, 9), (0.1, 1)])
 def test_budget_with_drop_least_frequent_keeps_the_frequent_ids(allowed, expected_k):
     bundle = build_llama(n_speech=48, n_centers=8)
@@ -129,7 +115,7 @@ def test_budget_with_drop_least_frequent_keeps_the_frequent_ids(allowed, expecte
     result = compress_within_budget(
         bundle.model,
         TokenMergeConfig(preset="llasa", n_clusters=8),
-        _frequent_ids_shared_metric(frequent),
+        frequent_ids_shared_metric(frequent),
         max_wer_increase=allowed,
         tokenizer=bundle.tokenizer,
         token_counts=counts,

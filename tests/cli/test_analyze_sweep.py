@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from hf_token_merge.cli.main import main
-from tests.models import build_llama
+from tests.models import build_llama, frequent_ids_shared_metric
 
 
 @pytest.fixture
@@ -206,22 +205,6 @@ def test_sweep_on_the_reference_model(tmp_path, capsys):
     assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
 
 
-def _frequent_ids_metric(frequent_ids):
-    """'WER' + 1 point for each of `frequent_ids` that shares its row (a stand-in for a real evaluation)."""
-
-    def evaluate(model):
-        from hf_token_merge.remap import MergedEmbedding
-
-        embedding = model.get_input_embeddings()
-        if not isinstance(embedding, MergedEmbedding):
-            return {"wer": 0.10}
-        index = embedding.index_map.long()
-        sizes = torch.bincount(index, minlength=embedding.num_embeddings)
-        return {"wer": 0.10 + 0.01 * int((sizes[index[frequent_ids]] > 1).sum())}
-
-    return evaluate
-
-
 def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, monkeypatch):
     from transformers import AutoTokenizer
 
@@ -230,7 +213,7 @@ def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, 
     tokenizer = AutoTokenizer.from_pretrained(saved_llama)
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     monkeypatch.setattr(
-        sweep_cli, "builtin_evaluation", lambda name, helper, show_progress: _frequent_ids_metric(frequent)
+        sweep_cli, "builtin_evaluation", lambda name, helper, show_progress: frequent_ids_shared_metric(frequent)
     )
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
