@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from hf_token_merge.clustering.frequency import least_frequent_labels
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap import apply_token_merge, plan_token_merge, resolve_selection
 
@@ -52,14 +53,6 @@ def random_labels(n: int, k: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     labels = torch.cat([torch.arange(k), torch.randint(k, (n - k,), generator=generator)])
     return labels[torch.randperm(n, generator=generator)]
-
-
-def least_frequent_labels(counts: torch.Tensor, k: int) -> torch.Tensor:
-    """The k - 1 most frequent ids stay alone; every other id joins one shared cluster."""
-    order = torch.sort(-counts.to(torch.float64), stable=True).indices
-    labels = torch.full((counts.numel(),), k - 1, dtype=torch.long)
-    labels[order[: k - 1]] = torch.arange(k - 1)
-    return labels
 
 
 def strategy_labels(

@@ -57,12 +57,13 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     """Options that build a `TokenMergeConfig`: a saved config file, then flags that override its fields."""
     group = parser.add_argument_group("merge settings (flags override --recipe/--config)")
     group.add_argument("--recipe", help="a family recipe name (llasa, orpheus, ..., reference) or a YAML path")
+    group.add_argument("--recipe-variant", help="one of the recipe's variants, e.g. whisper's english_frequency")
     group.add_argument("--config", help="token_merge_config.json (or its folder) to start from")
     group.add_argument("--preset", help="family preset, e.g. llasa, orpheus, reference")
     group.add_argument("--token-pattern", help="regex over token strings")
     group.add_argument("--token-id-range", nargs=2, type=int, metavar=("START", "END"), help="half-open id range")
     group.add_argument("--allow-special-tokens", action="store_true", default=None)
-    group.add_argument("--method", choices=["kmeans", "threshold", "agglomerative"])
+    group.add_argument("--method", choices=["kmeans", "threshold", "agglomerative", "frequency"])
     group.add_argument("--metric", choices=["cosine", "euclidean"])
     group.add_argument("--target-ratio", type=float, help="merged rows / selected rows")
     group.add_argument("--n-clusters", type=int)
@@ -84,10 +85,12 @@ def config_from_args(
     """
     if getattr(args, "recipe", None) and args.config:
         raise ValueError("--recipe and --config both give a starting config. Fix: pass only one of them.")
+    if getattr(args, "recipe_variant", None) and not getattr(args, "recipe", None):
+        raise ValueError("--recipe-variant needs a recipe. Fix: add --recipe NAME.")
     if getattr(args, "recipe", None):
         from hf_token_merge.recipes import load_recipe
 
-        base = load_recipe(args.recipe).config.to_dict()
+        base = load_recipe(args.recipe, variant=getattr(args, "recipe_variant", None)).config.to_dict()
     elif args.config:
         base = TokenMergeConfig.from_pretrained(args.config).to_dict()
     elif default is not None:
@@ -120,6 +123,35 @@ def config_from_args(
             raise ValueError("No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold.")
         base["target_ratio"] = 1.0
     return TokenMergeConfig.from_dict(base)
+
+
+def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
+    """`--calibration-text`: token counts from a text file (method/logit_correction 'frequency', 'weighted_mean')."""
+    parser.add_argument(
+        "--calibration-text",
+        help=(
+            "UTF-8 text file, one example a line used verbatim (keep leading spaces for byte-level BPE), optionally "
+            "ending in TAB + weight; its weighted token counts rank rows for method 'frequency' / "
+            "drop_least_frequent and feed logit_correction/merge_rule 'frequency'/'weighted_mean'"
+        ),
+    )
+
+
+def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeConfig, model, tokenizer, needed=False):
+    """Token counts of `--calibration-text` (None without it); an error naming the flag when the merge needs them."""
+    needs = needed or (
+        config.method == "frequency" or config.logit_correction == "frequency" or config.merge_rule == "weighted_mean"
+    )
+    if not args.calibration_text:
+        if needs:
+            raise ValueError(
+                "This merge ranks or weights tokens by frequency and needs calibration counts. "
+                "Fix: pass --calibration-text FILE (see recipes/whisper_vocabulary/make_calibration.py)."
+            )
+        return None
+    from hf_token_merge.remap import calibration_counts
+
+    return calibration_counts(tokenizer, args.calibration_text, model.get_input_embeddings().num_embeddings)
 
 
 def load_for_merge(args: argparse.Namespace, require_stop: bool = True):

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    add_calibration_argument,
     add_merge_arguments,
     builtin_evaluation,
+    calibration_counts_from_args,
     load_for_merge,
     write_json,
 )
@@ -44,6 +46,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--export-plain", action="store_true", help="also write a plain transformers checkpoint")
     parser.add_argument("--base-model-id", help="Hub id of the base model for the card (default: --model)")
     parser.add_argument("--repo-id", help="Hub id the card's loading snippet names (default: <output-dir name>)")
+    add_calibration_argument(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -57,11 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.hub import CardRow, build_model_card, stage_folder
 
     config, model, helper, tokenizer = load_for_merge(args)
+    token_counts = calibration_counts_from_args(args, config, model, tokenizer)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
     output = Path(args.output_dir)
     before = evaluate(model) if evaluate else {}
     disk_before = bytes_on_disk(model)
-    result = apply_token_merge(model, config, tokenizer=tokenizer)
+    result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
     after = evaluate(model) if evaluate else {}
     folder = stage_folder(output / "model", model, tokenizer=helper, plan=result.plan)
     disk_after = safetensors_bytes(folder)

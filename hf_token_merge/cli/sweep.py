@@ -7,8 +7,10 @@ from pathlib import Path
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    add_calibration_argument,
     add_merge_arguments,
     builtin_evaluation,
+    calibration_counts_from_args,
     load_for_merge,
     write_json,
 )
@@ -47,14 +49,7 @@ def add_parser(subparsers) -> None:
         default=["kmeans", "random"],
         help="kmeans, agglomerative, drop_least_frequent (needs --calibration-text), random",
     )
-    parser.add_argument(
-        "--calibration-text",
-        help=(
-            "UTF-8 text file, one example a line used verbatim (keep leading spaces for byte-level BPE), optionally "
-            "ending in TAB + weight; its weighted token counts rank rows for drop_least_frequent and feed "
-            "logit_correction/merge_rule 'frequency'/'weighted_mean'"
-        ),
-    )
+    add_calibration_argument(parser)
     budget = parser.add_argument_group("budget")
     budget.add_argument("--max-wer-increase", type=float, help="absolute WER increase allowed (0.01 = 1 point)")
     budget.add_argument("--max-ppl-increase", type=float, help="absolute perplexity increase allowed")
@@ -89,11 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if needs_counts and not args.calibration_text:
         raise ValueError("drop_least_frequent needs token counts. Fix: pass --calibration-text FILE.")
     config, model, helper, tokenizer = load_for_merge(args, require_stop=False)
-    token_counts = None
-    if args.calibration_text:
-        from hf_token_merge.remap import calibration_counts
-
-        token_counts = calibration_counts(tokenizer, args.calibration_text, model.get_input_embeddings().num_embeddings)
+    token_counts = calibration_counts_from_args(args, config, model, tokenizer)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
     output = Path(args.output_dir)
     if not args.budget_only:

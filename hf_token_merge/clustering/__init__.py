@@ -7,6 +7,7 @@ import math
 import torch
 
 from hf_token_merge.clustering.agglomerative import average_linkage
+from hf_token_merge.clustering.frequency import least_frequent_labels
 from hf_token_merge.clustering.kmeans import kmeans
 from hf_token_merge.clustering.similarity import prepare_rows, scores
 from hf_token_merge.clustering.threshold import leader_clustering
@@ -104,7 +105,11 @@ def _cluster(
     rows: torch.Tensor, config: TokenMergeConfig, k: int | None, counts: torch.Tensor | None, show_progress: bool
 ) -> torch.Tensor:
     n = rows.shape[0]
-    if config.method == "kmeans":
+    if config.method == "frequency":
+        if counts is None:
+            raise ValueError("method='frequency' needs calibration counts; pass token_counts to plan_token_merge.")
+        labels = least_frequent_labels(counts, k)
+    elif config.method == "kmeans":
         labels = kmeans(
             rows,
             k,

@@ -15,7 +15,7 @@ from hf_token_merge.config.json_config import JsonConfigMixin
 CONFIG_NAME = "token_merge_config.json"
 
 Metric = Literal["cosine", "euclidean"]
-Method = Literal["threshold", "kmeans", "agglomerative"]
+Method = Literal["threshold", "kmeans", "agglomerative", "frequency"]
 SimilaritySource = Literal["input", "output", "both"]
 MergeRule = Literal["mean", "weighted_mean", "medoid"]
 LMHeadMode = Literal["merge", "keep", "drop"]
@@ -23,7 +23,7 @@ LogitCorrection = Literal["none", "uniform", "frequency"]
 
 _CHOICES = {
     "metric": ("cosine", "euclidean"),
-    "method": ("threshold", "kmeans", "agglomerative"),
+    "method": ("threshold", "kmeans", "agglomerative", "frequency"),
     "similarity_source": ("input", "output", "both"),
     "merge_rule": ("mean", "weighted_mean", "medoid"),
     "lm_head": ("merge", "keep", "drop"),
@@ -95,8 +95,11 @@ class TokenMergeConfig(JsonConfigMixin):
         default="kmeans",
         metadata={
             "help": "Grouping: 'threshold' (greedy leader clustering: every member is within the threshold of "
-            "its cluster's leader), 'kmeans' (Lloyd's k-means to a target count) or 'agglomerative' "
-            "(exact average linkage; keeps an N x N matrix, so at most `agglomerative_max_rows` rows)."
+            "its cluster's leader), 'kmeans' (Lloyd's k-means to a target count), 'agglomerative' "
+            "(exact average linkage; keeps an N x N matrix, so at most `agglomerative_max_rows` rows) or "
+            "'frequency' (not by similarity: the k - 1 most frequent selected ids in the calibration counts keep "
+            "rows of their own and all others share one row, which greedy decoding practically never emits; "
+            "needs token_counts)."
         },
     )
     similarity_threshold: float | None = field(
@@ -295,9 +298,9 @@ class TokenMergeConfig(JsonConfigMixin):
                 f"method='threshold' stops at a threshold, but {stop} is set; set similarity_threshold "
                 "(cosine) or distance_threshold (euclidean), or use method='kmeans'."
             )
-        if self.method == "kmeans" and threshold_stop:
+        if self.method in ("kmeans", "frequency") and threshold_stop:
             raise ValueError(
-                f"method='kmeans' needs n_clusters or target_ratio, but {stop} is set; "
+                f"method='{self.method}' needs n_clusters or target_ratio, but {stop} is set; "
                 "use method='threshold' or 'agglomerative' to stop at a threshold."
             )
 

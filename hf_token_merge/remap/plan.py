@@ -260,8 +260,9 @@ def plan_token_merge(
         model: A transformers model (decoder-only LM or encoder-decoder such as Whisper).
         config: What to merge and how.
         tokenizer: Needed for `token_pattern`/`preset`; its special tokens are protected.
-        token_counts: `(vocab_size,)` token counts from calibration data; needed by `merge_rule='weighted_mean'`
-            and `logit_correction='frequency'`, and used to visit frequent rows first in threshold clustering.
+        token_counts: `(vocab_size,)` token counts from calibration data; needed by `method='frequency'`,
+            `merge_rule='weighted_mean'` and `logit_correction='frequency'`, and used to visit frequent rows
+            first in threshold clustering.
         labels: Cluster of each selected id (in sorted id order) to use instead of clustering, for ablations
             such as random merges; the config's stopping option is then ignored.
         show_progress: Show tqdm progress bars.
@@ -271,7 +272,9 @@ def plan_token_merge(
     """
     pair = locate_embeddings(model, config)
     vocab_size = pair.input_module.weight.shape[0]
-    needs_counts = config.merge_rule == "weighted_mean" or config.logit_correction == "frequency"
+    needs_counts = (
+        config.merge_rule == "weighted_mean" or config.logit_correction == "frequency" or config.method == "frequency"
+    )
     if token_counts is not None:
         token_counts = torch.as_tensor(token_counts).flatten().cpu()
         if token_counts.numel() != vocab_size:
@@ -283,7 +286,8 @@ def plan_token_merge(
             raise ValueError("token_counts must be non-negative.")
     elif needs_counts:
         raise ValueError(
-            "merge_rule='weighted_mean' and logit_correction='frequency' need calibration counts: pass "
+            "method='frequency', merge_rule='weighted_mean' and logit_correction='frequency' need calibration "
+            "counts: pass "
             "token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
         )
 

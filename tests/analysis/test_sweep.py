@@ -9,7 +9,8 @@ import torch
 
 from hf_token_merge import TokenMergeConfig, count_tokens
 from hf_token_merge.analysis import sweep
-from hf_token_merge.analysis.sweep import least_frequent_labels, random_labels, strategy_labels
+from hf_token_merge.analysis.sweep import random_labels, strategy_labels
+from hf_token_merge.clustering.frequency import least_frequent_labels
 from tests.models import build_llama
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
+from hf_token_merge import MergePlan
 from hf_token_merge.cli.main import main
 from tests.models import build_llama, frequent_ids_shared_metric
 
@@ -232,6 +234,26 @@ def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, 
     assert "budget: 4 rows for the selection" in capsys.readouterr().out
 
 
+def test_compress_with_the_frequency_method(saved_llama, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_llama)
+    frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
+    arguments = ["compress", "--model", str(saved_llama), "--preset", "llasa", "--method", "frequency"]
+    out = tmp_path / "run"
+    status = main([*arguments, "--n-clusters", "4", "--calibration-text", str(calibration), "--output-dir", str(out)])
+    assert status == 0
+    plan = MergePlan.from_pretrained(out / "model")
+    # the 3 calibrated ids keep rows of their own; the other 45 speech ids share the fourth
+    assert sorted(plan.cluster_sizes.tolist()) == [1, 1, 1, 45]
+    clusters = plan.cluster_of_selected[torch.searchsorted(plan.selected_ids, torch.tensor(frequent))]
+    assert (plan.cluster_sizes[clusters] == 1).all()
+    assert main([*arguments, "--n-clusters", "4", "--output-dir", str(tmp_path / "x")]) == 2
+    assert "needs calibration counts. Fix: pass --calibration-text FILE" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("arguments", "reason"),
     [
@@ -268,3 +290,19 @@ def test_every_builtin_evaluation_is_described_and_loadable_by_name():
 
     assert set(EVAL_NAMES) == set(BUILTIN_EVALUATIONS)
     assert set(BUILTIN_DATASETS) == set(BUILTIN_EVALUATIONS) - {"reference"}
+
+
+def test_recipe_variant_from_the_command_line(tmp_path):
+    from hf_token_merge.cli.common import config_from_args
+    from hf_token_merge.cli.main import build_parser
+
+    def config(*extra):
+        return config_from_args(build_parser().parse_args(["compress", "--model", "m", "--output-dir", "o", *extra]))
+
+    chosen = config("--recipe", "whisper", "--recipe-variant", "english_frequency")
+    assert (chosen.method, chosen.n_clusters, chosen.token_id_range) == ("frequency", 27099, (256, 50256))
+    assert config("--recipe", "whisper").method == "kmeans"
+    with pytest.raises(ValueError, match="--recipe-variant needs a recipe. Fix: add --recipe NAME."):
+        config("--recipe-variant", "english_frequency", "--preset", "llasa", "--n-clusters", "4")
+    with pytest.raises(ValueError, match="no variant 'english'"):
+        config("--recipe", "whisper", "--recipe-variant", "english")

@@ -123,6 +123,7 @@ def test_token_ids_are_normalised_to_ints():
         ({"token_ids": [1], "method": "threshold", "n_clusters": 2}, "method='threshold' stops at a threshold"),
         ({"token_ids": [1], "method": "threshold", "target_ratio": 0.5}, "use method='kmeans'"),
         ({"token_ids": [1], "method": "kmeans", "similarity_threshold": 0.9}, "method='kmeans' needs n_clusters"),
+        ({"token_ids": [1], "method": "frequency", "similarity_threshold": 0.9}, "method='frequency' needs n_clusters"),
         (
             {"token_ids": [1], "metric": "euclidean", "method": "kmeans", "distance_threshold": 0.9},
             "use method='threshold' or 'agglomerative'",

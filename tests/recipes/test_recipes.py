@@ -178,6 +178,21 @@ def test_whisper_all_text_variant_with_counts(tmp_path):
     assert plan.num_clusters == 256
 
 
+def test_whisper_english_frequency_variant_keeps_the_frequent_ids(tmp_path):
+    recipe = load_recipe("whisper", variant="english_frequency", n_clusters=301)
+    assert recipe.config.method == "frequency" and recipe.config.token_id_range == (256, replicas.WHISPER_TEXT)
+    assert load_recipe("whisper", variant="english_frequency").config.n_clusters == 27099
+    replica = replicas.whisper(recipe.architecture, recipe.tied)
+    replica.intended = list(range(256, replicas.WHISPER_TEXT))
+    frequent = torch.arange(1000, 1300)  # 300 ids that English "uses": they must keep rows of their own
+    counts = torch.zeros(len(replica.tokenizer))
+    counts[frequent] = torch.arange(300, 0, -1, dtype=torch.float32)
+    plan = _merge_and_round_trip(recipe, replica, tmp_path, token_counts=counts)
+    sizes = plan.cluster_sizes
+    assert plan.num_clusters == 301 and int(sizes.max()) == 50000 - 300
+    assert (sizes[plan.cluster_of_selected[frequent - 256]] == 1).all()
+
+
 # --- the real-scale selections of families tested scaled down -----------------------------------------------------
 
 
