@@ -137,13 +137,10 @@ def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeConfig, model, tokenizer, needed=False):
+def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeConfig, model, tokenizer):
     """Token counts of `--calibration-text` (None without it); an error naming the flag when the merge needs them."""
-    needs = needed or (
-        config.method == "frequency" or config.logit_correction == "frequency" or config.merge_rule == "weighted_mean"
-    )
     if not args.calibration_text:
-        if needs:
+        if config.needs_token_counts:
             raise ValueError(
                 "This merge ranks or weights tokens by frequency and needs calibration counts. "
                 "Fix: pass --calibration-text FILE (see recipes/whisper_vocabulary/make_calibration.py)."

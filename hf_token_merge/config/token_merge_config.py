@@ -304,6 +304,11 @@ class TokenMergeConfig(JsonConfigMixin):
                 "use method='threshold' or 'agglomerative' to stop at a threshold."
             )
 
+    @property
+    def needs_token_counts(self) -> bool:
+        """Whether planning needs calibration counts (method/logit_correction 'frequency', 'weighted_mean')."""
+        return self.method == "frequency" or self.logit_correction == "frequency" or self.merge_rule == "weighted_mean"
+
     # --- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-serialisable dict."""

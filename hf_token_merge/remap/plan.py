@@ -272,9 +272,6 @@ def plan_token_merge(
     """
     pair = locate_embeddings(model, config)
     vocab_size = pair.input_module.weight.shape[0]
-    needs_counts = (
-        config.merge_rule == "weighted_mean" or config.logit_correction == "frequency" or config.method == "frequency"
-    )
     if token_counts is not None:
         token_counts = torch.as_tensor(token_counts).flatten().cpu()
         if token_counts.numel() != vocab_size:
@@ -284,7 +281,7 @@ def plan_token_merge(
             )
         if (token_counts < 0).any():
             raise ValueError("token_counts must be non-negative.")
-    elif needs_counts:
+    elif config.needs_token_counts:
         raise ValueError(
             "method='frequency', merge_rule='weighted_mean' and logit_correction='frequency' need calibration "
             "counts: pass "

@@ -31,6 +31,11 @@ from hf_token_merge.sequence.grouping import pool_groups, stage_groups
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
+def additive_mask(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool visibility mask as the additive float mask eager attention adds to its scores (0 or dtype's min)."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, torch.finfo(dtype).min)
+
+
 @dataclass
 class _View:
     """The sequence as one group of layers sees it: validity, positions and speech flags of every token."""
@@ -356,11 +361,7 @@ class _State:
         query_index = torch.arange(keys - queries, keys, device=valid.device)
         visible = (torch.arange(keys, device=valid.device)[None, :] <= query_index[:, None])[None] & valid[:, None, :]
         visible = visible[:, None]  # (batch, 1, queries, keys)
-        if self.attention == "sdpa":
-            return visible
-        return torch.zeros(visible.shape, dtype=dtype, device=valid.device).masked_fill_(
-            ~visible, torch.finfo(dtype).min
-        )
+        return visible if self.attention == "sdpa" else additive_mask(visible, dtype)
 
 
 def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> SequenceMergeHandle:

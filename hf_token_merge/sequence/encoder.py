@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hf_token_merge.sequence.apply import HookHandle
+from hf_token_merge.sequence.apply import HookHandle, additive_mask
 from hf_token_merge.sequence.grouping import affinity_groups, pool_groups
 
 
@@ -91,8 +91,7 @@ def apply_encoder_merge(model: nn.Module, threshold: float, window: int = 1) -> 
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
         visible = handle.valid[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)
-        mask = torch.zeros(visible.shape, dtype=hidden.dtype, device=hidden.device)
-        kwargs["encoder_attention_mask"] = mask.masked_fill_(~visible, torch.finfo(hidden.dtype).min)
+        kwargs["encoder_attention_mask"] = additive_mask(visible, hidden.dtype)
         return args, kwargs
 
     handle._hooks.append(get_encoder().register_forward_hook(after_encoder))

@@ -98,8 +98,7 @@ def oracle_groups(
                 removed[row, start:end] = drop
             else:
                 raise ValueError(f"Unknown oracle mode {mode!r}.")
-    group = _number_groups(valid & ~removed, joins)
-    return group
+    return _number_groups(valid & ~removed, joins)
 
 
 def stage_groups(
