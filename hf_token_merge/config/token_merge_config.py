@@ -10,7 +10,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
+from hf_token_merge.config.field_types import check_field_types
 from hf_token_merge.config.json_config import JsonConfigMixin
+from hf_token_merge.errors import TokenMergeError
 
 CONFIG_NAME = "token_merge_config.json"
 
@@ -194,17 +196,14 @@ class TokenMergeConfig(JsonConfigMixin):
     )
 
     def __post_init__(self) -> None:
-        if self.token_id_range is not None:
-            self.token_id_range = tuple(self.token_id_range)
-        if self.token_ids is not None:
-            self.token_ids = [int(i) for i in self.token_ids]
+        check_field_types(self)  # first: every later check assumes the annotated types
         self._validate()
 
     def _validate(self) -> None:
         for name, choices in _CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
-                raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
+                raise TokenMergeError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
 
         self._validate_selection()
         self._validate_stopping()
@@ -212,39 +211,39 @@ class TokenMergeConfig(JsonConfigMixin):
         if self.compact_logits and self.lm_head != "merge":
             # A kept head has no merged rows; a dropped head's rows are not the embedding's rows, so compact
             # ids could not be fed back into the model.
-            raise ValueError(
+            raise TokenMergeError(
                 f"compact_logits=True needs lm_head='merge' (got {self.lm_head!r}): only then is compact id r the "
                 "merged embedding row r. Use compact_logits=False."
             )
         if self.partition_size is not None and self.partition_size < 1:
-            raise ValueError(f"partition_size must be >= 1 or None, got {self.partition_size}.")
+            raise TokenMergeError(f"partition_size must be >= 1 or None, got {self.partition_size}.")
         if self.max_iter < 1:
-            raise ValueError(f"max_iter must be >= 1, got {self.max_iter}.")
+            raise TokenMergeError(f"max_iter must be >= 1, got {self.max_iter}.")
         if not 0.0 <= self.tol < 1.0:
-            raise ValueError(f"tol must lie in [0, 1), got {self.tol}.")
+            raise TokenMergeError(f"tol must lie in [0, 1), got {self.tol}.")
         if self.block_size < 1:
-            raise ValueError(f"block_size must be >= 1, got {self.block_size}.")
+            raise TokenMergeError(f"block_size must be >= 1, got {self.block_size}.")
         if self.projection_dim is not None and self.projection_dim < 1:
-            raise ValueError(f"projection_dim must be >= 1 or None, got {self.projection_dim}.")
+            raise TokenMergeError(f"projection_dim must be >= 1 or None, got {self.projection_dim}.")
 
     def _validate_selection(self) -> None:
         selectors = (self.token_ids, self.token_id_range, self.token_pattern, self.preset)
         if all(s is None for s in selectors):
-            raise ValueError(
+            raise TokenMergeError(
                 "No rows are selected: set at least one of token_ids, token_id_range, token_pattern or preset."
             )
         if self.token_ids is not None:
             if len(self.token_ids) == 0:
-                raise ValueError("token_ids is empty: list the ids to merge, or leave it None.")
+                raise TokenMergeError("token_ids is empty: list the ids to merge, or leave it None.")
             negative = [i for i in self.token_ids if i < 0]
             if negative:
-                raise ValueError(f"token_ids must be >= 0; got {negative[:5]}.")
+                raise TokenMergeError(f"token_ids must be >= 0; got {negative[:5]}.")
         if self.token_id_range is not None:
             if len(self.token_id_range) != 2:
-                raise ValueError(f"token_id_range must be (start, end), got {self.token_id_range!r}.")
+                raise TokenMergeError(f"token_id_range must be (start, end), got {self.token_id_range!r}.")
             start, end = self.token_id_range
             if not 0 <= start < end:
-                raise ValueError(
+                raise TokenMergeError(
                     f"token_id_range=({start}, {end}) is empty or negative; it is half-open [start, end) "
                     "with 0 <= start < end."
                 )
@@ -254,52 +253,50 @@ class TokenMergeConfig(JsonConfigMixin):
                 try:
                     re.compile(pattern)
                 except re.error as err:
-                    raise ValueError(f"{name} {pattern!r} is not a valid regex: {err}.") from err
-        if self.exclude_token_ids is not None:
-            self.exclude_token_ids = [int(i) for i in self.exclude_token_ids]
+                    raise TokenMergeError(f"{name} {pattern!r} is not a valid regex: {err}.") from err
         if self.preset is not None:
             from hf_token_merge.selection.presets import PRESETS
 
             if self.preset not in PRESETS:
-                raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
+                raise TokenMergeError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
 
     def _validate_stopping(self) -> None:
         given = [name for name in _STOPPING_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             problem = "none is set" if not given else f"{given} are all set"
-            raise ValueError(
+            raise TokenMergeError(
                 "Set exactly one stopping option of similarity_threshold (cosine), distance_threshold "
                 f"(euclidean), n_clusters or target_ratio; {problem}."
             )
         stop = given[0]
         if stop == "similarity_threshold":
             if self.metric != "cosine":
-                raise ValueError(
+                raise TokenMergeError(
                     "similarity_threshold is a cosine similarity; with metric='euclidean' set "
                     "distance_threshold instead."
                 )
             if not -1.0 <= self.similarity_threshold <= 1.0:
-                raise ValueError(f"similarity_threshold must lie in [-1, 1], got {self.similarity_threshold}.")
+                raise TokenMergeError(f"similarity_threshold must lie in [-1, 1], got {self.similarity_threshold}.")
         if stop == "distance_threshold":
             if self.metric != "euclidean":
-                raise ValueError(
+                raise TokenMergeError(
                     "distance_threshold is a Euclidean distance; with metric='cosine' set similarity_threshold instead."
                 )
             if self.distance_threshold < 0:
-                raise ValueError(f"distance_threshold must be >= 0, got {self.distance_threshold}.")
+                raise TokenMergeError(f"distance_threshold must be >= 0, got {self.distance_threshold}.")
         if stop == "n_clusters" and self.n_clusters < 1:
-            raise ValueError(f"n_clusters must be >= 1, got {self.n_clusters}.")
+            raise TokenMergeError(f"n_clusters must be >= 1, got {self.n_clusters}.")
         if stop == "target_ratio" and not 0.0 < self.target_ratio <= 1.0:
-            raise ValueError(f"target_ratio must lie in (0, 1], got {self.target_ratio}.")
+            raise TokenMergeError(f"target_ratio must lie in (0, 1], got {self.target_ratio}.")
 
         threshold_stop = stop in ("similarity_threshold", "distance_threshold")
         if self.method == "threshold" and not threshold_stop:
-            raise ValueError(
+            raise TokenMergeError(
                 f"method='threshold' stops at a threshold, but {stop} is set; set similarity_threshold "
                 "(cosine) or distance_threshold (euclidean), or use method='kmeans'."
             )
         if self.method in ("kmeans", "frequency") and threshold_stop:
-            raise ValueError(
+            raise TokenMergeError(
                 f"method='{self.method}' needs n_clusters or target_ratio, but {stop} is set; "
                 "use method='threshold' or 'agglomerative' to stop at a threshold."
             )

@@ -33,6 +33,7 @@ import yaml
 
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.config.token_merge_config import _STOPPING_FIELDS
+from hf_token_merge.errors import TokenMergeError
 
 RECIPE_KEYS = ("family", "description", "model", "layout", "protected", "merge", "variants")
 _REQUIRED_KEYS = ("family", "description", "model", "merge")
@@ -162,7 +163,7 @@ def load_recipe(name_or_path: str | os.PathLike, variant: str | None = None, **o
     try:
         config = TokenMergeConfig(**settings)
     except ValueError as err:
-        raise ValueError(f"Recipe {data['family']!r} gives an invalid TokenMergeConfig: {err}") from err
+        raise TokenMergeError(f"Recipe {data['family']!r} gives an invalid TokenMergeConfig: {err}") from err
 
     protected = data.get("protected") or []
     return Recipe(

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
+from hf_token_merge.config.field_types import check_field_types
 from hf_token_merge.config.json_config import JsonConfigMixin
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.selection import PRESETS
 
 SEQUENCE_CONFIG_NAME = "sequence_merge_config.json"
@@ -61,25 +63,30 @@ class MergeStage:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"MergeStage.layer must be a non-negative int (0 = decoder input), got {self.layer!r}.")
+        check_field_types(self)
+        if self.layer < 0:
+            raise TokenMergeError(
+                f"MergeStage.layer must be a non-negative int (0 = decoder input), got {self.layer!r}."
+            )
         if self.mode not in STAGE_MODES:
-            raise ValueError(f"MergeStage.mode must be one of {STAGE_MODES}, got {self.mode!r}.")
+            raise TokenMergeError(f"MergeStage.mode must be one of {STAGE_MODES}, got {self.mode!r}.")
         if self.mode == "affinity":
-            if self.threshold is None or not -1.0 <= float(self.threshold) <= 1.0:
-                raise ValueError(
+            if self.threshold is None or not -1.0 <= self.threshold <= 1.0:
+                raise TokenMergeError(
                     f"An affinity stage needs a cosine threshold in [-1, 1], got {self.threshold!r}; "
                     "the published values are 0.8/0.9 at the input and 0.7/0.8 deep."
                 )
             if self.retention is not None:
-                raise ValueError("retention is for the oracle modes; an affinity stage is set by threshold/window.")
-            if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-                raise ValueError(f"MergeStage.window must be an int >= 1, got {self.window!r}.")
+                raise TokenMergeError(
+                    "retention is for the oracle modes; an affinity stage is set by threshold/window."
+                )
+            if self.window < 1:
+                raise TokenMergeError(f"MergeStage.window must be an int >= 1, got {self.window!r}.")
         else:
-            if self.retention is None or not 0.0 < float(self.retention) <= 1.0:
-                raise ValueError(f"Mode {self.mode!r} needs retention in (0, 1], got {self.retention!r}.")
+            if self.retention is None or not 0.0 < self.retention <= 1.0:
+                raise TokenMergeError(f"Mode {self.mode!r} needs retention in (0, 1], got {self.retention!r}.")
             if self.threshold is not None:
-                raise ValueError(f"Mode {self.mode!r} is set by retention; remove threshold.")
+                raise TokenMergeError(f"Mode {self.mode!r} is set by retention; remove threshold.")
 
 
 @dataclass
@@ -120,21 +127,34 @@ class SequenceMergeConfig(JsonConfigMixin):
     seed: int = field(default=0, metadata={"help": "Seed of 'random_drop'."})
 
     def __post_init__(self) -> None:
-        self.stages = [MergeStage(**stage) if isinstance(stage, dict) else stage for stage in self.stages]
+        if isinstance(self.stages, (list, tuple)):
+            self.stages = [MergeStage(**stage) if isinstance(stage, dict) else stage for stage in self.stages]
+        check_field_types(self)
+        not_stages = [stage for stage in self.stages if not isinstance(stage, MergeStage)]
+        if not_stages:
+            raise TokenMergeError(
+                f"SequenceMergeConfig.stages must hold MergeStage objects or dicts of their fields, got "
+                f"{not_stages[0]!r} ({type(not_stages[0]).__name__}). Fix: pass MergeStage(layer=..., ...)."
+            )
         if not self.stages:
-            raise ValueError("SequenceMergeConfig needs at least one stage, e.g. SequenceMergeConfig.dual(...).")
+            raise TokenMergeError("SequenceMergeConfig needs at least one stage, e.g. SequenceMergeConfig.dual(...).")
         layers = [stage.layer for stage in self.stages]
         if layers != sorted(set(layers)):
-            raise ValueError(f"Stages must have strictly increasing layers (one stage per layer), got {layers}.")
+            raise TokenMergeError(f"Stages must have strictly increasing layers (one stage per layer), got {layers}.")
         if self.position_strategy not in POSITION_STRATEGIES:
-            raise ValueError(f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}.")
+            raise TokenMergeError(
+                f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}."
+            )
         if self.speech_token_range is not None:
-            start, end = (int(v) for v in self.speech_token_range)
+            start, end = self.speech_token_range
             if not 0 <= start < end:
-                raise ValueError(f"speech_token_range must be (start, end) with 0 <= start < end, got {(start, end)}.")
-            self.speech_token_range = (start, end)
+                raise TokenMergeError(
+                    f"speech_token_range must be (start, end) with 0 <= start < end, got {(start, end)}."
+                )
+        if self.speech_token_ids is not None and any(i < 0 for i in self.speech_token_ids):
+            raise TokenMergeError(f"speech_token_ids must be >= 0, got {self.speech_token_ids[:5]}.")
         if self.preset is not None and self.preset not in PRESETS:
-            raise ValueError(f"Unknown preset {self.preset!r}; known presets: {sorted(PRESETS)}.")
+            raise TokenMergeError(f"Unknown preset {self.preset!r}; known presets: {sorted(PRESETS)}.")
 
     @classmethod
     def dual(
@@ -152,12 +172,14 @@ class SequenceMergeConfig(JsonConfigMixin):
             The config.
         """
         if setting not in AFFINITY_SETTINGS:
-            raise ValueError(f"Unknown setting {setting!r}; choose one of {sorted(AFFINITY_SETTINGS)}.")
+            raise TokenMergeError(f"Unknown setting {setting!r}; choose one of {sorted(AFFINITY_SETTINGS)}.")
         tau_in, tau_deep, omega_in, omega_deep = AFFINITY_SETTINGS[setting]
         stages = [MergeStage(layer=0, threshold=tau_in, window=omega_in)] if input_stage else []
         if deep_layer is not None:
             if input_stage and deep_layer == 0:
-                raise ValueError("deep_layer=0 is the input stage; pick a deep layer (the study uses late layers).")
+                raise TokenMergeError(
+                    "deep_layer=0 is the input stage; pick a deep layer (the study uses late layers)."
+                )
             stages.append(MergeStage(layer=deep_layer, threshold=tau_deep, window=omega_deep))
         return cls(stages=stages, **kwargs)
 
