@@ -12,7 +12,7 @@ from torch import nn
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
-from hf_token_merge.remap.plan import MergePlan, plan_token_merge
+from hf_token_merge.remap.plan import MergePlan, check_plan_rows, plan_token_merge
 
 
 @dataclass
@@ -230,6 +230,8 @@ def apply_token_merge(
     config = plan.config
     pair = locate_embeddings(model, config)
     _check_plan_fits(plan, pair)
+    if isinstance(config_or_plan, MergePlan):  # a plan made here was scanned while planning
+        check_plan_rows(plan, pair)
     parameters_before, bytes_before = model_size(model)
 
     # Build everything first; the model is untouched until the swap below.

@@ -76,7 +76,9 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
     if quantization is not None:
         method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
         method = getattr(method, "value", method)
-        if method == "token_merge":
+        from hf_token_merge.serialization.quantizer import QUANT_METHODS
+
+        if method in QUANT_METHODS:
             raise ValueError(
                 "This model is already token-merged; merging twice is not supported. Merge the original model "
                 "once with the final settings (a stronger target_ratio or threshold), or reload it first."

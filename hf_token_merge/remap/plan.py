@@ -7,10 +7,12 @@ original id they hold, so every id below the first merged token keeps its number
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,8 @@ from safetensors.torch import load_file, save_file
 
 from hf_token_merge.clustering import canonical_labels, cluster_rows, prepare_rows
 from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.remap.locate import locate_embeddings
+from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
 from hf_token_merge.selection import protected_token_ids, select_token_ids
 
 PLAN_TENSORS_NAME = "token_merge_plan.safetensors"
@@ -54,6 +57,8 @@ class MergePlan:
         member_weights: `(n,)` weight of each selected id inside its cluster (for `weighted_mean`).
         member_log_share: `(n,)` log of each selected id's share of its cluster's probability.
         statistics: Summary numbers (rows before/after, cluster sizes, similarity to the merged row).
+        fingerprint: `"sha256:<hex>"` of the rows the plan was made from (see `row_fingerprint`);
+            `apply_token_merge` refuses a model whose rows differ. None for plans saved before fingerprints.
     """
 
     config: TokenMergeConfig
@@ -68,6 +73,7 @@ class MergePlan:
     member_weights: torch.Tensor
     member_log_share: torch.Tensor
     statistics: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None
 
     @property
     def num_clusters(self) -> int:
@@ -130,6 +136,7 @@ class MergePlan:
             "vocab_size": self.vocab_size,
             "tied": self.tied,
             "statistics": self.statistics,
+            "fingerprint": self.fingerprint,
         }
         _atomic_write(save_directory, PLAN_TENSORS_NAME, lambda path: save_file(tensors, path))
         _atomic_write(
@@ -149,6 +156,7 @@ class MergePlan:
             vocab_size=meta["vocab_size"],
             tied=meta["tied"],
             statistics=meta["statistics"],
+            fingerprint=meta.get("fingerprint"),  # absent in plans saved before fingerprints
             **tensors,
         )
 
@@ -168,6 +176,96 @@ def _atomic_write(directory: str | os.PathLike, name: str, write) -> None:
         if os.path.exists(temporary):
             os.remove(temporary)
         raise
+
+
+@dataclass
+class RowScan:
+    """What one pass over the selected rows found.
+
+    Attributes:
+        fingerprint: `"sha256:<hex>"` of the selected ids and rows (see `scan_rows`).
+        non_finite_input: Selected ids whose input row holds NaN or inf.
+        non_finite_output: Selected ids whose (untied) output row holds NaN or inf.
+    """
+
+    fingerprint: str
+    non_finite_input: list[int]
+    non_finite_output: list[int]
+
+
+def _scan_table(weight: torch.Tensor, selected: torch.Tensor, digest, block_size: int) -> list[int]:
+    bad: list[int] = []
+    for part in range(0, selected.numel(), block_size):
+        ids = selected[part : part + block_size]
+        rows = weight[ids.to(weight.device)].detach()
+        finite = torch.isfinite(rows).flatten(1).all(dim=1).cpu()
+        if not bool(finite.all()):
+            bad.extend(ids[~finite].tolist())
+        # bfloat16 bytes: a plan made on a float32 load of a checkpoint still fits its bfloat16 load
+        digest.update(rows.to(torch.bfloat16).cpu().contiguous().view(torch.int16).numpy().tobytes())
+    return bad
+
+
+def scan_rows(pair: EmbeddingPair, selected: torch.Tensor, block_size: int = 8192) -> RowScan:
+    """Fingerprint the selected rows and find those holding NaN or inf, in one blockwise pass.
+
+    The fingerprint is the sha256 of the selected ids (int64), then the selected input rows and, for an untied
+    model, the selected output rows, each rounded to bfloat16. It costs one read of the selected block.
+
+    Args:
+        pair: The model's embeddings.
+        selected: Sorted selected ids.
+        block_size: Rows read at a time.
+
+    Returns:
+        The `RowScan`.
+    """
+    digest = hashlib.sha256(selected.to(torch.int64).cpu().contiguous().numpy().tobytes())
+    bad_input = _scan_table(pair.input_module.weight, selected, digest, block_size)
+    bad_output: list[int] = []
+    if pair.output_module is not None and not pair.tied:
+        bad_output = _scan_table(pair.output_module.weight, selected, digest, block_size)
+    return RowScan(f"sha256:{digest.hexdigest()}", bad_input, bad_output)
+
+
+def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingPair) -> None:
+    uses_output = config.lm_head == "merge" or config.similarity_source != "input"
+    for name, bad in ((pair.input_name, scan.non_finite_input), (pair.output_name, scan.non_finite_output)):
+        if bad and (name == pair.input_name or uses_output):
+            raise TokenMergeError(
+                f"{len(bad)} selected row(s) of {name} hold NaN or inf (ids {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+                f"); merging them would make every row they join, and its logits, NaN. Fix: repair the checkpoint, "
+                "or keep these ids out of the merge with exclude_token_ids."
+            )
+
+
+def check_plan_rows(plan: MergePlan, pair: EmbeddingPair) -> None:
+    """Refuse to apply `plan` to rows other than those it was made from, or to rows holding NaN or inf.
+
+    Args:
+        plan: The plan about to be applied.
+        pair: The embeddings of the model it is applied to.
+
+    Raises:
+        TokenMergeError: When the fingerprint differs or a used row is not finite. A plan without a fingerprint
+            (saved before fingerprints existed) only warns.
+    """
+    scan = scan_rows(pair, plan.selected_ids)
+    if plan.fingerprint is None:
+        warnings.warn(
+            "This MergePlan has no fingerprint (it was saved by an older hf_token_merge), so it cannot be checked "
+            "against the model's rows; make sure it was planned on this very model, or plan again and save the "
+            "new plan.",
+            UserWarning,
+            stacklevel=3,
+        )
+    elif scan.fingerprint != plan.fingerprint:
+        raise TokenMergeError(
+            "The plan was made from other rows than this model's selected rows (fingerprint "
+            f"{plan.fingerprint[:19]}... vs {scan.fingerprint[:19]}...): it belongs to another model or fine-tune "
+            "of the same shape. Fix: plan again on this model with plan_token_merge(model, plan.config, ...)."
+        )
+    _refuse_non_finite(scan, plan.config, pair)
 
 
 def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
@@ -279,6 +377,13 @@ def plan_token_merge(
                 f"token_counts has {token_counts.numel()} entries but the vocabulary has {vocab_size} rows; "
                 "count every id (see hf_token_merge.count_tokens)."
             )
+        non_finite = (~torch.isfinite(token_counts)).nonzero().flatten().tolist()
+        if non_finite:
+            raise TokenMergeError(
+                f"token_counts holds NaN or inf at {len(non_finite)} id(s) ({non_finite[:5]}"
+                f"{' ...' if len(non_finite) > 5 else ''}); every logit would become NaN. Fix: pass finite counts "
+                "(see hf_token_merge.count_tokens)."
+            )
         if (token_counts < 0).any():
             raise ValueError("token_counts must be non-negative.")
     elif config.needs_token_counts:
@@ -290,6 +395,8 @@ def plan_token_merge(
 
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
+    scan = scan_rows(pair, selected)
+    _refuse_non_finite(scan, config, pair)
 
     rows = _similarity_rows(pair, config, selected)
     selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
@@ -369,4 +476,5 @@ def plan_token_merge(
         member_weights=member_weights,
         member_log_share=member_log_share.to(torch.float32),
         statistics=statistics,
+        fingerprint=scan.fingerprint,
     )

@@ -4,22 +4,35 @@ Why this route: `AutoModelForCausalLM.from_pretrained(path)` builds the model on
 then reads the checkpoint. A registered quantizer is the one documented hook that runs in between
 (`_process_model_before_weight_loading`), so the merged modules can be put in place with their compact
 shapes and the slim safetensors load straight into them: no full-size allocation, no remote code, and
-device_map/dtype handling stay transformers' own. The record in `config.json` is a
-`quantization_config` with `quant_method: "token_merge"`.
+device_map/dtype handling stay transformers' own. The record in `config.json` is a `quantization_config` whose
+`quant_method` is `QUANT_METHOD` and whose `version` is `FORMAT_VERSION`.
+
+Why the long `quant_method`: in a process that has not imported this package, transformers' first words about the
+checkpoint are its own warning "Unknown quantization type, got <quant_method>", before a size-mismatch error (or,
+with `ignore_mismatched_sizes=True`, a randomly initialised embedding). Transformers offers no hook there, so the
+name itself tells the user what to install and import. Checkpoints written with the old name `token_merge` load too.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 
-QUANT_METHOD = "token_merge"
+QUANT_METHOD = "hf_token_merge (pip install hf_token_merge, then import hf_token_merge before from_pretrained)"
+LEGACY_QUANT_METHODS = ("token_merge",)  # written by versions before FORMAT_VERSION existed; still loaded
+QUANT_METHODS = (QUANT_METHOD, *LEGACY_QUANT_METHODS)
+FORMAT_VERSION = 1  # the layout of the record and of the merged modules' tensors; raise it when either changes
+_INDEX_DTYPES = ("I32", "I64")
+_FIX_RESAVE = "re-save the checkpoint from the merged model (model.save_pretrained) or merge the original model again"
 
 
 class TokenMergeQuantizationConfig(QuantizationConfigMixin):
@@ -37,13 +50,17 @@ class TokenMergeQuantizationConfig(QuantizationConfigMixin):
         tied: Whether the head shares the embedding's weight.
         merge_config: The `TokenMergeConfig` used, as a dict (for provenance).
         statistics: Plan statistics (rows before and after, cluster sizes).
+        version: Format version of the record; None (records written before versions existed) reads as 1.
+
+    Raises:
+        TokenMergeError: On a missing or mistyped field or a version this hf_token_merge cannot read.
     """
 
     def __init__(
         self,
-        vocab_size: int,
-        input_embedding: str,
-        input_rows: int,
+        vocab_size: int | None = None,
+        input_embedding: str | None = None,
+        input_rows: int | None = None,
         padding_idx: int | None = None,
         output_embedding: str | None = None,
         output_rows: int | None = None,
@@ -52,9 +69,12 @@ class TokenMergeQuantizationConfig(QuantizationConfigMixin):
         tied: bool = False,
         merge_config: dict[str, Any] | None = None,
         statistics: dict[str, Any] | None = None,
+        version: int | None = None,
         **kwargs: Any,
     ) -> None:
+        _check_version(version)
         self.quant_method = QUANT_METHOD
+        self.version = FORMAT_VERSION
         self.vocab_size = vocab_size
         self.input_embedding = input_embedding
         self.input_rows = input_rows
@@ -64,8 +84,42 @@ class TokenMergeQuantizationConfig(QuantizationConfigMixin):
         self.output_bias = output_bias
         self.compact_logits = compact_logits
         self.tied = tied
-        self.merge_config = merge_config or {}
-        self.statistics = statistics or {}
+        self.merge_config = {} if merge_config is None else merge_config
+        self.statistics = {} if statistics is None else statistics
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        def refuse(name: str, expected: str) -> TokenMergeError:
+            value = getattr(self, name)
+            return TokenMergeError(
+                f"The token-merge quantization_config in config.json has {name}={value!r} "
+                f"({type(value).__name__}); it must be {expected}. The record is damaged or was edited by hand. "
+                f"Fix: {_FIX_RESAVE}."
+            )
+
+        def whole(value: Any) -> bool:
+            return isinstance(value, int) and not isinstance(value, bool)
+
+        for name in ("vocab_size", "input_rows"):
+            if not whole(getattr(self, name)) or getattr(self, name) < 1:
+                raise refuse(name, "a whole number >= 1")
+        if self.input_rows > self.vocab_size:
+            raise refuse("input_rows", f"at most vocab_size={self.vocab_size}")
+        if not isinstance(self.input_embedding, str) or not self.input_embedding:
+            raise refuse("input_embedding", "the dotted module path of the input embedding")
+        if self.padding_idx is not None and not (whole(self.padding_idx) and 0 <= self.padding_idx < self.input_rows):
+            raise refuse("padding_idx", f"None or a row in [0, {self.input_rows})")
+        if self.output_embedding is not None:
+            if not isinstance(self.output_embedding, str) or not self.output_embedding:
+                raise refuse("output_embedding", "None or the dotted module path of the LM head")
+            if not whole(self.output_rows) or self.output_rows < 1:
+                raise refuse("output_rows", "a whole number >= 1 when output_embedding is set")
+        for name in ("output_bias", "compact_logits", "tied"):
+            if not isinstance(getattr(self, name), bool):
+                raise refuse(name, "true or false")
+        for name in ("merge_config", "statistics"):
+            if not isinstance(getattr(self, name), dict):
+                raise refuse(name, "a JSON object")
 
     @classmethod
     def from_plan(cls, plan, pair, embedding: MergedEmbedding, head: MergedLMHead | None):
@@ -82,7 +136,30 @@ class TokenMergeQuantizationConfig(QuantizationConfigMixin):
             tied=pair.tied,
             merge_config=plan.config.to_dict(),
             statistics=plan.statistics,
+            version=FORMAT_VERSION,
         )
+
+
+def _check_version(version: Any) -> None:
+    if version is None:  # written before the record had a version: the same layout as version 1
+        return
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise TokenMergeError(
+            f"The token-merge quantization_config in config.json has version={version!r} "
+            f"({type(version).__name__}); it must be a whole number. Fix: {_FIX_RESAVE}."
+        )
+    if not 1 <= version <= FORMAT_VERSION:
+        raise TokenMergeError(
+            f"This checkpoint was merged in token-merge format version {version}, but this hf_token_merge reads "
+            f"versions 1..{FORMAT_VERSION}. Fix: pip install -U hf_token_merge (a newer release reads it)."
+        )
+
+
+def _submodule(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        return None
 
 
 def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationConfig) -> None:
@@ -92,6 +169,12 @@ def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
     """
     from hf_token_merge.remap.apply import _swap
 
+    for name in (record.input_embedding, record.output_embedding):
+        if name is not None and not isinstance(_submodule(model, name), torch.nn.Module):
+            raise TokenMergeError(
+                f"The merged checkpoint records its merged module at {name!r}, but {type(model).__name__} has no such "
+                "module. Fix: load it with the model class that saved it (e.g. AutoModelForCausalLM)."
+            )
     old = model.get_submodule(record.input_embedding)
     embedding = MergedEmbedding(
         record.input_rows,
@@ -116,6 +199,108 @@ def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
         _swap(model, record.output_embedding, head)
 
 
+def expected_tensors(record: TokenMergeQuantizationConfig) -> dict[str, tuple[tuple[int, ...] | None, tuple[str, ...]]]:
+    """The merged modules' tensors a checkpoint must hold: name -> (shape or None for 'any', allowed dtypes).
+
+    Args:
+        record: The checkpoint's quantization record.
+
+    Returns:
+        One entry per tensor; weight shapes are checked on their row count only (the first dimension).
+    """
+    vocab = record.vocab_size
+    tensors: dict[str, tuple[tuple[int, ...] | None, tuple[str, ...]]] = {
+        f"{record.input_embedding}.weight": ((record.input_rows,), ()),
+        f"{record.input_embedding}.index_map": ((vocab,), _INDEX_DTYPES),
+    }
+    if record.output_embedding is not None:
+        head = record.output_embedding
+        if not record.tied:  # a tied head's weight is the embedding's and is saved once
+            tensors[f"{head}.weight"] = ((record.output_rows,), ())
+        tensors[f"{head}.index_map"] = ((vocab,), _INDEX_DTYPES)
+        tensors[f"{head}.logit_offset"] = ((vocab,), ("F32", "F16", "BF16", "F64"))
+        if record.output_bias:
+            tensors[f"{head}.bias"] = ((record.output_rows,), ())
+    return tensors
+
+
+def check_checkpoint_tensors(record: TokenMergeQuantizationConfig, checkpoint_files: Any) -> None:
+    """Refuse a checkpoint that lacks a merged-module tensor or holds one of the wrong shape or dtype.
+
+    Reads only the safetensors headers, before any weight is loaded. Without safetensors files (a `state_dict=`
+    load, `.bin` files) nothing is read here; `check_merged_modules` still checks the loaded values.
+
+    Args:
+        record: The checkpoint's quantization record.
+        checkpoint_files: The files `from_pretrained` is about to read.
+
+    Raises:
+        TokenMergeError: Naming the tensor and what is wrong with it.
+    """
+    files = [os.fspath(f) for f in checkpoint_files or [] if os.fspath(f).endswith(".safetensors")]
+    if not files or len(files) != len(checkpoint_files):
+        return
+    found: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path in files:
+        with safe_open(path, framework="pt") as handle:
+            for key in handle.keys():  # noqa: SIM118 (safe_open handles are not iterable)
+                part = handle.get_slice(key)
+                found[key] = (tuple(part.get_shape()), part.get_dtype())
+    for name, (shape, dtypes) in expected_tensors(record).items():
+        if name not in found:
+            raise TokenMergeError(
+                f"The merged checkpoint has no tensor {name!r}, which its token-merge record needs (without it the "
+                f"model would compute with uninitialised memory). The files are incomplete or were edited. "
+                f"Fix: {_FIX_RESAVE}."
+            )
+        got_shape, got_dtype = found[name]
+        wrong_shape = shape is not None and got_shape[: len(shape)] != shape
+        if wrong_shape or (dtypes and got_dtype not in dtypes):
+            want = f"shape {shape}{'+' if name.endswith(('.weight', '.bias')) else ''}" + (
+                f" and dtype {'/'.join(dtypes)}" if dtypes else ""
+            )
+            raise TokenMergeError(
+                f"The merged checkpoint's tensor {name!r} has shape {got_shape} and dtype {got_dtype}, but its "
+                f"token-merge record needs {want}. Fix: {_FIX_RESAVE}."
+            )
+
+
+def check_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationConfig) -> None:
+    """After loading: every index map points at an existing row and no logit offset is NaN or +inf.
+
+    Args:
+        model: The loaded model.
+        record: Its quantization record.
+
+    Raises:
+        TokenMergeError: Naming the module and the bad entries.
+    """
+    modules = [(record.input_embedding, model.get_submodule(record.input_embedding))]
+    if record.output_embedding is not None:
+        modules.append((record.output_embedding, model.get_submodule(record.output_embedding)))
+    for name, module in modules:
+        index_map = module.index_map
+        if index_map.device.type == "meta":  # offloaded: checked by nobody, like any offloaded weight
+            continue
+        rows = module.weight.shape[0]
+        bad = ((index_map < 0) | (index_map >= rows)).nonzero().flatten()
+        if index_map.dtype.is_floating_point or index_map.shape != (record.vocab_size,) or bad.numel():
+            raise TokenMergeError(
+                f"{name}.index_map of the merged checkpoint is damaged: it must hold {record.vocab_size} row indices "
+                f"in [0, {rows}), got dtype {index_map.dtype}, shape {tuple(index_map.shape)}"
+                + (f", out-of-range entries at ids {bad[:5].tolist()} ({bad.numel()} in all)" if bad.numel() else "")
+                + f". Fix: {_FIX_RESAVE}."
+            )
+        if isinstance(module, MergedLMHead):
+            offset = module.logit_offset
+            bad = (torch.isnan(offset) | (offset == float("inf"))).nonzero().flatten()
+            if bad.numel():
+                raise TokenMergeError(
+                    f"{name}.logit_offset of the merged checkpoint holds NaN or +inf at ids {bad[:5].tolist()} "
+                    f"({bad.numel()} in all); every logit there would be wrong. Fix: {_FIX_RESAVE}."
+                )
+
+
 class TokenMergeHfQuantizer(HfQuantizer):
     """Loads token-merged checkpoints: swaps in merged modules before the weights are read."""
 
@@ -128,11 +313,13 @@ class TokenMergeHfQuantizer(HfQuantizer):
                 "normally and call hf_token_merge.apply_token_merge(model, TokenMergeConfig(...))."
             )
 
-    def _process_model_before_weight_loading(self, model, **kwargs: Any):
-        build_merged_modules(model, self.quantization_config)
+    def _process_model_before_weight_loading(self, model, checkpoint_files: Any = None, **kwargs: Any):
+        build_merged_modules(model, self.quantization_config)  # first: it names a record/model-class mismatch
+        check_checkpoint_tensors(self.quantization_config, checkpoint_files)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):
+        check_merged_modules(model, self.quantization_config)
         return model
 
     def is_serializable(self, safe_serialization: Any = None) -> bool:
@@ -145,5 +332,6 @@ class TokenMergeHfQuantizer(HfQuantizer):
 
 def register() -> None:
     """Register the config and quantizer with transformers (idempotent; runs on `import hf_token_merge`)."""
-    AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(QUANT_METHOD, TokenMergeQuantizationConfig)
-    AUTO_QUANTIZER_MAPPING.setdefault(QUANT_METHOD, TokenMergeHfQuantizer)
+    for name in QUANT_METHODS:
+        AUTO_QUANTIZATION_CONFIG_MAPPING.setdefault(name, TokenMergeQuantizationConfig)
+        AUTO_QUANTIZER_MAPPING.setdefault(name, TokenMergeHfQuantizer)

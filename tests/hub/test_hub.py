@@ -54,6 +54,12 @@ def test_card_metadata_and_table(merged):
     assert "48 selected rows -> 8 merged rows" in text
 
 
+def test_card_says_what_to_install_and_import(merged):
+    text = merged[2].text
+    assert "`pip install hf_token_merge` and `import hf_token_merge` before `from_pretrained`" in text
+    assert "Unknown quantization type" in text and "ignore_mismatched_sizes=True" in text
+
+
 def test_dry_run_writes_exactly_the_upload_folder(merged, tmp_path):
     bundle, result, card = merged
     folder = push_to_hub(

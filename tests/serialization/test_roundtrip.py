@@ -22,6 +22,7 @@ from hf_token_merge import (
     plan_token_merge,
 )
 from hf_token_merge.remap.plan import PLAN_TENSOR_FIELDS
+from hf_token_merge.serialization.quantizer import FORMAT_VERSION, QUANT_METHOD
 from tests.models import build_llama, build_qwen2, build_whisper, logits_of, sample_ids
 
 WEIGHTS = "model.safetensors"
@@ -74,7 +75,8 @@ def test_save_and_reload_merged_model(case, tmp_path):
     # config.json carries the record
     with open(tmp_path / "merged" / "config.json", encoding="utf-8") as handle:
         record = json.load(handle)["quantization_config"]
-    assert record["quant_method"] == "token_merge"
+    assert record["quant_method"] == QUANT_METHOD
+    assert record["version"] == FORMAT_VERSION
     assert record["input_rows"] == result.plan.num_rows
     assert record["merge_config"] == result.plan.config.to_dict()
 
@@ -196,7 +198,7 @@ def test_quantization_config_record_round_trips():
     record = bundle.model.config.quantization_config
     restored = TokenMergeQuantizationConfig.from_dict(json.loads(json.dumps(record.to_dict())))
     assert restored.to_dict() == record.to_dict()
-    assert restored.quant_method == "token_merge"
+    assert restored.quant_method == QUANT_METHOD
     assert (restored.input_embedding, restored.output_embedding, restored.tied) == (
         "model.embed_tokens",
         "lm_head",
