@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan, check_plan_rows, plan_token_merge
@@ -174,6 +175,29 @@ def _check_plan_fits(plan: MergePlan, pair: EmbeddingPair) -> None:
         )
 
 
+def _refuse_resize(*args: Any, **kwargs: Any) -> None:
+    raise TokenMergeError(
+        "resize_token_embeddings is not supported on a token-merged model: its embedding is a MergedEmbedding "
+        "read through an index map of the original ids, and a resized plain table would silently break that map. "
+        "Fix: add the tokens to the original model and resize it before merging, or export_plain(model, plan, path) "
+        "and resize the plain checkpoint."
+    )
+
+
+def refuse_resize(model: nn.Module) -> None:
+    """Make `resize_token_embeddings` of `model` (and of its inner transformers models) raise `TokenMergeError`.
+
+    transformers' resize builds a plain `nn.Embedding` from the merged table's rows, dropping the index map; a
+    merged model would then address wrong rows without a word. An instance attribute shadows the method.
+
+    Args:
+        model: A model whose embedding was just replaced by a `MergedEmbedding`.
+    """
+    for module in model.modules():
+        if callable(getattr(type(module), "resize_token_embeddings", None)):
+            module.resize_token_embeddings = _refuse_resize
+
+
 def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
@@ -295,6 +319,7 @@ def apply_token_merge(
     with torch.no_grad():
         for table in tables:  # the one step that writes into original storage, after nothing else can fail
             table.finish()
+    refuse_resize(model)
 
     parameters_after, bytes_after = model_size(model)
     return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)

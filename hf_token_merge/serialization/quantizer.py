@@ -314,8 +314,11 @@ class TokenMergeHfQuantizer(HfQuantizer):
             )
 
     def _process_model_before_weight_loading(self, model, checkpoint_files: Any = None, **kwargs: Any):
+        from hf_token_merge.remap.apply import refuse_resize
+
         build_merged_modules(model, self.quantization_config)  # first: it names a record/model-class mismatch
         check_checkpoint_tensors(self.quantization_config, checkpoint_files)
+        refuse_resize(model)
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs: Any):

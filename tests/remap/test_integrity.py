@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import warnings
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from hf_token_merge import MergePlan, TokenMergeConfig, apply_token_merge, plan_token_merge
 from hf_token_merge.errors import TokenMergeError
@@ -152,3 +154,28 @@ def test_plan_without_a_fingerprint_applies_with_a_warning(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         apply_token_merge(fresh.model, _plan(build_llama(tied=True)))
+
+
+# --- resize_token_embeddings ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_resize_token_embeddings_of_a_merged_model_is_refused(tmp_path, tied):
+    bundle = build_llama(tied=tied)
+    apply_token_merge(bundle.model, _plan(bundle))
+    before = snapshot(bundle.model)
+    for target in (bundle.model, bundle.model.model, copy.deepcopy(bundle.model)):
+        with pytest.raises(TokenMergeError, match=r"resize_token_embeddings is not supported.*Fix: add the tokens"):
+            target.resize_token_embeddings(bundle.vocab_size + 8)
+    assert_unchanged(bundle.model, before)
+    bundle.model.save_pretrained(tmp_path)
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(TokenMergeError, match="resize_token_embeddings is not supported"):
+        reloaded.resize_token_embeddings(bundle.vocab_size + 8)
+
+
+def test_resize_of_an_unmerged_model_still_works():
+    bundle = build_llama(tied=True)
+    rows = bundle.model.get_input_embeddings().weight.shape[0]
+    bundle.model.resize_token_embeddings(rows + 8)
+    assert bundle.model.get_input_embeddings().weight.shape[0] == rows + 8
