@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.selection import PRESETS, match_vocabulary
 from hf_token_merge.sequence.config import SequenceMergeConfig
 from hf_token_merge.sequence.flops import prefill_flops
@@ -316,10 +317,13 @@ class _State:
             positions = torch.arange(length, device=device)[None].expand(batch, length)
         elif positions.dim() != 2:
             raise ValueError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
+        # The last real position of every row is never merged, even when it is a speech token: its logits are the
+        # ones generate() reads, and they must come from that token itself at its own position.
+        last = valid & (valid.long().cumsum(1) == valid.sum(1, keepdim=True))
         self.original = _View(
             valid=valid,
             positions=positions.to(torch.float64).expand(batch, length).clone(),
-            speech=self.speech.to(device) & valid,
+            speech=self.speech.to(device) & valid & ~last,
         )
         self.current = self.original
         self.record = PrefillRecord(tokens=valid.sum(1).cpu(), speech=self.original.speech.sum(1).cpu())
@@ -368,9 +372,10 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
     """Merge redundant speech positions inside the decoder of `model`, in place (Affinity Pooling).
 
     Every prefill (a forward whose cache is empty) groups the speech positions at each stage's layer and
-    mean-pools each group into one token; text positions are never merged. Later calls with a cache (the decoding
-    steps of `generate`) append tokens as usual. Logits come back for the merged sequence: the last position is
-    always the last prompt token, so `generate` works unchanged.
+    mean-pools each group into one token; text positions and the last prompt position (even a speech token) are
+    never merged. Later calls with a cache (the decoding steps of `generate`) append tokens as usual. Logits come back
+    for the merged sequence: the last position is always the last prompt token, unpooled, so `generate` works
+    unchanged. `labels=` is refused (the logits are shorter than the labels).
 
     Args:
         model: A decoder-only transformers model (Llama/Qwen2 families) or a wrapper around one such as
@@ -414,6 +419,12 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
     stages = {stage.layer: stage for stage in config.stages}
 
     def before_model(module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise TokenMergeError(
+                "A sequence-merged model returns logits for the shorter, merged sequence, so they cannot be scored "
+                "against labels= of the original length. Fix: call the model without labels (and compute a loss on "
+                "the text positions yourself), or handle.remove() the sequence merge first."
+            )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         state.start_call(input_ids, kwargs.get("attention_mask"), cache)
