@@ -17,6 +17,8 @@ from pathlib import Path
 
 import datasets
 
+from hf_token_merge.errors import TokenMergeError
+
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
 BUILTIN_DATASETS = ("librivox", "synthetic")
 
@@ -51,17 +53,30 @@ def load_manifest(path: str | os.PathLike[str], audio_column: str = "audio", tex
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
-    records = []
+    records, lines = _read_jsonl_records(path)
+    return _records_to_dataset(records, path.parent, audio_column, text_column, str(path), lines)
+
+
+def _read_jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
+    """The JSON objects of a JSONL file and the line number of each (blank lines skipped)."""
+    records, lines = [], []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError as error:
                 message = f"{path}:{number} is not valid JSON ({error.msg}). Fix: one JSON object per line."
                 raise ValueError(message) from error
-    return _records_to_dataset(records, path.parent, audio_column, text_column, str(path))
+            if not isinstance(record, dict):
+                raise TokenMergeError(
+                    f"{path}:{number} is a JSON {type(record).__name__}, not an object. Fix: one JSON object per line, "
+                    'e.g. {"audio": "a.wav", "text": "..."}.'
+                )
+            records.append(record)
+            lines.append(number)
+    return records, lines
 
 
 def load_audiofolder(folder: str | os.PathLike[str], text_column: str = "text"):
@@ -78,11 +93,16 @@ def load_audiofolder(folder: str | os.PathLike[str], text_column: str = "text"):
     if not folder.is_dir():
         raise ValueError(f"Audio folder {folder} does not exist. Fix: pass a folder of audio files with metadata.")
     if (folder / "metadata.jsonl").is_file():
-        with open(folder / "metadata.jsonl", encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle if line.strip()]
+        records, lines = _read_jsonl_records(folder / "metadata.jsonl")
+        source = str(folder / "metadata.jsonl")
     elif (folder / "metadata.csv").is_file():
         with open(folder / "metadata.csv", encoding="utf-8", newline="") as handle:
-            records = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            records, lines = [], []
+            for record in reader:
+                records.append(record)
+                lines.append(reader.line_num)
+        source = str(folder / "metadata.csv")
     else:
         raise ValueError(
             f"{folder} has no metadata.jsonl or metadata.csv, so there are no transcripts. Fix: add one with a "
@@ -90,10 +110,12 @@ def load_audiofolder(folder: str | os.PathLike[str], text_column: str = "text"):
         )
     if records and text_column not in records[0] and "transcription" in records[0]:
         text_column = "transcription"
-    return _records_to_dataset(records, folder, "file_name", text_column, str(folder))
+    return _records_to_dataset(records, folder, "file_name", text_column, source, lines)
 
 
-def _records_to_dataset(records: list[dict], base: Path, audio_key: str, text_key: str, source: str):
+def _records_to_dataset(
+    records: list[dict], base: Path, audio_key: str, text_key: str, source: str, lines: list[int] | None = None
+):
     if not records:
         raise ValueError(f"{source} holds no examples. Fix: add at least one line with audio and text.")
     for key in (audio_key, text_key):
@@ -103,8 +125,17 @@ def _records_to_dataset(records: list[dict], base: Path, audio_key: str, text_ke
                 f"Fix: add it, or name the right field with audio_column=/text_column= (--audio-column/--text-column)."
             )
     rows: dict[str, list] = {"audio": [], "text": []}
-    for record in records:
-        audio = str(record[audio_key])
+    for index, record in enumerate(records):
+        line = lines[index] if lines is not None else index + 1
+        for key, what in ((audio_key, "an audio path"), (text_key, "a transcript")):
+            value = record.get(key)
+            if not isinstance(value, str):
+                # str() would turn null into the word "None" and 5 into "5", scored as if they were transcripts
+                raise TokenMergeError(
+                    f"{source}:{line}: '{key}' is {value!r} ({type(value).__name__}), but it must be {what} string. "
+                    f'Fix: write it as a JSON string (e.g. "{key}": "..."), or remove the line.'
+                )
+        audio = record[audio_key]
         rows["audio"].append(audio if os.path.isabs(audio) else str(base / audio))
         rows["text"].append(str(record[text_key]))
     if all("id" in record for record in records):

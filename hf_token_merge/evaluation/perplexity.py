@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
 
 
@@ -176,6 +177,13 @@ def _sequences(data, tokenizer, column: str | None) -> list[list[int]]:
         data = data.tolist() if data.ndim == 2 else [data.tolist()]
     if not isinstance(data, Sequence) or len(data) == 0:
         raise ValueError("evaluate_perplexity: the data is empty. Fix: pass at least one sequence of 2+ tokens.")
+    for index, item in enumerate(data):  # all examples first: a bad one fails before any tokenising
+        if item is None or isinstance(item, (int, float, bool, dict)):
+            raise TokenMergeError(
+                f"evaluate_perplexity: example {index} (counting from 0; line {index + 1} of a manifest without blank "
+                f"lines) is {item!r} ({type(item).__name__}), neither a text nor a list of token ids. "
+                "Fix: give every example a text string or a list of ids, or remove the example."
+            )
     sequences = []
     for item in data:
         if isinstance(item, str):

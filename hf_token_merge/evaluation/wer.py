@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value
 from hf_token_merge.evaluation.data import check_columns, undecoded_audio
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
@@ -259,6 +260,14 @@ def evaluate_wer(
             raise ValueError("evaluate_wer on a speech-LLM needs its tokenizer to decode text. Fix: pass tokenizer=.")
         needed = [text_column] + ([prompt_builder.units_column] if hasattr(prompt_builder, "units_column") else [])
     num_examples = check_columns(dataset, needed, "evaluate_wer")
+    references = dataset[text_column] if hasattr(dataset, "column_names") else [e[text_column] for e in dataset]
+    for index, reference in enumerate(references):
+        if not isinstance(reference, str):  # null/5 would be scored as the words "none"/"five"
+            raise TokenMergeError(
+                f"evaluate_wer: example {index} (counting from 0; line {index + 1} of a manifest without blank lines) "
+                f"has {text_column}={reference!r} ({type(reference).__name__}), not a transcript string. "
+                "Fix: give every example its reference transcript as a string, or remove the example."
+            )
     dataset = undecoded_audio(dataset, audio_column)  # never let datasets decode through torchcodec/FFmpeg
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)
