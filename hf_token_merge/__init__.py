@@ -3,7 +3,7 @@
     >>> from hf_token_merge import TokenMergeConfig, apply_token_merge
     >>> result = apply_token_merge(model, TokenMergeConfig(preset="llasa", target_ratio=0.125), tokenizer=tok)
 
-Importing the package registers the `token_merge` loader with transformers, so a merged checkpoint
+Importing the package registers the merged-checkpoint loader with transformers, so a merged checkpoint
 reloads with `AutoModelForCausalLM.from_pretrained(path)`.
 """
 
