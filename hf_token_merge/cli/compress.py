@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hf_token_merge import apply_token_merge, export_plain
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
-    from hf_token_merge.hub import CardRow, build_model_card, stage_folder
+    from hf_token_merge.hub import build_model_card, stage_folder
+    from hf_token_merge.tables import ChangeRow, change_rows, change_table
 
     config, model, helper, tokenizer = load_for_merge(args)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
@@ -71,10 +72,10 @@ def run(args: argparse.Namespace) -> int:
     disk_after = safetensors_bytes(folder)
 
     stats = result.plan.statistics
-    rows = [CardRow(name, before[name], after[name]) for name in before] + [
-        CardRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
-        CardRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
-        CardRow("safetensors bytes", disk_before, disk_after, ",.0f"),
+    rows = change_rows(before, after) + [
+        ChangeRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
+        ChangeRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
+        ChangeRow("safetensors bytes", disk_before, disk_after, ",.0f"),
     ]
     eval_results = [
         EvalResult(
@@ -109,8 +110,6 @@ def run(args: argparse.Namespace) -> int:
     if args.export_plain:
         export_plain(model, result.plan, output / "plain", tokenizer=tokenizer)
     print(result)
-    for row in rows:
-        rendered = row.rendered()
-        print(f"{rendered['metric']}: {rendered['before']} -> {rendered['after']} ({rendered['change']})")
+    print("\n" + change_table(rows))
     print(f"model: {folder}")
     return 0
