@@ -4,10 +4,12 @@ One code path runs under plain `python` (one process) and under `accelerate laun
 (whole batches sharded over the processes, records gathered back in order); the metrics are identical.
 """
 
+from hf_token_merge.evaluation.asr import CausalLmAsr, EncoderDecoderAsr
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value, resample
 from hf_token_merge.evaluation.compare import Comparison, bytes_on_disk, compare_before_after
 from hf_token_merge.evaluation.data import load_audiofolder, load_eval_dataset, load_manifest
 from hf_token_merge.evaluation.perplexity import PerplexityResult, evaluate_perplexity, sequence_nll, window_plan
+from hf_token_merge.evaluation.scoring import Transcript, score_transcripts
 from hf_token_merge.evaluation.text import (
     ErrorCounts,
     corpus_error_counts,
@@ -19,9 +21,12 @@ from hf_token_merge.evaluation.wer import WerResult, evaluate_wer, generate_text
 
 __all__ = [
     "TARGET_SAMPLING_RATE",
+    "CausalLmAsr",
     "Comparison",
+    "EncoderDecoderAsr",
     "ErrorCounts",
     "PerplexityResult",
+    "Transcript",
     "WerResult",
     "bytes_on_disk",
     "compare_before_after",
@@ -36,6 +41,7 @@ __all__ = [
     "load_manifest",
     "normalize_transcript",
     "resample",
+    "score_transcripts",
     "sequence_nll",
     "transcribe",
     "unit_prompt_builder",
