@@ -83,6 +83,26 @@ def _budget_of(max_increase: dict[str, float]) -> Callable[[Metrics, Metrics], b
     return check
 
 
+def budget_limits(
+    max_wer_increase: float | None, max_ppl_increase: float | None, max_increase: dict[str, float] | None
+) -> dict[str, float]:
+    """`metric -> allowed absolute increase` of a budget.
+
+    Raises:
+        ValueError: Without any budget, or with a negative one.
+    """
+    budget = dict(max_increase or {})
+    for argument, metric in BUDGET_KEYS.items():
+        value = {"max_wer_increase": max_wer_increase, "max_ppl_increase": max_ppl_increase}[argument]
+        if value is not None:
+            budget[metric] = value
+    if not budget:
+        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
+    if any(allowed < 0 for allowed in budget.values()):
+        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
+    return budget
+
+
 def compress_within_budget(
     model: torch.nn.Module,
     config: TokenMergeConfig,
@@ -122,15 +142,7 @@ def compress_within_budget(
     Returns:
         The chosen row count, plan, merge result, metrics before and after, and every trial.
     """
-    budget = dict(max_increase or {})
-    for argument, metric in BUDGET_KEYS.items():
-        value = {"max_wer_increase": max_wer_increase, "max_ppl_increase": max_ppl_increase}[argument]
-        if value is not None:
-            budget[metric] = value
-    if not budget:
-        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
-    if any(allowed < 0 for allowed in budget.values()):
-        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
+    budget = budget_limits(max_wer_increase, max_ppl_increase, max_increase)
     method = config.method if strategy is None else resolve_strategy(strategy)
     if method == "threshold":
         raise TokenMergeError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")

@@ -82,7 +82,7 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
-    from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
+    from hf_token_merge.analysis import sweep, sweep_markdown
     from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
@@ -113,8 +113,16 @@ def run(args: argparse.Namespace) -> int:
             output_dir=str(output),
         )
         print(sweep_markdown(points))
-    if args.max_wer_increase is None and args.max_ppl_increase is None:
-        return 0
+    if args.max_wer_increase is not None or args.max_ppl_increase is not None:
+        _run_budget(args, config, budget_strategy, model, helper, evaluate, token_counts)
+    return 0
+
+
+def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
+    """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
+    from hf_token_merge.analysis import compress_within_budget
+
+    output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     result = compress_within_budget(
         model,
@@ -122,18 +130,18 @@ def run(args: argparse.Namespace) -> int:
         evaluate,
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
-        tokenizer=tokenizer,
+        tokenizer=getattr(helper, "tokenizer", helper),
         token_counts=token_counts,
         min_ratio=args.min_ratio,
         tolerance=args.tolerance,
-        strategy=args.budget_strategy,
+        strategy=strategy,
     )
     write_json(
         output / "budget.json",
         {
             "n_clusters": result.n_clusters,
             "ratio": result.ratio,
-            "strategy": budget_strategy or config.method,
+            "strategy": strategy or config.method,
             "selected_rows": int(result.plan.selected_ids.numel()) if result.plan is not None else result.n_clusters,
             "rows_before": model_rows_before,
             "rows_after": model.get_input_embeddings().num_embeddings,
@@ -151,4 +159,3 @@ def run(args: argparse.Namespace) -> int:
         f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
         f"before {result.before}, after {result.after}"
     )
-    return 0
