@@ -14,6 +14,7 @@ from hf_token_merge.cli.common import (
     load_for_merge,
     write_json,
 )
+from hf_token_merge.errors import TokenMergeError
 
 EXAMPLES = """examples:
   hf-token-merge sweep --model reference --preset reference --target-ratio 0.5 --eval reference \\
@@ -66,6 +67,9 @@ def add_parser(subparsers) -> None:
         help="stop bisecting once the bracket is this fraction of the selected rows (default 0: exact to one row)",
     )
     budget.add_argument("--budget-only", action="store_true", help="skip the sweep grid; only run the budget search")
+    budget.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT_DIR/budgeted even when hf_token_merge did not write it"
+    )
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -73,16 +77,19 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
+    from hf_token_merge.serialization.atomic import atomic_directory, check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
-        raise ValueError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
+        raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
     if not 0 <= args.tolerance < 1:
-        raise ValueError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
+        raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
     needs_counts = "drop_least_frequent" in ([] if args.budget_only else args.strategies) or (
         args.budget_strategy == "drop_least_frequent"
     )
     if needs_counts and not args.calibration_text:
-        raise ValueError("drop_least_frequent needs token counts. Fix: pass --calibration-text FILE.")
+        raise TokenMergeError("drop_least_frequent needs token counts. Fix: pass --calibration-text FILE.")
+    if args.max_wer_increase is not None or args.max_ppl_increase is not None:
+        check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
     config, model, helper, tokenizer = load_for_merge(args, require_stop=False)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
@@ -129,8 +136,9 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     if result.plan is not None:
-        model.save_pretrained(output / "budgeted")
-        helper.save_pretrained(output / "budgeted")
+        with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
+            model.save_pretrained(folder)
+            helper.save_pretrained(folder)
     rows_after = model.get_input_embeddings().num_embeddings
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
