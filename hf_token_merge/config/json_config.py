@@ -7,6 +7,8 @@ import os
 from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
+from hf_token_merge.errors import TokenMergeError
+
 
 class JsonConfigMixin:
     """`to_dict`/`from_dict` and `save_pretrained`/`from_pretrained` for a config dataclass.
@@ -31,12 +33,12 @@ class JsonConfigMixin:
             The validated config.
 
         Raises:
-            ValueError: On an unknown field name.
+            TokenMergeError: On an unknown field name.
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known fields are {sorted(known)}.")
+            raise TokenMergeError(f"Unknown {cls.__name__} fields {unknown}; known fields are {sorted(known)}.")
         return cls(**data)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
