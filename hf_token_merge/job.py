@@ -65,6 +65,7 @@ def run_reference_job(
     limit: int | None = None,
     maps: tuple[str, ...] = ("tsne", "umap"),
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Analyse, merge, evaluate before and after, and write the report.
 
@@ -74,6 +75,7 @@ def run_reference_job(
         limit: Evaluate only the first `limit` test utterances (for quick checks).
         maps: The 2-D maps of the analysis ("tsne", "umap").
         show_progress: Show tqdm bars.
+        overwrite: Replace `original/` and `merged/` even when hf_token_merge did not write them.
 
     Returns:
         The numbers of the report (also in `report.json`).
@@ -82,8 +84,13 @@ def run_reference_job(
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
+    from hf_token_merge.serialization.atomic import atomic_directory, check_target
     from hf_token_merge.tables import ChangeRow, change_table
 
+    original_dir = os.path.join(output_dir, "original")
+    merged_dir = os.path.join(output_dir, "merged")
+    for folder in (original_dir, merged_dir):  # before any work
+        check_target(folder, overwrite=overwrite)
     config = config or load_recipe("reference").config
     os.makedirs(output_dir, exist_ok=True)
     model, tokenizer = load_reference_speech_llm()
@@ -100,14 +107,14 @@ def run_reference_job(
         show_progress=show_progress,
     )
     before = evaluate_reference(model, tokenizer, eval_set, show_progress)
-    original_dir = os.path.join(output_dir, "original")
-    model.save_pretrained(original_dir)
+    with atomic_directory(original_dir, overwrite=overwrite) as folder:
+        model.save_pretrained(folder)
 
     merged = copy.deepcopy(model)
     result = apply_token_merge(merged, config, tokenizer=tokenizer, show_progress=show_progress)
-    merged_dir = os.path.join(output_dir, "merged")
-    merged.save_pretrained(merged_dir)
-    tokenizer.save_pretrained(merged_dir)
+    with atomic_directory(merged_dir, overwrite=overwrite) as folder:
+        merged.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
     after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
 
     rows = [
@@ -145,8 +152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """`python -m hf_token_merge.job [--output-dir DIR]`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
+    parser.add_argument("--overwrite", action="store_true", help="replace original/ and merged/ written elsewhere")
     args = parser.parse_args(argv)
-    run_reference_job(args.output_dir)
+    run_reference_job(args.output_dir, overwrite=args.overwrite)
     return 0
 
 

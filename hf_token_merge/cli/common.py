@@ -15,8 +15,38 @@ BUILTIN_MODELS = ("whisper-tiny-en", "reference")
 BUILTIN_EVALUATIONS = ("reference", "librivox", "synthetic")
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1 (a count such as --limit or --batch-size)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer; pass 1 or more")
+    return value
+
+
+def _hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hub id (org/name) rather than a path: a path-like string is never sent to the Hub."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 def load_model(name: str):
-    """`(model, processor_or_tokenizer)` of a built-in name or a saved folder (never downloads)."""
+    """`(model, processor_or_tokenizer)` of a built-in name, a saved folder or a Hub id.
+
+    Raises:
+        FileNotFoundError: For a path that does not exist (a path-like string is never read as a Hub id).
+        TokenMergeError: For a folder without config.json, or a Hub id that cannot be loaded.
+    """
     if name == "whisper-tiny-en":
         from hf_token_merge.reference import load_whisper_tiny_en
 
@@ -25,13 +55,13 @@ def load_model(name: str):
         from hf_token_merge.reference.speech_llm import load_reference_speech_llm
 
         return load_reference_speech_llm()
-    path = Path(name)
+    path = Path(name).expanduser()
     local = (path / "config.json").is_file()
-    if not local and (path.exists() or name.count("/") != 1):
-        raise ValueError(
-            f"--model {name}: no config.json there. Fix: pass a folder saved with save_pretrained, a Hub id "
-            f"(org/name), or one of {list(BUILTIN_MODELS)}."
-        )
+    fix = f"Fix: pass a folder saved with save_pretrained, a Hub id (org/name), or one of {list(BUILTIN_MODELS)}."
+    if not local and not path.exists() and not _hub_id(name):
+        raise FileNotFoundError(f"--model {name}: no such folder, so no config.json there. {fix}")
+    if not local and path.exists():
+        raise TokenMergeError(f"--model {name}: no config.json there. {fix}")
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -49,7 +79,7 @@ def load_model(name: str):
             return AutoModelForSpeechSeq2Seq.from_pretrained(source), AutoProcessor.from_pretrained(source)
         return AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
     except OSError as error:
-        raise ValueError(
+        raise TokenMergeError(
             f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
         ) from error
 
@@ -82,9 +112,9 @@ def config_from_args(
     becomes `target_ratio=1.0`, which merges nothing.
     """
     if getattr(args, "recipe", None) and args.config:
-        raise ValueError("--recipe and --config both give a starting config. Fix: pass only one of them.")
+        raise TokenMergeError("--recipe and --config both give a starting config. Fix: pass only one of them.")
     if getattr(args, "recipe_variant", None) and not getattr(args, "recipe", None):
-        raise ValueError("--recipe-variant needs a recipe. Fix: add --recipe NAME.")
+        raise TokenMergeError("--recipe-variant needs a recipe. Fix: add --recipe NAME.")
     if getattr(args, "recipe", None):
         from hf_token_merge.recipes import load_recipe
 
@@ -111,12 +141,14 @@ def config_from_args(
     overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
     base = replace_stop(base, overrides)
     if not any(base.get(key) is not None for key in ("preset", "token_pattern", "token_id_range", "token_ids")):
-        raise ValueError(
+        raise TokenMergeError(
             "No rows are selected. Fix: pass --recipe, --preset, --token-pattern, --token-id-range or --config."
         )
     if not any(base.get(stop) is not None for stop in STOPPING_OPTIONS):
         if require_stop:
-            raise ValueError("No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold.")
+            raise TokenMergeError(
+                "No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold."
+            )
         base["target_ratio"] = 1.0
     return TokenMergeConfig.from_dict(base)
 
@@ -201,7 +233,7 @@ def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Cal
             return {"wer": evaluate_wer(model, data, processor=model_helper, show_progress=show_progress).wer}
 
         return evaluate
-    raise ValueError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+    raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -46,36 +46,28 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--export-plain", action="store_true", help="also write a plain transformers checkpoint")
     parser.add_argument("--base-model-id", help="Hub id of the base model for the card (default: --model)")
     parser.add_argument("--repo-id", help="Hub id the card's loading snippet names (default: <output-dir name>)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT_DIR/model and OUTPUT_DIR/plain even when they are non-empty folders not written here",
+    )
     add_calibration_argument(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `compress`."""
+def _card(args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int]):
+    """The model card and its before/after rows."""
     from huggingface_hub import EvalResult
 
-    from hf_token_merge import apply_token_merge, export_plain
-    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
-    from hf_token_merge.hub import build_model_card, stage_folder
-    from hf_token_merge.tables import ChangeRow, change_rows, change_table
-
-    config, model, helper, tokenizer = load_for_merge(args)
-    token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
-    output = Path(args.output_dir)
-    before = evaluate(model) if evaluate else {}
-    disk_before = bytes_on_disk(model)
-    result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
-    after = evaluate(model) if evaluate else {}
-    folder = stage_folder(output / "model", model, tokenizer=helper, plan=result.plan)
-    disk_after = safetensors_bytes(folder)
+    from hf_token_merge.hub import build_model_card
+    from hf_token_merge.tables import ChangeRow, change_rows
 
     stats = result.plan.statistics
     rows = change_rows(before, after) + [
         ChangeRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
-        ChangeRow("safetensors bytes", disk_before, disk_after, ",.0f"),
+        ChangeRow("safetensors bytes", disk[0], disk[1], ",.0f"),
     ]
     eval_results = [
         EvalResult(
@@ -88,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         for name, value in after.items()
     ]
     card = build_model_card(
-        repo_id=args.repo_id or output.name,
+        repo_id=args.repo_id or Path(args.output_dir).name,
         base_model=args.base_model_id or args.model,
         config=config,
         plan_statistics=stats,
@@ -96,7 +88,36 @@ def run(args: argparse.Namespace) -> int:
         eval_results=eval_results,
         evaluation_note=f"Metrics measured on {EVAL_NAMES[args.eval]}." if args.eval else "",
     )
-    card.save(folder / "README.md")
+    return card, rows
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `compress`."""
+    from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
+    from hf_token_merge.hub import stage_folder
+    from hf_token_merge.serialization.atomic import atomic_directory, check_target
+    from hf_token_merge.tables import change_table
+
+    output = Path(args.output_dir)
+    # refuse an unusable output folder before the model is loaded and merged
+    check_target(output / "model", overwrite=args.overwrite)
+    if args.export_plain:
+        check_target(output / "plain", overwrite=args.overwrite)
+    config, model, helper, tokenizer = load_for_merge(args)
+    token_counts = calibration_counts_from_args(args, config, model, tokenizer)
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
+    before = evaluate(model) if evaluate else {}
+    disk_before = bytes_on_disk(model)
+    result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
+    after = evaluate(model) if evaluate else {}
+    folder = output / "model"
+    # one atomic save: the card needs the size of the saved weights, so it is written inside the same staging folder
+    with atomic_directory(folder, overwrite=args.overwrite) as staging:
+        stage_folder(staging, model, tokenizer=helper, plan=result.plan)
+        disk_after = safetensors_bytes(staging)
+        card, rows = _card(args, config, result, before, after, (disk_before, disk_after))
+        card.save(staging / "README.md")
     write_json(
         output / "merge.json",
         {
@@ -108,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     if args.export_plain:
-        export_plain(model, result.plan, output / "plain", tokenizer=tokenizer)
+        export_plain(model, result.plan, output / "plain", tokenizer=tokenizer, overwrite=args.overwrite)
     print(result)
     print("\n" + change_table(rows))
     print(f"model: {folder}")

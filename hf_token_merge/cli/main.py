@@ -11,7 +11,8 @@ from pathlib import Path
 
 from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
-from hf_token_merge.cli.common import load_model
+from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.errors import TokenMergeError
 
 EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
@@ -47,22 +48,22 @@ def _add_evaluate(subparsers) -> None:
     data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
     data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")
     parser.add_argument("--output-dir", required=True, help="where the report and predictions go")
-    parser.add_argument("--batch-size", type=int, default=8, help="examples per generate call (default 8)")
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="examples per generate call (default 8)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's")
     parser.add_argument("--device", help="'cpu' forces CPU; default: accelerate's device")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
     parser.add_argument("--audio-column", default="audio", help="audio field of a manifest (default: audio)")
     parser.add_argument("--text-column", default="text", help="transcript field (default: text)")
     parser.add_argument("--no-resample", action="store_true", help="refuse audio that is not 16 kHz")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    parser.add_argument("--num-threads", type=int, help="torch CPU threads per process (default: torch's)")
+    parser.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process (default: torch's)")
     llm = parser.add_argument_group("speech-LLM WER (causal LMs)")
     llm.add_argument("--units-column", default="units", help="field with unit ids or unit-token strings")
     llm.add_argument("--unit-format", default="<|s_{}|>", help="token of unit N (default: <|s_{}|>)")
     llm.add_argument("--prompt-prefix", nargs="*", default=["<|asr|>"], help="tokens after <bos>")
     llm.add_argument("--prompt-suffix", nargs="*", default=["<|text_start|>"], help="tokens after the units")
     llm.add_argument("--eos-token", default=None, help="token that ends the answer (e.g. '<|text_end|>')")
-    llm.add_argument("--max-new-tokens", type=int, default=128)
+    llm.add_argument("--max-new-tokens", type=positive_int, default=128)
     ppl = parser.add_argument_group("perplexity (causal LMs)")
     ppl.add_argument("--max-length", type=int, help="ids per forward pass (default: max_position_embeddings)")
     ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
@@ -112,14 +113,26 @@ def _add_run(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--output-dir", default=os.path.join("outputs", "reference-job"), help="report folder")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace original/ and merged/ even when hf_token_merge did not write them",
+    )
     parser.set_defaults(handler=_run_job)
 
 
 def _run_job(args: argparse.Namespace) -> int:
     from hf_token_merge.job import run_reference_job
 
-    run_reference_job(args.output_dir)
+    run_reference_job(args.output_dir, overwrite=args.overwrite)
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line on stderr, exit status 2, like every other CLI error."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     Returns:
         The parser with its subcommands (`evaluate`, `analyze`, `compress`, `sweep`, `push`, `run`).
     """
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hf-token-merge",
         description="Merge near-duplicate speech-token rows of Hugging Face speech-LLMs through an index remap.",
     )
@@ -147,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _read_jsonl(path: str) -> list[dict]:
     if not Path(path).is_file():
-        raise ValueError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
+        raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
 
@@ -183,7 +196,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     }
     if task == "perplexity":
         if not args.manifest:
-            raise ValueError("perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line.")
+            raise TokenMergeError(
+                "perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line."
+            )
         data = _read_jsonl(args.manifest)[: args.limit]
         result = evaluate_perplexity(
             model,
@@ -252,11 +267,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        _check_output_dir(getattr(args, "output_dir", None))
         return handler(args)
-    except (ValueError, FileNotFoundError, KeyError) as error:
-        reason = " ".join(str(error).strip("'\"").split())
-        print(f"hf-token-merge {getattr(args, 'command', 'evaluate')}: error: {reason}", file=sys.stderr)
+    except (TokenMergeError, FileNotFoundError, ValueError) as error:
+        # ValueError: configs and a few harness functions still raise plain ValueErrors for bad input
+        reason = " ".join(str(error).split()) or type(error).__name__
+        print(f"hf-token-merge {args.command}: error: {reason}", file=sys.stderr)
         return 2
+
+
+def _check_output_dir(output_dir: str | None) -> None:
+    """Refuse an --output-dir that is a file (or lies under one) before any work is done."""
+    if output_dir is None:
+        return
+    for folder in (Path(output_dir), *Path(output_dir).parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise TokenMergeError(
+                    f"--output-dir {output_dir}: {folder} is a file. Fix: pass a folder path, or move the file away."
+                )
+            return
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_token_merge.cli.common import load_model
+from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.errors import TokenMergeError
 
 EXAMPLES = """examples:
   hf-token-merge sequence --model reference --output-dir runs/sequence \\
@@ -41,7 +42,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--preset", default="reference", help="speech-token preset (default: reference)")
-    parser.add_argument("--limit", type=int, help="evaluate only the first N utterances")
+    parser.add_argument("--limit", type=positive_int, help="evaluate only the first N utterances")
     parser.add_argument("--name", default="sequence", help="stem of the written files (default: sequence)")
     affinity = parser.add_argument_group("Affinity Pooling")
     affinity.add_argument(
@@ -81,7 +82,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
     configs, series = {}, {}
     for setting in args.settings:
         if setting not in AFFINITY_SETTINGS:
-            raise ValueError(f"--settings {setting}: unknown. Fix: choose from {sorted(AFFINITY_SETTINGS)}.")
+            raise TokenMergeError(f"--settings {setting}: unknown. Fix: choose from {sorted(AFFINITY_SETTINGS)}.")
         tau_in, tau_deep, omega_in, omega_deep = AFFINITY_SETTINGS[setting]
         for strategy in args.position_strategies:
             if "input" in args.variants:
@@ -111,7 +112,7 @@ def configs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:
     if args.oracle_layers:
         configs.update(oracle_configs(speech, args.oracle_layers, args.oracle_retentions, args.oracle_modes))
     if not configs:
-        raise ValueError("Nothing to run. Fix: pass --settings and/or --oracle-layers.")
+        raise TokenMergeError("Nothing to run. Fix: pass --settings and/or --oracle-layers.")
     return configs, series
 
 
@@ -126,13 +127,13 @@ def run(args: argparse.Namespace) -> int:
 
     if args.eval == "librivox":
         if not args.encoder_thresholds:
-            raise ValueError("--eval librivox evaluates encoder-frame merges. Fix: pass --encoder-thresholds.")
+            raise TokenMergeError("--eval librivox evaluates encoder-frame merges. Fix: pass --encoder-thresholds.")
         from hf_token_merge.evaluation import evaluate_wer
         from hf_token_merge.reference import load_librivox_sonnets
 
         model, processor = load_model(args.model)
         if not getattr(model.config, "is_encoder_decoder", False):
-            raise ValueError(f"--model {args.model} is not an encoder-decoder. Fix: use --model whisper-tiny-en.")
+            raise TokenMergeError(f"--model {args.model} is not an encoder-decoder. Fix: use --model whisper-tiny-en.")
         data = load_librivox_sonnets()
         if args.limit:
             data = data.select(range(args.limit))

@@ -18,6 +18,7 @@ from hf_token_merge.cli.common import (
 )
 from hf_token_merge.clustering import grouping_methods
 from hf_token_merge.clustering.registry import DEPRECATED_ALIASES
+from hf_token_merge.errors import TokenMergeError
 
 # The grouping methods that take a row count, plus the deprecated aliases.
 STRATEGY_CHOICES = [m.name for m in grouping_methods().values() if m.takes_row_count] + list(DEPRECATED_ALIASES)
@@ -76,6 +77,9 @@ def add_parser(subparsers) -> None:
         help="stop bisecting once the bracket is this fraction of the selected rows (default 0: exact to one row)",
     )
     budget.add_argument("--budget-only", action="store_true", help="skip the sweep grid; only run the budget search")
+    budget.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT_DIR/budgeted even when hf_token_merge did not write it"
+    )
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -84,11 +88,12 @@ def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import sweep, sweep_markdown
     from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config
+    from hf_token_merge.serialization.atomic import check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
-        raise ValueError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
+        raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
     if not 0 <= args.tolerance < 1:
-        raise ValueError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
+        raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
     config = config_from_args(args, require_stop=False)
     strategies = [resolve_strategy(s) for s in args.strategies]
     grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
@@ -96,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         grid.append(strategy_config(config, budget_strategy or config.method, 1))
     check_calibration_args(args, config, *grid)  # before the model loads
+    if args.max_wer_increase is not None or args.max_ppl_increase is not None:
+        check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
     model, helper = load_model(args.model)
     tokenizer = getattr(helper, "tokenizer", helper)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
@@ -121,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
     """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
     from hf_token_merge.analysis import compress_within_budget
+    from hf_token_merge.serialization.atomic import atomic_directory
 
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
@@ -151,8 +159,9 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         },
     )
     if result.plan is not None:
-        model.save_pretrained(output / "budgeted")
-        helper.save_pretrained(output / "budgeted")
+        with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
+            model.save_pretrained(folder)
+            helper.save_pretrained(folder)
     rows_after = model.get_input_embeddings().num_embeddings
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "

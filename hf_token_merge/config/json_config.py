@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import asdict, fields
 from typing import Any, ClassVar
+
+from hf_token_merge.errors import TokenMergeError
 
 
 class JsonConfigMixin:
@@ -32,16 +33,19 @@ class JsonConfigMixin:
             The validated config.
 
         Raises:
-            ValueError: On an unknown field name.
+            TokenMergeError: On an unknown field name.
         """
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"Unknown {cls.__name__} fields {unknown}; known fields are {sorted(known)}.")
+            raise TokenMergeError(f"Unknown {cls.__name__} fields {unknown}; known fields are {sorted(known)}.")
         return cls(**data)
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> str:
         """Write the config's JSON file into `save_directory`, atomically.
+
+        The folder goes through `atomic_directory` with `keep_existing=True`: its other files stay, and a crash
+        leaves either the old folder or the new one.
 
         Args:
             save_directory: Folder to write into; created if missing.
@@ -49,13 +53,13 @@ class JsonConfigMixin:
         Returns:
             The path of the written file.
         """
-        os.makedirs(save_directory, exist_ok=True)
-        path = os.path.join(save_directory, self.config_file_name)
-        with tempfile.NamedTemporaryFile("w", dir=save_directory, delete=False, suffix=".tmp") as handle:
-            json.dump(self.to_dict(), handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(handle.name, path)
-        return path
+        # imported here: serialization imports the configs, so a module-level import would be circular
+        from hf_token_merge.serialization.atomic import atomic_directory
+
+        with atomic_directory(save_directory, keep_existing=True) as staging:
+            text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+            (staging / self.config_file_name).write_text(text, encoding="utf-8")
+        return os.path.join(save_directory, self.config_file_name)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike):

@@ -199,6 +199,19 @@ def _sequences(data, tokenizer, column: str | None) -> list[list[int]]:
     return sequences
 
 
+def _check_ids(sequences: list[list[int]], model) -> None:
+    """Refuse ids outside the model's (original) id space, which would index out of range or wrap around."""
+    embedding = model.get_input_embeddings()
+    vocab_size = int(getattr(embedding, "vocab_size", None) or embedding.num_embeddings)  # merged: the original ids
+    for index, sequence in enumerate(sequences):
+        bad = [token for token in sequence if not 0 <= token < vocab_size]
+        if bad:
+            raise TokenMergeError(
+                f"evaluate_perplexity: sequence {index} (0-based) holds id(s) {bad[:5]} outside the model's "
+                f"vocabulary [0, {vocab_size}). Fix: pass ids tokenized for this model."
+            )
+
+
 def evaluate_perplexity(
     model,
     data,
@@ -244,6 +257,7 @@ def evaluate_perplexity(
             "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."
         )
     sequences = _sequences(data, tokenizer, column)
+    _check_ids(sequences, model)
     if max_length is None:
         max_length = int(getattr(model.config, "max_position_embeddings", 0) or 1024)
     stride = stride if stride is not None else max(1, max_length // 2)

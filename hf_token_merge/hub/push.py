@@ -9,7 +9,9 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.plan import MergePlan
+from hf_token_merge.serialization.atomic import MARKER_NAME, atomic_directory
 
 
 def stage_folder(
@@ -19,23 +21,34 @@ def stage_folder(
     tokenizer: Any = None,
     card: ModelCard | None = None,
     plan: MergePlan | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write exactly what would be uploaded: model, tokenizer, README.md card, merge config and plan.
+
+    The folder is written with `atomic_directory`: built beside `folder` and swapped in, so an earlier staging stays
+    complete until the new one is.
+
+    Args:
+        folder: The folder to write.
+        model: The merged model.
+        tokenizer: Saved beside the model when given.
+        card: Written as README.md when given.
+        plan: The applied plan; its config and tensors are saved beside the model.
+        overwrite: Replace `folder` even when it is a non-empty folder hf_token_merge did not write.
 
     Returns:
         The folder.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
-    if plan is not None:
-        plan.config.save_pretrained(folder)
-        plan.save_pretrained(folder)
-    if card is not None:
-        card.save(folder / "README.md")
-    return folder
+    with atomic_directory(folder, overwrite=overwrite) as staging:
+        model.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        if plan is not None:
+            plan.config.save_pretrained(staging)
+            plan.save_pretrained(staging)
+        if card is not None:
+            card.save(staging / "README.md")
+    return Path(folder)
 
 
 def push_to_hub(
@@ -52,6 +65,7 @@ def push_to_hub(
     token: str | None = None,
     staging_dir: str | os.PathLike[str] | None = None,
     dry_run: bool = False,
+    overwrite: bool = False,
 ) -> str:
     """Upload a merged model to the Hub (`create_repo` + `upload_folder`).
 
@@ -68,19 +82,20 @@ def push_to_hub(
         token: Hub token; defaults to the logged-in one.
         staging_dir: Where to write the upload folder; kept afterwards. Default: a temporary folder.
         dry_run: Only write the staging folder (`staging_dir` is then required) and upload nothing.
+        overwrite: Replace `staging_dir` even when it is a non-empty folder hf_token_merge did not write.
 
     Returns:
         The staging folder on a dry run, else the URL of the commit (or pull request).
     """
     if dry_run and staging_dir is None:
-        raise ValueError("dry_run writes the folder that would be uploaded. Fix: pass staging_dir=... .")
+        raise TokenMergeError("dry_run writes the folder that would be uploaded. Fix: pass staging_dir=... .")
     if staging_dir is not None:
-        folder = stage_folder(staging_dir, model, tokenizer=tokenizer, card=card, plan=plan)
+        folder = stage_folder(staging_dir, model, tokenizer=tokenizer, card=card, plan=plan, overwrite=overwrite)
         if dry_run:
             return str(folder)
         return _upload(folder, repo_id, private, revision, create_pr, commit_message, token)
     with tempfile.TemporaryDirectory(prefix="hf_token_merge_push_") as temporary:
-        folder = stage_folder(temporary, model, tokenizer=tokenizer, card=card, plan=plan)
+        folder = stage_folder(Path(temporary) / "upload", model, tokenizer=tokenizer, card=card, plan=plan)
         return _upload(folder, repo_id, private, revision, create_pr, commit_message, token)
 
 
@@ -101,7 +116,7 @@ def push_folder(
     """
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise ValueError(f"{folder} holds no config.json. Fix: pass the model folder written by compress.")
+        raise TokenMergeError(f"{folder} holds no config.json. Fix: pass the model folder written by compress.")
     return _upload(folder, repo_id, private, revision, create_pr, commit_message, token)
 
 
@@ -116,5 +131,6 @@ def _upload(folder: Path, repo_id, private, revision, create_pr, commit_message,
         revision=revision,
         create_pr=create_pr,
         commit_message=commit_message,
+        ignore_patterns=[MARKER_NAME],  # the marker is for local saves; the repository does not need it
     )
     return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info)

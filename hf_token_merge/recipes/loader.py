@@ -103,12 +103,23 @@ def _read(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
         if not os.path.isfile(text_path):
             raise FileNotFoundError(f"No recipe file at {text_path}.")
         with open(text_path, encoding="utf-8") as handle:
-            return yaml.safe_load(handle), text_path
+            return _parse(handle.read(), text_path), text_path
     files = _recipe_files()
     if text_path not in files:
         raise ValueError(f"Unknown recipe {text_path!r}; choose one of {sorted(files)} or pass a path to a YAML file.")
     entry = files[text_path]
-    return yaml.safe_load(entry.read_text(encoding="utf-8")), str(entry)
+    return _parse(entry.read_text(encoding="utf-8"), str(entry)), str(entry)
+
+
+def _parse(text: str, source: str) -> Any:
+    """YAML of a recipe; a syntax error becomes one line naming the file and the position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise TokenMergeError(f"Recipe {source} is not valid YAML{where}: {problem}. Fix: correct the file.") from error
 
 
 def load_recipe(name_or_path: str | os.PathLike, variant: str | None = None, **overrides: Any) -> Recipe:

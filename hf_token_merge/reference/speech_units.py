@@ -95,11 +95,16 @@ class SpeechUnitTokenizer:
         return cls(config, centroids, encoder, feature_extractor)
 
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
-        """Write `speech_unit_tokenizer.json` and `centroids.safetensors` into `path`."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
-        save_file({"centroids": self.centroids}, str(folder / CENTROIDS_NAME))
+        """Write `speech_unit_tokenizer.json` and `centroids.safetensors` into `path`, atomically (other files stay).
+
+        Args:
+            path: Folder to write into; created if missing.
+        """
+        from hf_token_merge.serialization.atomic import atomic_directory
+
+        with atomic_directory(path, keep_existing=True) as folder:
+            (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+            save_file({"centroids": self.centroids}, str(folder / CENTROIDS_NAME))
 
     @property
     def num_units(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -322,4 +323,25 @@ def apply_token_merge(
     refuse_resize(model)
 
     parameters_after, bytes_after = model_size(model)
+    _warn_if_larger(bytes_before, bytes_after, new_embedding, new_head)
     return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)
+
+
+def _warn_if_larger(bytes_before: int, bytes_after: int, *modules: nn.Module | None) -> None:
+    """Warn when the index maps cost more bytes than the merged rows saved (a merge too small to pay)."""
+    if bytes_after < bytes_before:
+        return
+    maps = sum(
+        buffer.numel() * buffer.element_size()
+        for module in modules
+        if module is not None
+        for buffer in module.buffers()
+    )
+    saved = bytes_before - bytes_after + maps
+    warnings.warn(
+        f"This merge makes the model larger: it saves {saved:,} bytes of rows, but its index maps take {maps:,} "
+        f"bytes ({bytes_before:,} -> {bytes_after:,} bytes in all). Fix: merge more rows (a lower target_ratio or "
+        "n_clusters), or keep the original model.",
+        UserWarning,
+        stacklevel=3,
+    )

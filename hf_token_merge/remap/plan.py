@@ -11,7 +11,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,8 +127,17 @@ class MergePlan:
         return kept.nonzero().flatten()
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write the plan as safetensors (maps) plus JSON (config, statistics), each atomically."""
-        os.makedirs(save_directory, exist_ok=True)
+        """Write the plan as safetensors (maps) plus JSON (config, statistics) into a folder, atomically.
+
+        The folder goes through `atomic_directory` with `keep_existing=True`: its other files (a model saved there)
+        stay, and a crash leaves either the old folder or the new one, never one plan file of each.
+
+        Args:
+            save_directory: Folder to write into; created if missing.
+        """
+        # imported here: serialization imports this module, so a module-level import would be circular
+        from hf_token_merge.serialization.atomic import atomic_directory
+
         tensors = {name: getattr(self, name).contiguous() for name in PLAN_TENSOR_FIELDS}
         meta = {
             "config": self.config.to_dict(),
@@ -138,12 +146,9 @@ class MergePlan:
             "statistics": self.statistics,
             "fingerprint": self.fingerprint,
         }
-        _atomic_write(save_directory, PLAN_TENSORS_NAME, lambda path: save_file(tensors, path))
-        _atomic_write(
-            save_directory,
-            PLAN_META_NAME,
-            lambda path: _write_json(path, meta),
-        )
+        with atomic_directory(save_directory, keep_existing=True) as staging:
+            save_file(tensors, os.path.join(staging, PLAN_TENSORS_NAME))
+            _write_json(os.path.join(staging, PLAN_META_NAME), meta)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> MergePlan:
@@ -164,18 +169,6 @@ class MergePlan:
 def _write_json(path: str, data: dict[str, Any]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
-
-
-def _atomic_write(directory: str | os.PathLike, name: str, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, os.path.join(directory, name))
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 @dataclass

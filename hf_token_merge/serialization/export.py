@@ -14,15 +14,15 @@ import copy
 import json
 import os
 import re
-import shutil
-import tempfile
 from typing import Any
 
 import torch
 from torch import nn
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan
+from hf_token_merge.serialization.atomic import atomic_directory, check_target
 
 _ID_LIST_KEYS = ("suppress_tokens", "begin_suppress_tokens")
 _ID_MAP_KEYS = ("lang_to_id", "task_to_id")
@@ -37,7 +37,7 @@ def _merged_modules(model: nn.Module) -> tuple[str, MergedEmbedding, str | None,
         elif isinstance(module, MergedLMHead):
             head_name, head = name, module
     if embedding is None:
-        raise ValueError("The model is not token-merged; call apply_token_merge(model, config) first.")
+        raise TokenMergeError("The model is not token-merged; call apply_token_merge(model, config) first.")
     return embedding_name, embedding, head_name, head
 
 
@@ -99,20 +99,20 @@ def rewrite_tokenizer(tokenizer: Any, plan: MergePlan) -> Any:
         A new tokenizer of the same class over merged ids.
 
     Raises:
-        ValueError: When a merged token lives in the base (BPE/WordPiece) vocabulary rather than among
+        TokenMergeError: When a merged token lives in the base (BPE/WordPiece) vocabulary rather than among
             the added tokens; such a merge is only available in the plugin format.
     """
     from tokenizers import Regex, Tokenizer, normalizers
 
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
-        raise ValueError("export_plain rewrites fast tokenizers only; load the tokenizer with use_fast=True.")
+        raise TokenMergeError("export_plain rewrites fast tokenizers only; load the tokenizer with use_fast=True.")
     state = json.loads(backend.to_str())
     table = plan.old_to_new.tolist()
     added_ids = {entry["id"] for entry in state["added_tokens"]}
     in_base = sorted(set(plan.selected_ids.tolist()) - added_ids)
     if in_base:
-        raise ValueError(
+        raise TokenMergeError(
             f"Merged ids {in_base[:5]} are in the tokenizer's base vocabulary, which a plain tokenizer cannot map "
             "many-to-one; keep the plugin format (save_pretrained) for this merge."
         )
@@ -178,21 +178,40 @@ def export_plain(
     plan: MergePlan,
     save_directory: str | os.PathLike,
     tokenizer: Any = None,
+    *,
+    overwrite: bool = False,
 ) -> str:
     """Write `model` (merged in place with `plan`) as a plain transformers checkpoint.
+
+    The folder is written with `atomic_directory`: built beside `save_directory` and swapped in, so a previous
+    export stays until the new one is complete.
 
     Args:
         model: The merged model.
         plan: The plan `apply_token_merge` applied (`result.plan`).
-        save_directory: Output folder; written atomically (built in a temporary folder, then renamed).
+        save_directory: Output folder. An existing one is replaced only when it is empty or hf_token_merge wrote
+            it; never the current directory or one of its parents.
         tokenizer: The original fast tokenizer; rewritten to merged ids when given.
+        overwrite: Replace `save_directory` even when it is a non-empty folder hf_token_merge did not write.
 
     Returns:
         The output folder.
+
+    Raises:
+        TokenMergeError: For an unmerged model, a plan of another merge, an `lm_head="keep"` merge, or a
+            `save_directory` that `check_target` refuses; all before anything is written.
     """
     embedding_name, embedding, head_name, head = _merged_modules(model)
     if not torch.equal(embedding.index_map.cpu().long(), plan.old_to_new):
-        raise ValueError("The plan does not match the model's merged embedding; pass result.plan of this merge.")
+        raise TokenMergeError("The plan does not match the model's merged embedding; pass result.plan of this merge.")
+    if plan.config.lm_head == "keep":
+        raise TokenMergeError(
+            "export_plain cannot renumber an lm_head='keep' merge: its LM head still has one row per original id, "
+            f"{plan.vocab_size} rows, which a plain checkpoint with vocab_size={plan.num_rows} cannot hold. Fix: merge "
+            "with lm_head='merge' (or 'drop') to export, or keep the plugin format (model.save_pretrained)."
+        )
+    plain_tokenizer = rewrite_tokenizer(tokenizer, plan) if tokenizer is not None else None
+    check_target(save_directory, overwrite=overwrite)
     num_rows = plan.num_rows
     old_to_new = plan.old_to_new
 
@@ -239,18 +258,8 @@ def export_plain(
             )
         plain.generation_config = type(generation_config).from_dict(generation_dict)
 
-    save_directory = os.fspath(save_directory)
-    parent = os.path.dirname(os.path.abspath(save_directory))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
-    try:
+    with atomic_directory(save_directory, overwrite=overwrite) as staging:
         plain.save_pretrained(staging)
-        if tokenizer is not None:
-            rewrite_tokenizer(tokenizer, plan).save_pretrained(staging)
-        if os.path.exists(save_directory):
-            shutil.rmtree(save_directory)
-        os.replace(staging, save_directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return save_directory
+        if plain_tokenizer is not None:
+            plain_tokenizer.save_pretrained(staging)
+    return os.fspath(save_directory)

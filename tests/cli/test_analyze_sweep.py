@@ -116,7 +116,9 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
         ]
     )
     assert status == 0
-    assert f"would upload {len(names)} files to me/llama-merged" in capsys.readouterr().out
+    # the .hf_token_merge marker (this library wrote the folder) stays local: it is not uploaded
+    assert ".hf_token_merge" in names
+    assert f"would upload {len(names) - 1} files to me/llama-merged" in capsys.readouterr().out
     assert {p.name for p in (tmp_path / "stage").iterdir()} == names
 
     import hf_token_merge.hub.push as push_module

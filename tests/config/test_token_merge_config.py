@@ -77,7 +77,7 @@ def test_save_and_load_pretrained(tmp_path):
     assert TokenMergeConfig.from_pretrained(tmp_path / "cfg") == config
     assert TokenMergeConfig.from_pretrained(path) == config
     # no temporary files are left behind by the atomic write
-    assert os.listdir(tmp_path / "cfg") == [CONFIG_NAME]
+    assert sorted(os.listdir(tmp_path / "cfg")) == [".hf_token_merge", CONFIG_NAME]  # the file and the marker
 
 
 def test_from_pretrained_missing_file(tmp_path):

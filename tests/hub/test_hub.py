@@ -9,7 +9,8 @@ from transformers import AutoModelForCausalLM
 
 import hf_token_merge.hub.push as push_module
 from hf_token_merge import TokenMergeConfig, apply_token_merge
-from hf_token_merge.hub import CardRow, build_model_card, push_to_hub
+from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.hub import CardRow, build_model_card, push_to_hub, stage_folder
 from tests.models import build_llama, sample_ids
 
 
@@ -158,3 +159,37 @@ def test_failed_upload_leaves_the_local_output_intact(merged, fake_api, tmp_path
         push_to_hub(bundle.model, "me/tiny-merged", card=card, plan=result.plan, staging_dir=tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").is_file()
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None
+
+
+def test_staging_again_replaces_the_whole_folder_and_never_mixes_checkpoints(merged, tmp_path):
+    bundle, result, card = merged
+    folder = tmp_path / "stage"
+    stage_folder(folder, bundle.model, tokenizer=bundle.tokenizer, card=card, plan=result.plan)
+    # a shard of some earlier, larger save: a folder that mixed it with the new files would not load as one checkpoint
+    (folder / "model-00001-of-00002.safetensors").write_bytes(b"stale")
+    stage_folder(folder, bundle.model, tokenizer=bundle.tokenizer, card=card, plan=result.plan)
+    assert not (folder / "model-00001-of-00002.safetensors").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]  # no staging or old folders left
+    reloaded = AutoModelForCausalLM.from_pretrained(folder)
+    ids = sample_ids(bundle)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, bundle.model(ids).logits)
+
+
+def test_staging_refuses_a_users_folder_unless_overwrite(merged, tmp_path):
+    bundle, result, _ = merged
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes")
+    with pytest.raises(TokenMergeError, match="was not written by hf_token_merge"):
+        push_to_hub(bundle.model, "me/x", plan=result.plan, staging_dir=folder, dry_run=True)
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+    push_to_hub(bundle.model, "me/x", plan=result.plan, staging_dir=folder, dry_run=True, overwrite=True)
+    assert (folder / "token_merge_plan.safetensors").is_file() and not (folder / "notes.txt").exists()
+
+
+def test_the_marker_is_not_uploaded(merged, fake_api):
+    bundle, result, _ = merged
+    push_to_hub(bundle.model, "me/tiny-merged", plan=result.plan)
+    (_, _, _), (_, kwargs, files) = fake_api.calls
+    assert ".hf_token_merge" in files and kwargs["ignore_patterns"] == [".hf_token_merge"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 
 import pytest
 import torch
@@ -914,3 +915,27 @@ def test_without_reuse_the_original_tensors_are_left_intact(llama_untied):
     )
     assert torch.equal(old_embedding, before[0])
     assert torch.equal(old_head, before[1])
+
+
+def test_a_merge_whose_index_maps_cost_more_than_the_rows_saved_warns(llama_tied):
+    bundle = llama_tied
+    pair = bundle.selected_ids[:2].tolist()  # two rows into one: saves one row, adds maps over the whole vocabulary
+    config = TokenMergeConfig(token_ids=pair, n_clusters=1)
+    with pytest.warns(
+        UserWarning, match=r"makes the model larger: it saves 128 bytes of rows, but its index maps"
+    ) as record:
+        result = apply_token_merge(bundle.model, config, show_progress=False)
+    vocab = result.plan.vocab_size
+    maps = 3 * 4 * vocab  # embedding index_map, head index_map (int32) and logit_offset (float32)
+    assert f"index maps take {maps:,} bytes" in str(record[0].message)
+    assert f"({result.bytes_before:,} -> {result.bytes_after:,} bytes in all)" in str(record[0].message)
+    assert result.bytes_after - result.bytes_before == maps - 128
+
+
+def test_a_merge_that_pays_does_not_warn(llama_tied):
+    bundle = llama_tied
+    config = TokenMergeConfig(**bundle.selection, n_clusters=bundle.n_centers)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = apply_token_merge(bundle.model, config, tokenizer=bundle.tokenizer, show_progress=False)
+    assert result.bytes_after < result.bytes_before

@@ -12,6 +12,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_token_merge import TokenMergeConfig, apply_token_merge, export_plain
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.serialization import remap_token_ids
 from tests.models import build_llama, build_qwen2
 
@@ -159,3 +160,60 @@ def test_remap_token_ids_covers_whisper_style_keys():
         "num_layers": 5,
         "id2label": {0: "a"},
     }
+
+
+def test_export_refuses_a_users_folder_unless_overwrite(tmp_path):
+    bundle = build_llama()
+    result = _merge(bundle)
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "notes.txt").write_text("my notes")
+    with pytest.raises(TokenMergeError, match=r"was not written by hf_token_merge.*overwrite=True"):
+        export_plain(bundle.model, result.plan, target)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+
+    export_plain(bundle.model, result.plan, target, overwrite=True)
+    assert json.loads((target / "config.json").read_text())["vocab_size"] == result.plan.num_rows
+    assert not (target / "notes.txt").exists()
+    export_plain(bundle.model, result.plan, target)  # the library's own export: replaced without asking
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+@pytest.mark.parametrize("relative", [".", ".."])
+def test_export_never_replaces_the_current_directory_or_a_parent(tmp_path, monkeypatch, relative):
+    bundle = build_llama()
+    result = _merge(bundle)
+    cwd = tmp_path / "work"
+    cwd.mkdir()
+    (cwd / "data.txt").write_text("keep")
+    monkeypatch.chdir(cwd)
+    with pytest.raises(TokenMergeError, match="current directory or one of its parents"):
+        export_plain(bundle.model, result.plan, relative, overwrite=True)
+    assert (cwd / "data.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]
+
+
+def test_export_keeps_the_previous_export_until_the_new_one_is_complete(tmp_path, monkeypatch):
+    bundle = build_llama()
+    result = _merge(bundle)
+    export_plain(bundle.model, result.plan, tmp_path / "plain")
+    before = (tmp_path / "plain" / "model.safetensors").read_bytes()
+
+    import transformers
+
+    def crash(self, *args, **kwargs):
+        raise KeyboardInterrupt  # interrupted while writing the new export
+
+    monkeypatch.setattr(transformers.PreTrainedModel, "save_pretrained", crash)
+    with pytest.raises(KeyboardInterrupt):
+        export_plain(bundle.model, result.plan, tmp_path / "plain")
+    assert (tmp_path / "plain" / "model.safetensors").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+def test_export_refuses_an_lm_head_keep_merge_up_front(tmp_path):
+    bundle = build_llama(tied=False)
+    result = _merge(bundle, lm_head="keep")
+    with pytest.raises(TokenMergeError, match=r"lm_head='keep'.*Fix: merge with lm_head='merge'"):
+        export_plain(bundle.model, result.plan, tmp_path / "plain")
+    assert list(tmp_path.iterdir()) == []

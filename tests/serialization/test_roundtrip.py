@@ -173,7 +173,12 @@ def test_plan_round_trip(tmp_path):
     )
     plan = plan_token_merge(bundle.model, config, tokenizer=bundle.tokenizer, token_counts=counts, show_progress=False)
     plan.save_pretrained(tmp_path / "plan")
-    assert sorted(os.listdir(tmp_path / "plan")) == ["token_merge_plan.json", "token_merge_plan.safetensors"]
+    # the plan's two files and the marker that says hf_token_merge wrote the folder
+    assert sorted(os.listdir(tmp_path / "plan")) == [
+        ".hf_token_merge",
+        "token_merge_plan.json",
+        "token_merge_plan.safetensors",
+    ]
     loaded = MergePlan.from_pretrained(tmp_path / "plan")
     assert loaded.config == plan.config
     assert (loaded.vocab_size, loaded.tied) == (plan.vocab_size, plan.tied)
