@@ -31,8 +31,7 @@ from typing import Any
 
 import yaml
 
-from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.config.token_merge_config import _STOPPING_FIELDS
+from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
 
 RECIPE_KEYS = ("family", "description", "model", "layout", "protected", "merge", "variants")
@@ -101,8 +100,8 @@ def _merge_fields(merge: Any, where: str) -> dict[str, Any]:
 def _override(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
     """Apply `changes`; a change of stopping option replaces the old one (there is exactly one)."""
     result = dict(settings)
-    if any(changes.get(name) is not None for name in _STOPPING_FIELDS):
-        for name in _STOPPING_FIELDS:
+    if any(changes.get(name) is not None for name in STOPPING_FIELDS):
+        for name in STOPPING_FIELDS:
             result.pop(name, None)
     result.update(changes)
     return result
