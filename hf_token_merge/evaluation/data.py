@@ -18,25 +18,10 @@ from pathlib import Path
 import datasets
 
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.reference.audio import audio_dataset
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
 BUILTIN_DATASETS = ("librivox", "synthetic")
-
-
-def _audio_dataset(rows: dict[str, list]) -> datasets.Dataset:
-    """A dataset whose `audio` column is `Audio(decode=False)` (built as the plain struct, then relabelled)."""
-    rows = dict(rows)
-    rows["audio"] = [{"bytes": None, "path": path} for path in rows["audio"]]
-    features = {
-        key: datasets.Value("string")
-        if key != "audio"
-        else {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
-        for key in rows
-    }
-    if "duration" in rows:
-        features["duration"] = datasets.Value("float64")
-    dataset = datasets.Dataset.from_dict(rows, features=datasets.Features(features))
-    return dataset.cast_column("audio", datasets.Audio(decode=False))
 
 
 def load_manifest(path: str | os.PathLike[str], audio_column: str = "audio", text_column: str = "text"):
@@ -140,7 +125,7 @@ def _records_to_dataset(
         rows["text"].append(str(record[text_key]))
     if all("id" in record for record in records):
         rows["id"] = [str(record["id"]) for record in records]
-    return _audio_dataset(rows)
+    return audio_dataset(rows)
 
 
 def load_eval_dataset(
