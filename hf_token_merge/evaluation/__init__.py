@@ -6,7 +6,13 @@ One code path runs under plain `python` (one process) and under `accelerate laun
 
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value, resample
 from hf_token_merge.evaluation.compare import Comparison, bytes_on_disk, compare_before_after
-from hf_token_merge.evaluation.data import load_audiofolder, load_eval_dataset, load_manifest
+from hf_token_merge.evaluation.data import (
+    BUILTIN_DATASETS,
+    BuiltinDataset,
+    load_audiofolder,
+    load_eval_dataset,
+    load_manifest,
+)
 from hf_token_merge.evaluation.perplexity import PerplexityResult, evaluate_perplexity, sequence_nll, window_plan
 from hf_token_merge.evaluation.text import (
     ErrorCounts,
@@ -18,7 +24,9 @@ from hf_token_merge.evaluation.text import (
 from hf_token_merge.evaluation.wer import WerResult, evaluate_wer, generate_text, transcribe, unit_prompt_builder
 
 __all__ = [
+    "BUILTIN_DATASETS",
     "TARGET_SAMPLING_RATE",
+    "BuiltinDataset",
     "Comparison",
     "ErrorCounts",
     "PerplexityResult",
