@@ -149,3 +149,12 @@ def test_the_core_import_loads_no_evaluation_analysis_or_data_stack():
         assert sorted(name for name in HEAVY_STACKS if name in loaded) == [], statement
         harness = sorted(m for m in loaded if m.startswith("hf_token_merge.") and unit(m) in HARNESS)
         assert harness == [], statement
+
+
+def test_the_cli_parser_takes_the_builtin_sets_without_loading_the_evaluation_stack():
+    loaded = _modules_after("from hf_token_merge.cli.main import build_parser; build_parser()")
+    assert "hf_token_merge.evaluation.builtin" in loaded
+    assert sorted(name for name in ("datasets", "jiwer", "soundfile") if name in loaded) == []
+    assert sorted(m for m in loaded if m.startswith("hf_token_merge.evaluation.")) == [
+        "hf_token_merge.evaluation.builtin"
+    ]

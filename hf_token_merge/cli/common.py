@@ -10,7 +10,7 @@ from typing import Any
 
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference")
 # --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, then the built-in sets.

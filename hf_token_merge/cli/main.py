@@ -13,7 +13,7 @@ from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
 from hf_token_merge.cli.common import load_model, positive_int
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper

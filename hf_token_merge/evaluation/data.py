@@ -12,51 +12,16 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 from hf_token_merge.reference.audio import audio_dataset
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
-
-
-@dataclass(frozen=True)
-class BuiltinDataset:
-    """An evaluation set that `load_eval_dataset` (and the CLI's `--eval`/`--dataset`) know by name.
-
-    Attributes:
-        description: What it holds, for `--help`, reports and model cards.
-        load: `cache_dir -> Dataset` with an undecoded `audio` column and `text`.
-    """
-
-    description: str
-    load: Callable[[str | os.PathLike[str] | None], datasets.Dataset]
-
-
-# The loaders import the reference assets only when called: `hf_token_merge.reference` loads model classes.
-def _load_librivox(cache_dir: str | os.PathLike[str] | None) -> datasets.Dataset:
-    from hf_token_merge.reference.librivox import load_librivox_sonnets
-
-    return load_librivox_sonnets(cache_dir=cache_dir)
-
-
-def _load_synthetic(cache_dir: str | os.PathLike[str] | None) -> datasets.Dataset:
-    from hf_token_merge.reference.synthetic_corpus import load_synthetic_corpus
-
-    return load_synthetic_corpus("test", cache_dir=cache_dir)
-
-
-# The one list of built-in evaluation sets; the CLI takes its choices and help from here.
-BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
-    "librivox": BuiltinDataset("12 LibriVox utterances of Shakespeare's sonnets 1-3", _load_librivox),
-    "synthetic": BuiltinDataset(
-        "the 100-sentence test split of the synthetic (Piper) KJV speech corpus", _load_synthetic
-    ),
-}
 
 
 def load_manifest(path: str | os.PathLike[str], audio_column: str = "audio", text_column: str = "text"):

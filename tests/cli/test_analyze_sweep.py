@@ -288,7 +288,7 @@ def test_eval_synthetic_without_the_corpus_names_the_fix(saved_llama, tmp_path, 
 def test_every_builtin_evaluation_is_described_and_loadable_by_name():
     from hf_token_merge.cli.common import BUILTIN_EVALUATIONS
     from hf_token_merge.cli.main import build_parser
-    from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+    from hf_token_merge.evaluation import BUILTIN_DATASETS
 
     assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic"]
     assert BUILTIN_EVALUATIONS["librivox"] == "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)"
