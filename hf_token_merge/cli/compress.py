@@ -88,9 +88,9 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
 def run(args: argparse.Namespace) -> int:
     """Run `compress`."""
     from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import stage_folder
-    from hf_token_merge.serialization.atomic import atomic_directory, check_target
 
     output = Path(args.output_dir)
     # refuse an unusable output folder before the model is loaded and merged

@@ -77,7 +77,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
-    from hf_token_merge.serialization.atomic import atomic_directory, check_target
+    from hf_token_merge.atomic import atomic_directory, check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
         raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
