@@ -81,10 +81,10 @@ def run_reference_job(
         The numbers of the report (also in `report.json`).
     """
     from hf_token_merge.analysis import analyze_redundancy
+    from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
-    from hf_token_merge.serialization.atomic import atomic_directory, check_target
     from hf_token_merge.tables import ChangeRow, change_table
 
     original_dir = os.path.join(output_dir, "original")

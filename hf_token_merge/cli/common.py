@@ -8,11 +8,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hf_token_merge.config import STOPPING_OPTIONS, TokenMergeConfig, replace_stop
+from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig, replace_stop
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference")
-BUILTIN_EVALUATIONS = ("reference", "librivox", "synthetic")
+# --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, then the built-in sets.
+BUILTIN_EVALUATIONS = {
+    "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
+    **{name: f"{dataset.description} (greedy ASR WER)" for name, dataset in BUILTIN_DATASETS.items()},
+}
 
 
 def positive_int(text: str) -> int:
@@ -144,7 +149,7 @@ def config_from_args(
         raise TokenMergeError(
             "No rows are selected. Fix: pass --recipe, --preset, --token-pattern, --token-id-range or --config."
         )
-    if not any(base.get(stop) is not None for stop in STOPPING_OPTIONS):
+    if not any(base.get(stop) is not None for stop in STOPPING_FIELDS):
         if require_stop:
             raise TokenMergeError(
                 "No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold."
@@ -203,9 +208,9 @@ def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Cal
     """`model -> metrics` on a built-in evaluation set.
 
     Args:
-        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), 'librivox' (WER on the
-            12 LibriVox utterances) or 'synthetic' (WER on the 100-sentence test split of the synthetic KJV corpus,
-            which must have been built with recipes/reference_model/synthesize.py).
+        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity) or a built-in set of
+            `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
+            recipes/reference_model/synthesize.py).
         model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
 
@@ -223,11 +228,10 @@ def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Cal
             return {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
 
         return evaluate
-    if name in ("librivox", "synthetic"):
+    if name in BUILTIN_DATASETS:
         from hf_token_merge.evaluation import evaluate_wer
-        from hf_token_merge.reference import load_librivox_sonnets, load_synthetic_corpus
 
-        data = load_librivox_sonnets() if name == "librivox" else load_synthetic_corpus("test")
+        data = BUILTIN_DATASETS[name].load(None)
 
         def evaluate(model) -> dict[str, float]:
             return {"wer": evaluate_wer(model, data, processor=model_helper, show_progress=show_progress).wer}

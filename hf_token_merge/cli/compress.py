@@ -15,11 +15,6 @@ from hf_token_merge.cli.common import (
     write_json,
 )
 
-EVAL_NAMES = {
-    "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
-    "librivox": "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)",
-    "synthetic": "the 100-sentence test split of the synthetic (Piper) KJV speech corpus (greedy ASR WER)",
-}
 EXAMPLES = """examples:
   hf-token-merge compress --model reference --recipe reference --eval reference --output-dir runs/ref
   hf-token-merge compress --model path/to/llasa --recipe llasa --target-ratio 0.25 --output-dir runs/llasa
@@ -73,7 +68,7 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
         EvalResult(
             task_type="automatic-speech-recognition" if name == "wer" else "text-generation",
             dataset_type=f"hf_token_merge/{args.eval}",
-            dataset_name=EVAL_NAMES[args.eval],
+            dataset_name=BUILTIN_EVALUATIONS[args.eval],
             metric_type=name,
             metric_value=value,
         )
@@ -86,7 +81,7 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
         plan_statistics=stats,
         rows=rows,
         eval_results=eval_results,
-        evaluation_note=f"Metrics measured on {EVAL_NAMES[args.eval]}." if args.eval else "",
+        evaluation_note=f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}." if args.eval else "",
     )
     return card, rows
 
@@ -94,9 +89,9 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
 def run(args: argparse.Namespace) -> int:
     """Run `compress`."""
     from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import stage_folder
-    from hf_token_merge.serialization.atomic import atomic_directory, check_target
     from hf_token_merge.tables import change_table
 
     output = Path(args.output_dir)

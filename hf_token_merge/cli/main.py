@@ -13,6 +13,7 @@ from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
 from hf_token_merge.cli.common import load_model, positive_int
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
@@ -42,8 +43,8 @@ def _add_evaluate(subparsers) -> None:
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--dataset",
-        choices=["librivox", "synthetic"],
-        help="built-in data: 12 LibriVox sonnet utterances, or the synthetic KJV corpus's test split (built locally)",
+        choices=list(BUILTIN_DATASETS),
+        help="built-in data: " + "; ".join(f"{name}: {data.description}" for name, data in BUILTIN_DATASETS.items()),
     )
     data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
     data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")

@@ -61,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     """Run `push`."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    from hf_token_merge.atomic import MARKER_NAME, atomic_directory
     from hf_token_merge.hub import push_folder
-    from hf_token_merge.serialization.atomic import MARKER_NAME, atomic_directory
 
     _check_repo_id(args.repo_id)
     folder = Path(args.folder)

@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import sweep, sweep_markdown
     from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config
-    from hf_token_merge.serialization.atomic import check_target
+    from hf_token_merge.atomic import check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
         raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
     """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
     from hf_token_merge.analysis import compress_within_budget
-    from hf_token_merge.serialization.atomic import atomic_directory
+    from hf_token_merge.atomic import atomic_directory
 
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings

@@ -54,7 +54,7 @@ class JsonConfigMixin:
             The path of the written file.
         """
         # imported here: serialization imports the configs, so a module-level import would be circular
-        from hf_token_merge.serialization.atomic import atomic_directory
+        from hf_token_merge.atomic import atomic_directory
 
         with atomic_directory(save_directory, keep_existing=True) as staging:
             text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"

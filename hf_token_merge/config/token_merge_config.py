@@ -12,6 +12,7 @@ from typing import Any, ClassVar, Literal
 
 from hf_token_merge.config.field_types import check_field_types
 from hf_token_merge.config.json_config import JsonConfigMixin
+from hf_token_merge.config.presets import PRESETS
 from hf_token_merge.errors import TokenMergeError
 
 CONFIG_NAME = "token_merge_config.json"
@@ -31,8 +32,8 @@ _CHOICES = {
     "lm_head": ("merge", "keep", "drop"),
     "logit_correction": ("none", "uniform", "frequency"),
 }
-STOPPING_OPTIONS = ("similarity_threshold", "distance_threshold", "n_clusters", "target_ratio")
-_STOPPING_FIELDS = STOPPING_OPTIONS
+# Exactly one of these says how far to merge; recipes and the CLI replace them as one unit.
+STOPPING_FIELDS = ("similarity_threshold", "distance_threshold", "n_clusters", "target_ratio")
 
 
 def replace_stop(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
@@ -46,8 +47,8 @@ def replace_stop(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str,
         A new dict (the inputs are left unchanged).
     """
     result = dict(settings)
-    if any(changes.get(name) is not None for name in STOPPING_OPTIONS):
-        for name in STOPPING_OPTIONS:
+    if any(changes.get(name) is not None for name in STOPPING_FIELDS):
+        for name in STOPPING_FIELDS:
             result.pop(name, None)
     result.update(changes)
     return result
@@ -274,14 +275,11 @@ class TokenMergeConfig(JsonConfigMixin):
                     re.compile(pattern)
                 except re.error as err:
                     raise TokenMergeError(f"{name} {pattern!r} is not a valid regex: {err}.") from err
-        if self.preset is not None:
-            from hf_token_merge.selection.presets import PRESETS
-
-            if self.preset not in PRESETS:
-                raise TokenMergeError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise TokenMergeError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
 
     def _validate_stopping(self) -> None:
-        given = [name for name in _STOPPING_FIELDS if getattr(self, name) is not None]
+        given = [name for name in STOPPING_FIELDS if getattr(self, name) is not None]
         if len(given) != 1:
             problem = "none is set" if not given else f"{given} are all set"
             raise TokenMergeError(

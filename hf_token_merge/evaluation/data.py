@@ -18,25 +18,10 @@ from pathlib import Path
 import datasets
 
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
+from hf_token_merge.reference.audio import audio_dataset
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au"}
-BUILTIN_DATASETS = ("librivox", "synthetic")
-
-
-def _audio_dataset(rows: dict[str, list]) -> datasets.Dataset:
-    """A dataset whose `audio` column is `Audio(decode=False)` (built as the plain struct, then relabelled)."""
-    rows = dict(rows)
-    rows["audio"] = [{"bytes": None, "path": path} for path in rows["audio"]]
-    features = {
-        key: datasets.Value("string")
-        if key != "audio"
-        else {"bytes": datasets.Value("binary"), "path": datasets.Value("string")}
-        for key in rows
-    }
-    if "duration" in rows:
-        features["duration"] = datasets.Value("float64")
-    dataset = datasets.Dataset.from_dict(rows, features=datasets.Features(features))
-    return dataset.cast_column("audio", datasets.Audio(decode=False))
 
 
 def load_manifest(path: str | os.PathLike[str], audio_column: str = "audio", text_column: str = "text"):
@@ -140,7 +125,7 @@ def _records_to_dataset(
         rows["text"].append(str(record[text_key]))
     if all("id" in record for record in records):
         rows["id"] = [str(record["id"]) for record in records]
-    return _audio_dataset(rows)
+    return audio_dataset(rows)
 
 
 def load_eval_dataset(
@@ -153,9 +138,9 @@ def load_eval_dataset(
     """Load evaluation data from a name, a manifest or a folder.
 
     Args:
-        source: `"librivox"` (the 12 built-in LibriVox sonnet utterances), `"synthetic"` (the 100-sentence test
-            split of the locally built synthetic KJV corpus, see `load_synthetic_corpus`), a `.jsonl` manifest,
-            or an audiofolder.
+        source: The name of a built-in set in `BUILTIN_DATASETS` (`"librivox"`: the 12 LibriVox sonnet utterances;
+            `"synthetic"`: the 100-sentence test split of the locally built synthetic KJV corpus, see
+            `load_synthetic_corpus`), a `.jsonl` manifest, or an audiofolder.
         audio_column: Audio key of a manifest.
         text_column: Transcript key of a manifest or audiofolder.
         cache_dir: Cache root for the built-in sets.
@@ -164,13 +149,7 @@ def load_eval_dataset(
         A dataset with an undecoded `audio` column and `text`.
     """
     if str(source) in BUILTIN_DATASETS:
-        from hf_token_merge.reference.librivox import load_librivox_sonnets
-
-        if str(source) == "synthetic":
-            from hf_token_merge.reference.synthetic_corpus import load_synthetic_corpus
-
-            return load_synthetic_corpus("test", cache_dir=cache_dir)
-        return load_librivox_sonnets(cache_dir=cache_dir)
+        return BUILTIN_DATASETS[str(source)].load(cache_dir)
     path = Path(source)
     if path.is_dir():
         return load_audiofolder(path, text_column=text_column)

@@ -28,6 +28,7 @@ import torch
 
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
+from hf_token_merge.sequence import sequence_merge_handle
 
 
 def window_plan(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:
@@ -251,7 +252,7 @@ def evaluate_perplexity(
             f"evaluate_perplexity scores causal LMs; {type(model).__name__} is an encoder-decoder whose decoder "
             "needs audio features. Fix: evaluate it with evaluate_wer, or pass a causal LM (e.g. LlamaForCausalLM)."
         )
-    if getattr(model, "_sequence_merge_handle", None) is not None:
+    if sequence_merge_handle(model) is not None:
         raise ValueError(
             "evaluate_perplexity needs a logit for every input position, but a sequence merge is installed and "
             "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."

@@ -9,9 +9,9 @@ from typing import Any
 
 from huggingface_hub import HfApi, ModelCard
 
+from hf_token_merge.atomic import MARKER_NAME, atomic_directory
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.plan import MergePlan
-from hf_token_merge.serialization.atomic import MARKER_NAME, atomic_directory
 
 
 def stage_folder(

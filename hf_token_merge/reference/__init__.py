@@ -16,7 +16,6 @@ Each asset is built once into the user cache (`$HF_TOKEN_MERGE_CACHE`, default
 that `recipes/reference_model/synthesize.py` (dev-only Piper) builds; it is never built by the package.
 """
 
-from hf_token_merge.reference.asr_eval import normalize_transcript, transcribe, word_error_rate
 from hf_token_merge.reference.cache import cache_root
 from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 from hf_token_merge.reference.librivox import build_librivox_sonnets, decode_audio, load_librivox_sonnets
@@ -44,11 +43,8 @@ __all__ = [
     "load_reference_unit_tokenizer",
     "load_synthetic_corpus",
     "load_whisper_tiny_en",
-    "normalize_transcript",
     "read_ctranslate2_model",
     "synthetic_corpus_dir",
-    "transcribe",
     "transcribe_units",
     "unit_perplexity",
-    "word_error_rate",
 ]

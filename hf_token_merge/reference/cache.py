@@ -1,7 +1,7 @@
 """The user cache that holds built reference assets, written atomically.
 
 An asset is a folder under the cache root. It is built through the library's one atomic folder write
-(`hf_token_merge.serialization.atomic.atomic_directory`), so a reader sees either no folder or a complete one,
+(`hf_token_merge.atomic.atomic_directory`), so a reader sees either no folder or a complete one,
 never a half-written one; the next build removes what an interrupted one left behind.
 """
 
@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from hf_token_merge.serialization.atomic import atomic_directory
+from hf_token_merge.atomic import atomic_directory
 
 CACHE_ENV_VAR = "HF_TOKEN_MERGE_CACHE"
 DEFAULT_CACHE_DIR = Path("~/.cache/hf_token_merge")

@@ -38,7 +38,7 @@ import datasets
 import numpy as np
 import soundfile
 
-from hf_token_merge.evaluation.audio import decode_audio_value
+from hf_token_merge.reference.audio import decode_audio_value
 from hf_token_merge.reference.cache import build_atomically, cache_root
 
 SAMPLING_RATE = 16_000

@@ -100,7 +100,7 @@ class SpeechUnitTokenizer:
         Args:
             path: Folder to write into; created if missing.
         """
-        from hf_token_merge.serialization.atomic import atomic_directory
+        from hf_token_merge.atomic import atomic_directory
 
         with atomic_directory(path, keep_existing=True) as folder:
             (folder / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import datasets
 
+from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.reference.audio import audio_dataset
 from hf_token_merge.reference.cache import cache_root
 
 # Must match CORPUS_VERSION in recipes/reference_model/common.py.
@@ -46,8 +48,6 @@ def load_synthetic_corpus(split: str = "test", cache_dir: str | os.PathLike[str]
     Raises:
         ValueError: On an unknown split, or when the corpus has not been built (the message names the command).
     """
-    from hf_token_merge.evaluation.data import _records_to_dataset
-
     if split not in SYNTHETIC_SPLITS:
         raise ValueError(f"Unknown split {split!r}. Fix: choose one of {list(SYNTHETIC_SPLITS)}.")
     folder = synthetic_corpus_dir(cache_dir)
@@ -65,10 +65,22 @@ def load_synthetic_corpus(split: str = "test", cache_dir: str | os.PathLike[str]
     ]
     if not rows:
         raise ValueError(f"{metadata} has no {split!r} rows. Fix: rebuild the corpus with synthesize.py --force.")
+    untexted = [row["id"] for row in rows if not isinstance(row["text"], str)]
+    if untexted:  # str() would score null as the word "None"
+        raise TokenMergeError(
+            f"{metadata}: the {split!r} rows with id {untexted[:5]} have no text string. Fix: rebuild the corpus "
+            "with python recipes/reference_model/synthesize.py --force."
+        )
     missing = [row["audio"] for row in rows if not (folder / row["audio"]).is_file()]
     if missing:
         raise ValueError(
             f"{len(missing)} audio files of the {split!r} split are missing ({folder / missing[0]}, ...). Fix: "
             "rebuild the corpus with python recipes/reference_model/synthesize.py --force."
         )
-    return _records_to_dataset(rows, folder, "audio", "text", str(metadata))
+    return audio_dataset(
+        {
+            "audio": [str(folder / row["audio"]) for row in rows],
+            "text": [row["text"] for row in rows],
+            "id": [str(row["id"]) for row in rows],
+        }
+    )

@@ -2,6 +2,7 @@
 
 from hf_token_merge.remap.apply import MergeResult, apply_token_merge, count_tokens, model_size
 from hf_token_merge.remap.calibration import calibration_counts, count_text_tokens, read_calibration_text
+from hf_token_merge.remap.locate import swap_module
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan, plan_token_merge, resolve_selection
 
@@ -18,4 +19,5 @@ __all__ = [
     "plan_token_merge",
     "read_calibration_text",
     "resolve_selection",
+    "swap_module",
 ]

@@ -12,9 +12,10 @@ from torch import nn
 
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
+from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings, swap_module
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan, check_plan_rows, plan_token_merge
+from hf_token_merge.remap.record import TokenMergeQuantizationConfig
 
 
 @dataclass
@@ -199,19 +200,6 @@ def refuse_resize(model: nn.Module) -> None:
             module.resize_token_embeddings = _refuse_resize
 
 
-def _swap(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    hook = getattr(old, "_hf_hook", None)
-    if hook is not None:  # keep accelerate's device placement (device_map dispatch)
-        from accelerate.hooks import add_hook_to_module
-
-        add_hook_to_module(new, hook)
-    setattr(parent, child, new)
-    return old
-
-
 def apply_token_merge(
     model: nn.Module,
     config_or_plan: TokenMergeConfig | MergePlan,
@@ -302,20 +290,18 @@ def apply_token_merge(
         with torch.no_grad():
             new_head.logit_offset.copy_(head_offset)
 
-    from hf_token_merge.serialization.quantizer import TokenMergeQuantizationConfig
-
     record = TokenMergeQuantizationConfig.from_plan(plan, pair, new_embedding, new_head)
 
     swapped: list[tuple[str, nn.Module]] = []
     try:
-        swapped.append((pair.input_name, _swap(model, pair.input_name, new_embedding)))
+        swapped.append((pair.input_name, swap_module(model, pair.input_name, new_embedding)))
         if new_head is not None:
-            swapped.append((pair.output_name, _swap(model, pair.output_name, new_head)))
+            swapped.append((pair.output_name, swap_module(model, pair.output_name, new_head)))
         if getattr(model, "config", None) is not None:
             model.config.quantization_config = record
     except BaseException:
         for name, old in reversed(swapped):
-            _swap(model, name, old)
+            swap_module(model, name, old)
         raise
     with torch.no_grad():
         for table in tables:  # the one step that writes into original storage, after nothing else can fail

@@ -1,4 +1,4 @@
-"""Find a model's input embedding and LM head, and check that they can be merged."""
+"""Find a model's input embedding and LM head, check that they can be merged, and swap modules in place."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
     if quantization is not None:
         method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
         method = getattr(method, "value", method)
-        from hf_token_merge.serialization.quantizer import QUANT_METHODS
+        from hf_token_merge.remap.record import QUANT_METHODS
 
         if method in QUANT_METHODS:
             raise ValueError(
@@ -148,3 +148,26 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
             f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
         )
     return pair
+
+
+def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put `new` at the dotted path `name` of `model`, keeping accelerate's dispatch hook of the module it replaces.
+
+    Args:
+        model: The model.
+        name: Dotted path of the submodule to replace.
+        new: The replacement.
+
+    Returns:
+        The module that was there (swap it back to undo).
+    """
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    hook = getattr(old, "_hf_hook", None)
+    if hook is not None:  # keep accelerate's device placement (device_map dispatch)
+        from accelerate.hooks import add_hook_to_module
+
+        add_hook_to_module(new, hook)
+    setattr(parent, child, new)
+    return old

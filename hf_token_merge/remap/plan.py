@@ -136,7 +136,7 @@ class MergePlan:
             save_directory: Folder to write into; created if missing.
         """
         # imported here: serialization imports this module, so a module-level import would be circular
-        from hf_token_merge.serialization.atomic import atomic_directory
+        from hf_token_merge.atomic import atomic_directory
 
         tensors = {name: getattr(self, name).contiguous() for name in PLAN_TENSOR_FIELDS}
         meta = {

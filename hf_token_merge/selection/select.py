@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.selection.presets import PRESETS
+from hf_token_merge.config.presets import PRESETS
 
 _CONFIG_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id", "unk_token_id")
 

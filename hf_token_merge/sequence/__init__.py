@@ -6,10 +6,11 @@ from hf_token_merge.sequence.apply import (
     StageStatistics,
     apply_sequence_merge,
     locate_decoder,
+    sequence_merge_handle,
     speech_token_lookup,
 )
 from hf_token_merge.sequence.config import AFFINITY_SETTINGS, MergeStage, SequenceMergeConfig
-from hf_token_merge.sequence.encoder import EncoderMergeHandle, apply_encoder_merge
+from hf_token_merge.sequence.encoder import EncoderMergeHandle, apply_encoder_merge, encoder_merge_handle
 from hf_token_merge.sequence.grouping import affinity_groups, oracle_groups, pool_groups
 
 __all__ = [
@@ -23,8 +24,10 @@ __all__ = [
     "affinity_groups",
     "apply_encoder_merge",
     "apply_sequence_merge",
+    "encoder_merge_handle",
     "locate_decoder",
     "oracle_groups",
     "pool_groups",
+    "sequence_merge_handle",
     "speech_token_lookup",
 ]

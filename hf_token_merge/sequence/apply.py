@@ -368,6 +368,18 @@ class _State:
         return visible if self.attention == "sdpa" else additive_mask(visible, dtype)
 
 
+def sequence_merge_handle(model: nn.Module) -> SequenceMergeHandle | None:
+    """The sequence merge installed on `model` by `apply_sequence_merge`, if any.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        Its `SequenceMergeHandle`, or None when no sequence merge is installed (or it was removed).
+    """
+    return getattr(model, SequenceMergeHandle.attribute, None)
+
+
 def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> SequenceMergeHandle:
     """Merge redundant speech positions inside the decoder of `model`, in place (Affinity Pooling).
 
@@ -390,7 +402,7 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         ValueError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
             or a sequence merge is already installed. The model is left untouched.
     """
-    if getattr(model, "_sequence_merge_handle", None) is not None:
+    if sequence_merge_handle(model) is not None:
         raise ValueError("A sequence merge is already installed; call handle.remove() before applying another.")
     decoder = locate_decoder(model)
     num_layers = len(decoder.layers)

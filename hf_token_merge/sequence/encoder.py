@@ -42,6 +42,18 @@ class EncoderMergeHandle(HookHandle):
         return self.frames_out / self.frames_in if self.frames_in else 1.0
 
 
+def encoder_merge_handle(model: nn.Module) -> EncoderMergeHandle | None:
+    """The encoder-frame merge installed on `model` by `apply_encoder_merge`, if any.
+
+    Args:
+        model: Any module.
+
+    Returns:
+        Its `EncoderMergeHandle`, or None when none is installed (or it was removed).
+    """
+    return getattr(model, EncoderMergeHandle.attribute, None)
+
+
 def apply_encoder_merge(model: nn.Module, threshold: float, window: int = 1) -> EncoderMergeHandle:
     """Pool runs of similar encoder frames of an encoder-decoder ASR model (e.g. Whisper), in place.
 
@@ -60,7 +72,7 @@ def apply_encoder_merge(model: nn.Module, threshold: float, window: int = 1) -> 
     """
     if not -1.0 <= threshold <= 1.0 or window < 1:
         raise ValueError(f"Need a cosine threshold in [-1, 1] and window >= 1, got {threshold!r} and {window!r}.")
-    if getattr(model, "_encoder_merge_handle", None) is not None:
+    if encoder_merge_handle(model) is not None:
         raise ValueError("An encoder merge is already installed; call handle.remove() first.")
     get_encoder = getattr(model, "get_encoder", None)
     decoder = getattr(getattr(model, "model", None), "decoder", None)

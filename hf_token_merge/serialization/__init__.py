@@ -1,6 +1,6 @@
 """Saving and loading merged models: the transformers quantizer plugin, the plain export, the atomic folder write."""
 
-from hf_token_merge.serialization.atomic import MARKER_NAME, atomic_directory, check_target, is_library_folder
+from hf_token_merge.atomic import MARKER_NAME, atomic_directory, check_target, is_library_folder
 from hf_token_merge.serialization.export import export_plain, remap_token_ids, rewrite_tokenizer
 from hf_token_merge.serialization.quantizer import (
     TokenMergeHfQuantizer,

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_token_merge.atomic import atomic_directory, check_target
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan
-from hf_token_merge.serialization.atomic import atomic_directory, check_target
 
 _ID_LIST_KEYS = ("suppress_tokens", "begin_suppress_tokens")
 _ID_MAP_KEYS = ("lang_to_id", "task_to_id")

@@ -22,137 +22,33 @@ import torch
 from safetensors import safe_open
 from transformers.quantizers import HfQuantizer
 from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
-from transformers.utils.quantization_config import QuantizationConfigMixin
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
+from hf_token_merge.remap import MergedEmbedding, MergedLMHead, swap_module
+from hf_token_merge.remap.record import (  # defined with the merged modules; importable from here as before
+    FORMAT_VERSION,
+    LEGACY_QUANT_METHODS,
+    QUANT_METHOD,
+    QUANT_METHODS,
+    RESAVE_FIX,
+    TokenMergeQuantizationConfig,
+)
 
-QUANT_METHOD = "hf_token_merge (pip install hf_token_merge, then import hf_token_merge before from_pretrained)"
-LEGACY_QUANT_METHODS = ("token_merge",)  # written by versions before FORMAT_VERSION existed; still loaded
-QUANT_METHODS = (QUANT_METHOD, *LEGACY_QUANT_METHODS)
-FORMAT_VERSION = 1  # the layout of the record and of the merged modules' tensors; raise it when either changes
+__all__ = [
+    "FORMAT_VERSION",
+    "LEGACY_QUANT_METHODS",
+    "QUANT_METHOD",
+    "QUANT_METHODS",
+    "TokenMergeHfQuantizer",
+    "TokenMergeQuantizationConfig",
+    "build_merged_modules",
+    "check_checkpoint_tensors",
+    "check_merged_modules",
+    "expected_tensors",
+    "register",
+]
+
 _INDEX_DTYPES = ("I32", "I64")
-_FIX_RESAVE = "re-save the checkpoint from the merged model (model.save_pretrained) or merge the original model again"
-
-
-class TokenMergeQuantizationConfig(QuantizationConfigMixin):
-    """The `config.json` record of a merged model: enough to rebuild the merged modules' shapes.
-
-    Args:
-        vocab_size: Original id space.
-        input_embedding: Dotted path of the merged input embedding.
-        input_rows: Rows of the merged input embedding.
-        padding_idx: Merged row of the padding token, or None.
-        output_embedding: Dotted path of the merged LM head, or None when the head was kept.
-        output_rows: Rows of the merged LM head.
-        output_bias: Whether the head has a bias.
-        compact_logits: Whether the head returns merged-row logits.
-        tied: Whether the head shares the embedding's weight.
-        merge_config: The `TokenMergeConfig` used, as a dict (for provenance).
-        statistics: Plan statistics (rows before and after, cluster sizes).
-        version: Format version of the record; None (records written before versions existed) reads as 1.
-
-    Raises:
-        TokenMergeError: On a missing or mistyped field or a version this hf_token_merge cannot read.
-    """
-
-    def __init__(
-        self,
-        vocab_size: int | None = None,
-        input_embedding: str | None = None,
-        input_rows: int | None = None,
-        padding_idx: int | None = None,
-        output_embedding: str | None = None,
-        output_rows: int | None = None,
-        output_bias: bool = False,
-        compact_logits: bool = False,
-        tied: bool = False,
-        merge_config: dict[str, Any] | None = None,
-        statistics: dict[str, Any] | None = None,
-        version: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        _check_version(version)
-        self.quant_method = QUANT_METHOD
-        self.version = FORMAT_VERSION
-        self.vocab_size = vocab_size
-        self.input_embedding = input_embedding
-        self.input_rows = input_rows
-        self.padding_idx = padding_idx
-        self.output_embedding = output_embedding
-        self.output_rows = output_rows
-        self.output_bias = output_bias
-        self.compact_logits = compact_logits
-        self.tied = tied
-        self.merge_config = {} if merge_config is None else merge_config
-        self.statistics = {} if statistics is None else statistics
-        self._check_fields()
-
-    def _check_fields(self) -> None:
-        def refuse(name: str, expected: str) -> TokenMergeError:
-            value = getattr(self, name)
-            return TokenMergeError(
-                f"The token-merge quantization_config in config.json has {name}={value!r} "
-                f"({type(value).__name__}); it must be {expected}. The record is damaged or was edited by hand. "
-                f"Fix: {_FIX_RESAVE}."
-            )
-
-        def whole(value: Any) -> bool:
-            return isinstance(value, int) and not isinstance(value, bool)
-
-        for name in ("vocab_size", "input_rows"):
-            if not whole(getattr(self, name)) or getattr(self, name) < 1:
-                raise refuse(name, "a whole number >= 1")
-        if self.input_rows > self.vocab_size:
-            raise refuse("input_rows", f"at most vocab_size={self.vocab_size}")
-        if not isinstance(self.input_embedding, str) or not self.input_embedding:
-            raise refuse("input_embedding", "the dotted module path of the input embedding")
-        if self.padding_idx is not None and not (whole(self.padding_idx) and 0 <= self.padding_idx < self.input_rows):
-            raise refuse("padding_idx", f"None or a row in [0, {self.input_rows})")
-        if self.output_embedding is not None:
-            if not isinstance(self.output_embedding, str) or not self.output_embedding:
-                raise refuse("output_embedding", "None or the dotted module path of the LM head")
-            if not whole(self.output_rows) or self.output_rows < 1:
-                raise refuse("output_rows", "a whole number >= 1 when output_embedding is set")
-        for name in ("output_bias", "compact_logits", "tied"):
-            if not isinstance(getattr(self, name), bool):
-                raise refuse(name, "true or false")
-        for name in ("merge_config", "statistics"):
-            if not isinstance(getattr(self, name), dict):
-                raise refuse(name, "a JSON object")
-
-    @classmethod
-    def from_plan(cls, plan, pair, embedding: MergedEmbedding, head: MergedLMHead | None):
-        """Describe a merge that `apply_token_merge` is about to install."""
-        return cls(
-            vocab_size=plan.vocab_size,
-            input_embedding=pair.input_name,
-            input_rows=embedding.num_embeddings,
-            padding_idx=embedding.padding_idx,
-            output_embedding=pair.output_name if head is not None else None,
-            output_rows=head.out_features if head is not None else None,
-            output_bias=head is not None and head.bias is not None,
-            compact_logits=head is not None and head.compact_logits,
-            tied=pair.tied,
-            merge_config=plan.config.to_dict(),
-            statistics=plan.statistics,
-            version=FORMAT_VERSION,
-        )
-
-
-def _check_version(version: Any) -> None:
-    if version is None:  # written before the record had a version: the same layout as version 1
-        return
-    if not isinstance(version, int) or isinstance(version, bool):
-        raise TokenMergeError(
-            f"The token-merge quantization_config in config.json has version={version!r} "
-            f"({type(version).__name__}); it must be a whole number. Fix: {_FIX_RESAVE}."
-        )
-    if not 1 <= version <= FORMAT_VERSION:
-        raise TokenMergeError(
-            f"This checkpoint was merged in token-merge format version {version}, but this hf_token_merge reads "
-            f"versions 1..{FORMAT_VERSION}. Fix: pip install -U hf_token_merge (a newer release reads it)."
-        )
 
 
 def _submodule(model: torch.nn.Module, name: str) -> torch.nn.Module | None:
@@ -167,8 +63,6 @@ def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
 
     Runs on the meta device inside `from_pretrained`; the checkpoint then fills weights and index maps.
     """
-    from hf_token_merge.remap.apply import _swap
-
     for name in (record.input_embedding, record.output_embedding):
         if name is not None and not isinstance(_submodule(model, name), torch.nn.Module):
             raise TokenMergeError(
@@ -184,7 +78,7 @@ def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
         device=old.weight.device,
         dtype=old.weight.dtype,
     )
-    _swap(model, record.input_embedding, embedding)
+    swap_module(model, record.input_embedding, embedding)
     if record.output_embedding is not None:
         old_head = model.get_submodule(record.output_embedding)
         head = MergedLMHead(
@@ -196,7 +90,7 @@ def build_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
             device=old_head.weight.device,
             dtype=old_head.weight.dtype,
         )
-        _swap(model, record.output_embedding, head)
+        swap_module(model, record.output_embedding, head)
 
 
 def expected_tensors(record: TokenMergeQuantizationConfig) -> dict[str, tuple[tuple[int, ...] | None, tuple[str, ...]]]:
@@ -251,7 +145,7 @@ def check_checkpoint_tensors(record: TokenMergeQuantizationConfig, checkpoint_fi
             raise TokenMergeError(
                 f"The merged checkpoint has no tensor {name!r}, which its token-merge record needs (without it the "
                 f"model would compute with uninitialised memory). The files are incomplete or were edited. "
-                f"Fix: {_FIX_RESAVE}."
+                f"Fix: {RESAVE_FIX}."
             )
         got_shape, got_dtype = found[name]
         wrong_shape = shape is not None and got_shape[: len(shape)] != shape
@@ -261,7 +155,7 @@ def check_checkpoint_tensors(record: TokenMergeQuantizationConfig, checkpoint_fi
             )
             raise TokenMergeError(
                 f"The merged checkpoint's tensor {name!r} has shape {got_shape} and dtype {got_dtype}, but its "
-                f"token-merge record needs {want}. Fix: {_FIX_RESAVE}."
+                f"token-merge record needs {want}. Fix: {RESAVE_FIX}."
             )
 
 
@@ -289,7 +183,7 @@ def check_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
                 f"{name}.index_map of the merged checkpoint is damaged: it must hold {record.vocab_size} row indices "
                 f"in [0, {rows}), got dtype {index_map.dtype}, shape {tuple(index_map.shape)}"
                 + (f", out-of-range entries at ids {bad[:5].tolist()} ({bad.numel()} in all)" if bad.numel() else "")
-                + f". Fix: {_FIX_RESAVE}."
+                + f". Fix: {RESAVE_FIX}."
             )
         if isinstance(module, MergedLMHead):
             offset = module.logit_offset
@@ -297,7 +191,7 @@ def check_merged_modules(model: torch.nn.Module, record: TokenMergeQuantizationC
             if bad.numel():
                 raise TokenMergeError(
                     f"{name}.logit_offset of the merged checkpoint holds NaN or +inf at ids {bad[:5].tolist()} "
-                    f"({bad.numel()} in all); every logit there would be wrong. Fix: {_FIX_RESAVE}."
+                    f"({bad.numel()} in all); every logit there would be wrong. Fix: {RESAVE_FIX}."
                 )
 
 

@@ -18,7 +18,8 @@ import time
 import torch
 from common import work_dir
 
-from hf_token_merge.reference import decode_audio, load_librivox_sonnets, word_error_rate
+from hf_token_merge.evaluation import word_error_rate
+from hf_token_merge.reference import decode_audio, load_librivox_sonnets
 from hf_token_merge.reference.speech_llm import (
     load_reference_eval_set,
     load_reference_speech_llm,

@@ -21,7 +21,7 @@ import torch
 from common import work_dir
 from transformers import GenerationConfig, LlamaForCausalLM
 
-from hf_token_merge.reference.asr_eval import word_error_rate
+from hf_token_merge.evaluation import word_error_rate
 from hf_token_merge.reference.speech_llm import (
     UNIT_TOKENIZER_DIR,
     SequenceBuilder,

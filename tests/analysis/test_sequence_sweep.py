@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hf_token_merge.analysis import evaluate_sequence_configs, oracle_configs, save_sequence_points
-from hf_token_merge.sequence import MergeStage, SequenceMergeConfig
+from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, sequence_merge_handle
 from tests.models import SPEECH_START, SPEECH_VOCAB, build_speech_decoder
 
 PROMPT = [0, 5, 6, 32, 40, 48, 33, 41, 34, 35, 43, 51, 59, 7, 8]
@@ -38,7 +38,7 @@ def test_oracle_sweep_points_plot_and_table(tmp_path):
     assert by_name["uniform_drop@0.5/L0"].flops_ratio < by_name["uniform_drop@0.5/L3"].flops_ratio < 1.0
     assert by_name["uniform_merge@0.5/L3"].layer == 3 and by_name["uniform_merge@0.5/L3"].mode == "uniform_merge"
     assert points[1].metrics != points[0].metrics
-    assert not model._forward_pre_hooks and not hasattr(model, "_sequence_merge_handle")
+    assert not model._forward_pre_hooks and sequence_merge_handle(model) is None
 
     paths = save_sequence_points(points, str(tmp_path))
     with open(paths["top_logit"], "rb") as handle:

@@ -289,11 +289,17 @@ def test_eval_synthetic_without_the_corpus_names_the_fix(saved_llama, tmp_path, 
 
 def test_every_builtin_evaluation_is_described_and_loadable_by_name():
     from hf_token_merge.cli.common import BUILTIN_EVALUATIONS
-    from hf_token_merge.cli.compress import EVAL_NAMES
-    from hf_token_merge.evaluation.data import BUILTIN_DATASETS
+    from hf_token_merge.cli.main import build_parser
+    from hf_token_merge.evaluation import BUILTIN_DATASETS
 
-    assert set(EVAL_NAMES) == set(BUILTIN_EVALUATIONS)
-    assert set(BUILTIN_DATASETS) == set(BUILTIN_EVALUATIONS) - {"reference"}
+    assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic"]
+    assert BUILTIN_EVALUATIONS["librivox"] == "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)"
+    assert list(BUILTIN_DATASETS) == ["librivox", "synthetic"]
+    parser = build_parser()
+    common = ["--model", "m", "--output-dir", "o"]
+    for command in ("compress", "sweep"):
+        assert parser.parse_args([command, *common, "--eval", "synthetic"]).eval == "synthetic"
+    assert parser.parse_args(["evaluate", *common, "--dataset", "synthetic"]).dataset == "synthetic"
 
 
 def test_recipe_variant_from_the_command_line(tmp_path):

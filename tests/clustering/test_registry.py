@@ -9,7 +9,7 @@ import torch
 
 from hf_token_merge import TokenMergeConfig
 from hf_token_merge.clustering import cluster_rows, grouping_method, grouping_methods, register_grouping_method
-from hf_token_merge.config import STOPPING_OPTIONS, replace_stop
+from hf_token_merge.config import STOPPING_FIELDS, replace_stop
 from hf_token_merge.config.token_merge_config import Method
 from hf_token_merge.errors import TokenMergeError
 
@@ -24,7 +24,7 @@ def test_the_registry_holds_exactly_the_config_methods():
 @pytest.mark.parametrize("name", ["threshold", "kmeans", "agglomerative", "frequency", "random"])
 def test_stops_and_counts_metadata_match_the_config_validation(name):
     method = grouping_methods()[name]
-    for stop in STOPPING_OPTIONS:
+    for stop in STOPPING_FIELDS:
         metric = "euclidean" if stop == "distance_threshold" else "cosine"
         settings = {"token_ids": [1, 2, 3, 4], "method": name, "metric": metric, stop: STOP_VALUES[stop]}
         if stop in method.stops:

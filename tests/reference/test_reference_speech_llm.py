@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hf_token_merge import TokenMergeConfig
-from hf_token_merge.reference.asr_eval import word_error_rate
+from hf_token_merge.evaluation import word_error_rate
 from hf_token_merge.reference.librivox import decode_audio
 from hf_token_merge.reference.speech_llm import (
     SPECIAL_TOKENS,

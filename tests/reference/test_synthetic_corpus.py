@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation import decode_audio_value, load_eval_dataset
 from hf_token_merge.reference import load_synthetic_corpus, synthetic_corpus_dir
 
@@ -60,4 +61,10 @@ def test_bad_split_and_missing_audio(tmp_path):
 def test_a_corpus_without_the_split(tmp_path):
     _write_corpus(tmp_path, texts={"0000": ("train", "Amen.")})
     with pytest.raises(ValueError, match="no 'test' rows"):
+        load_synthetic_corpus("test", cache_dir=tmp_path)
+
+
+def test_a_row_without_text_is_refused(tmp_path):
+    _write_corpus(tmp_path, texts={**TEXTS, "0003": ("test", None)})
+    with pytest.raises(TokenMergeError, match=r"'test' rows with id \['0003'\] have no text string.*--force"):
         load_synthetic_corpus("test", cache_dir=tmp_path)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_token_merge.reference.asr_eval import normalize_transcript, transcribe, word_error_rate
+from hf_token_merge.evaluation import normalize_transcript, transcribe, word_error_rate
 from hf_token_merge.reference.librivox import decode_audio
 from hf_token_merge.reference.whisper import NO_TIMESTAMPS_ID, START_OF_TRANSCRIPT_ID, bundled_ctranslate2_dir
 

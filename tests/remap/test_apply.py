@@ -754,7 +754,7 @@ def test_refuse_plan_from_another_model(llama_tied):
 def test_failed_swap_is_rolled_back(llama_untied, monkeypatch):
     import hf_token_merge.remap.apply as apply_module
 
-    real_swap, calls = apply_module._swap, []
+    real_swap, calls = apply_module.swap_module, []
 
     def failing_swap(model, name, new):
         calls.append(name)
@@ -762,7 +762,7 @@ def test_failed_swap_is_rolled_back(llama_untied, monkeypatch):
             raise RuntimeError("simulated failure")
         return real_swap(model, name, new)
 
-    monkeypatch.setattr(apply_module, "_swap", failing_swap)
+    monkeypatch.setattr(apply_module, "swap_module", failing_swap)
     before = snapshot(llama_untied.model)
     with pytest.raises(RuntimeError, match="simulated failure"):
         merge(llama_untied)

@@ -8,6 +8,7 @@ from hf_token_merge.sequence import (
     SequenceMergeConfig,
     apply_sequence_merge,
     pool_groups,
+    sequence_merge_handle,
     speech_token_lookup,
 )
 from hf_token_merge.sequence.grouping import stage_groups
@@ -222,8 +223,11 @@ def test_bad_input_is_refused_and_leaves_the_model_without_hooks():
         apply_sequence_merge(model, dual())
     model.config._attn_implementation = "sdpa"
     assert not model._forward_pre_hooks and not any(layer._forward_pre_hooks for layer in model.model.layers)
-    assert not hasattr(model, "_sequence_merge_handle")
+    assert sequence_merge_handle(model) is None and not hasattr(model, "_sequence_merge_handle")
     assert torch.equal(logits(model, ids), before)
+    with apply_sequence_merge(model, dual()) as handle:
+        assert sequence_merge_handle(model) is handle
+    assert sequence_merge_handle(model) is None
 
     sliding = build_speech_decoder("qwen2")
     sliding.config.layer_types = ["sliding_attention"] * 4

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_token_merge.sequence import apply_encoder_merge
+from hf_token_merge.sequence import apply_encoder_merge, encoder_merge_handle
 from tests.models import build_speech_decoder, build_whisper, whisper_inputs
 
 
@@ -61,6 +61,8 @@ def test_bad_input():
     model = build_whisper().model
     with pytest.raises(ValueError, match="threshold in \\[-1, 1\\] and window >= 1"):
         apply_encoder_merge(model, threshold=1.5)
-    with apply_encoder_merge(model, 0.9), pytest.raises(ValueError, match="already installed"):
+    assert encoder_merge_handle(model) is None
+    with apply_encoder_merge(model, 0.9) as handle, pytest.raises(ValueError, match="already installed"):
+        assert encoder_merge_handle(model) is handle
         apply_encoder_merge(model, 0.9)
-    assert not hasattr(model, "_encoder_merge_handle")
+    assert encoder_merge_handle(model) is None and not hasattr(model, "_encoder_merge_handle")

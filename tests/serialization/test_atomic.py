@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hf_token_merge import MergePlan, TokenMergeConfig, plan_token_merge
+from hf_token_merge import MergePlan, TokenMergeConfig, atomic, plan_token_merge
+from hf_token_merge.atomic import MARKER_NAME, atomic_directory, check_target, is_library_folder
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.serialization import atomic
-from hf_token_merge.serialization.atomic import MARKER_NAME, atomic_directory, check_target, is_library_folder
 from tests.models import build_llama
 
 
