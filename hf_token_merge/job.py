@@ -58,15 +58,6 @@ def evaluate_reference(model, tokenizer, eval_set: Sequence[dict], show_progress
     return {"wer": wer, "perplexity": perplexity}
 
 
-def _table(rows) -> str:
-    """The before/after rows (`hub.CardRow`) as the Markdown table the model card uses too."""
-    lines = ["| metric | before | after | change |", "|---|---:|---:|---:|"]
-    for row in rows:
-        cells = row.rendered()
-        lines.append(f"| {cells['metric']} | {cells['before']} | {cells['after']} | {cells['change']} |")
-    return "\n".join(lines) + "\n"
-
-
 def run_reference_job(
     output_dir: str = DEFAULT_OUTPUT_DIR,
     config: TokenMergeConfig | None = None,
@@ -92,9 +83,9 @@ def run_reference_job(
     from hf_token_merge.analysis import analyze_redundancy
     from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
-    from hf_token_merge.hub import CardRow
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
+    from hf_token_merge.tables import ChangeRow, change_table
 
     original_dir = os.path.join(output_dir, "original")
     merged_dir = os.path.join(output_dir, "merged")
@@ -127,13 +118,13 @@ def run_reference_job(
     after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
 
     rows = [
-        CardRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
-        CardRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
-        CardRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
-        CardRow("parameters", result.parameters_before, result.parameters_after, ",d"),
-        CardRow("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
+        ChangeRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
+        ChangeRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
+        ChangeRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
+        ChangeRow("parameters", result.parameters_before, result.parameters_after, ",d"),
+        ChangeRow("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
     ]
-    table = _table(rows)
+    table = change_table(rows)
     numbers = {
         "config": config.to_dict(),
         "table": [{"metric": row.metric, "before": row.before, "after": row.after} for row in rows],

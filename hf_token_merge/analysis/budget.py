@@ -8,7 +8,6 @@ smallest k within budget up to one row (or `tolerance` of the selected rows).
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,8 +15,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from hf_token_merge.analysis.sweep import SIMILARITY_METHODS, STRATEGIES, strategy_labels
+from hf_token_merge.analysis.sweep import require_token_counts, resolve_strategy, strategy_config
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap import MergePlan, MergeResult, apply_token_merge, plan_token_merge, resolve_selection
 
 Metrics = dict[str, float]
@@ -83,6 +83,26 @@ def _budget_of(max_increase: dict[str, float]) -> Callable[[Metrics, Metrics], b
     return check
 
 
+def budget_limits(
+    max_wer_increase: float | None, max_ppl_increase: float | None, max_increase: dict[str, float] | None
+) -> dict[str, float]:
+    """`metric -> allowed absolute increase` of a budget.
+
+    Raises:
+        ValueError: Without any budget, or with a negative one.
+    """
+    budget = dict(max_increase or {})
+    for argument, metric in BUDGET_KEYS.items():
+        value = {"max_wer_increase": max_wer_increase, "max_ppl_increase": max_ppl_increase}[argument]
+        if value is not None:
+            budget[metric] = value
+    if not budget:
+        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
+    if any(allowed < 0 for allowed in budget.values()):
+        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
+    return budget
+
+
 def compress_within_budget(
     model: torch.nn.Module,
     config: TokenMergeConfig,
@@ -112,32 +132,21 @@ def compress_within_budget(
         token_counts: Calibration counts, where the config needs them.
         min_ratio: The strongest merge tried, as merged rows / selected rows.
         tolerance: Stop bisecting once the bracket is this fraction of the selected rows (0: exact to one row).
-        strategy: How k rows are formed, one of `sweep.STRATEGIES`: "kmeans"/"agglomerative" cluster by
-            similarity (None: the config's method); "drop_least_frequent" keeps the k - 1 most frequent selected
-            ids (by `token_counts`, ties by id) and collapses the rest into one row; "random" is the control.
+        strategy: How k rows are formed, a grouping method of `sweep.STRATEGIES` (None: the config's method):
+            "kmeans"/"agglomerative" cluster by similarity; "frequency" keeps the k - 1 most frequent selected ids
+            (by `token_counts`, ties by id) and collapses the rest into one row; "random" is the control.
+            "drop_least_frequent" is a deprecated alias of "frequency".
         seed: Seed of the "random" strategy.
         show_progress: Show a tqdm bar over trials.
 
     Returns:
         The chosen row count, plan, merge result, metrics before and after, and every trial.
     """
-    budget = dict(max_increase or {})
-    for argument, metric in BUDGET_KEYS.items():
-        value = {"max_wer_increase": max_wer_increase, "max_ppl_increase": max_ppl_increase}[argument]
-        if value is not None:
-            budget[metric] = value
-    if not budget:
-        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
-    if any(allowed < 0 for allowed in budget.values()):
-        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
-    if strategy is not None and strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose from {list(STRATEGIES)} or None.")
-    if strategy in SIMILARITY_METHODS:
-        config = dataclasses.replace(config, method=strategy)
-    if config.method == "threshold" and strategy in (None, *SIMILARITY_METHODS):
-        raise ValueError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")
-    if strategy == "drop_least_frequent" and token_counts is None:
-        raise ValueError("strategy='drop_least_frequent' needs token_counts (see hf_token_merge.calibration_counts).")
+    budget = budget_limits(max_wer_increase, max_ppl_increase, max_increase)
+    method = config.method if strategy is None else resolve_strategy(strategy)
+    if method == "threshold":
+        raise TokenMergeError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")
+    require_token_counts([strategy_config(config, method, 1, seed)], token_counts)
     if not 0 < min_ratio <= 1:
         raise ValueError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
 
@@ -149,20 +158,13 @@ def compress_within_budget(
     plans: dict[int, tuple[MergePlan, Metrics]] = {}
     progress = tqdm(desc="budget search", disable=not show_progress, leave=False)
 
-    def config_for(k: int) -> TokenMergeConfig:
-        method = "kmeans" if config.method == "threshold" else config.method  # unused when labels are fixed
-        return dataclasses.replace(
-            config, method=method, n_clusters=k, target_ratio=None, similarity_threshold=None, distance_threshold=None
-        )
-
     def within(k: int) -> bool:
-        labels = (
-            None
-            if strategy in (None, *SIMILARITY_METHODS)
-            else strategy_labels(strategy, selected, k, token_counts, seed)
-        )
         plan = plan_token_merge(
-            model, config_for(k), tokenizer=tokenizer, token_counts=token_counts, labels=labels, show_progress=False
+            model,
+            strategy_config(config, method, k, seed),
+            tokenizer=tokenizer,
+            token_counts=token_counts,
+            show_progress=False,
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)

@@ -18,6 +18,7 @@ from hf_token_merge.analysis.maps import two_d_map
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap.locate import locate_embeddings
 from hf_token_merge.remap.plan import plan_token_merge
+from hf_token_merge.tables import markdown_table
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
@@ -68,32 +69,33 @@ class RedundancyReport:
     def to_markdown(self) -> str:
         """The report as Markdown, figures linked by file name (next to the report)."""
         value = "similarity" if self.metric == "cosine" else "distance"
-        lines = [
-            "# Redundancy report",
-            "",
-            f"{self.selected_rows} selected rows of width {self.hidden_size}, metric `{self.metric}`.",
-            "",
-            "| measure | value |",
-            "|---|---:|",
-            f"| median pairwise {value} ({self.pair_sample_rows} rows sampled) | {self.pairwise['median']:.4f} |",
-            f"| median nearest-neighbour {value} ({self.neighbour_sample_rows} queries) | "
-            f"{self.nearest_neighbour['median']:.4f} |",
-            f"| effective rank | {self.effective_rank:.1f} |",
-            f"| components for 90 % / 99 % of the variance | {self.components_90} / {self.components_99} |",
+        measures = [
+            (f"median pairwise {value} ({self.pair_sample_rows} rows sampled)", f"{self.pairwise['median']:.4f}"),
+            (
+                f"median nearest-neighbour {value} ({self.neighbour_sample_rows} queries)",
+                f"{self.nearest_neighbour['median']:.4f}",
+            ),
+            ("effective rank", f"{self.effective_rank:.1f}"),
+            ("components for 90 % / 99 % of the variance", f"{self.components_90} / {self.components_99}"),
         ]
         for key in ("clusters", "rows_removed", "mean_cosine_to_merged_row", "mean_distance_to_merged_row"):
             number = self.plan_statistics.get(key)
             if number is not None:
                 shown = f"{number:,}" if isinstance(number, int) else f"{number:.4f}"
-                lines.append(f"| plan: {key.replace('_', ' ')} | {shown} |")
-        lines += ["", f"## How much could merge ({self.curve_sample_rows} rows)", "", "| threshold | rows kept |"]
-        lines += ["|---:|---:|"] + [f"| {t:g} | {c} |" for t, c in self.threshold_curve]
+                measures.append((f"plan: {key.replace('_', ' ')}", shown))
+        parts = [
+            "# Redundancy report\n",
+            f"{self.selected_rows} selected rows of width {self.hidden_size}, metric `{self.metric}`.\n",
+            markdown_table(("measure", "value"), measures),
+            f"## How much could merge ({self.curve_sample_rows} rows)\n",
+            markdown_table(("threshold", "rows kept"), [(f"{t:g}", c) for t, c in self.threshold_curve], "rr"),
+        ]
         if self.layer_adjacent_cosine:
-            lines += ["", "## Adjacent speech-token similarity by layer", "", "| layer | mean cosine |", "|---:|---:|"]
-            lines += [f"| {i} | {c:.4f} |" for i, c in enumerate(self.layer_adjacent_cosine)]
-        lines.append("")
-        lines += [f"![{name}]({os.path.basename(path)})" for name, path in self.figures.items()]
-        return "\n".join(lines) + "\n"
+            cosines = [(i, f"{c:.4f}") for i, c in enumerate(self.layer_adjacent_cosine)]
+            parts.append("## Adjacent speech-token similarity by layer\n")
+            parts.append(markdown_table(("layer", "mean cosine"), cosines, "rr"))
+        figures = "".join(f"![{name}]({os.path.basename(path)})\n" for name, path in self.figures.items())
+        return "\n".join(parts) + "\n" + figures
 
     def to_html(self) -> str:
         """A self-contained HTML page: the Markdown tables plus the figures embedded as base64 PNG."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from tqdm.auto import tqdm
 
 from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
+from hf_token_merge.tables import markdown_table
 
 ORACLE_MODES = ("random_drop", "uniform_drop", "uniform_merge")
 
@@ -154,15 +155,12 @@ def oracle_configs(
 def sequence_markdown(points: Sequence[SequencePoint]) -> str:
     """The points as a Markdown table."""
     names = sorted({name for point in points for name in point.metrics})
-    lines = [
-        "| configuration | speech tokens kept | prefill FLOPs | " + " | ".join(names) + " |",
-        "|---|---:|---:|" + "---:|" * len(names),
+    rows = [
+        [p.name, f"{p.retention:.1%}", f"{p.flops_ratio:.1%}" if p.flops_ratio is not None else "n/a"]
+        + [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
+        for p in points
     ]
-    for p in points:
-        values = " | ".join(f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names)
-        flops = f"{p.flops_ratio:.1%}" if p.flops_ratio is not None else "n/a"
-        lines.append(f"| {p.name} | {p.retention:.1%} | {flops} | {values} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(["configuration", "speech tokens kept", "prefill FLOPs", *names], rows)
 
 
 def save_sequence_points(points: Sequence[SequencePoint], output_dir: str, name: str = "sequence") -> dict[str, str]:

@@ -1,10 +1,13 @@
 """`sweep`: evaluate a grid of compression levels and strategies, the ablation behind every merge setting.
 
-Strategies:
-* a grouping method ("kmeans", "agglomerative"): merge by similarity to the level's row count;
-* "drop_least_frequent": keep the most frequent rows and collapse all the others into one row (an ablation
-  that removes rows, as far as an index remap can: the removed ids share one averaged row);
+A strategy is a grouping method that takes a row count (the vocabulary of `TokenMergeConfig.method`, see
+`hf_token_merge.clustering.grouping_methods`):
+* "kmeans", "agglomerative": merge by similarity to the level's row count;
+* "frequency": keep the k - 1 most frequent rows and collapse all the others into one row (an ablation that removes
+  rows, as far as an index remap can: the removed ids share one averaged row); needs calibration counts;
 * "random": a random grouping into the same number of rows, as a control.
+
+The old name "drop_least_frequent" still works as a deprecated alias of "frequency".
 """
 
 from __future__ import annotations
@@ -14,19 +17,39 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from hf_token_merge.clustering.frequency import least_frequent_labels
+from hf_token_merge.clustering import grouping_method, grouping_methods
+from hf_token_merge.clustering.random_grouping import random_labels
+from hf_token_merge.clustering.registry import DEPRECATED_ALIASES, resolve_method_name
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap import apply_token_merge, plan_token_merge, resolve_selection
+from hf_token_merge.tables import markdown_table
 
-SIMILARITY_METHODS = ("kmeans", "agglomerative")
-STRATEGIES = (*SIMILARITY_METHODS, "drop_least_frequent", "random")
+SIMILARITY_METHODS = tuple(m.name for m in grouping_methods().values() if m.by_similarity and m.takes_row_count)
+STRATEGIES = tuple(m.name for m in grouping_methods().values() if m.takes_row_count)
+STRATEGY_ALIASES = dict(DEPRECATED_ALIASES)
+
+__all__ = [
+    "SIMILARITY_METHODS",
+    "STRATEGIES",
+    "STRATEGY_ALIASES",
+    "SweepPoint",
+    "random_labels",
+    "require_token_counts",
+    "resolve_strategy",
+    "save_sweep",
+    "strategy_config",
+    "strategy_labels",
+    "sweep",
+    "sweep_markdown",
+]
 
 
 @dataclass
@@ -34,7 +57,7 @@ class SweepPoint:
     """One evaluated model of a sweep.
 
     Attributes:
-        strategy: How rows were grouped ("baseline" for the unmerged model).
+        strategy: The grouping method ("baseline" for the unmerged model).
         ratio: Merged rows / selected rows.
         rows_kept: Rows left for the selected ids.
         rows_removed: Rows removed.
@@ -48,11 +71,54 @@ class SweepPoint:
     metrics: dict[str, float]
 
 
-def random_labels(n: int, k: int, seed: int) -> torch.Tensor:
-    """A random grouping of n ids into exactly k non-empty clusters."""
-    generator = torch.Generator().manual_seed(seed)
-    labels = torch.cat([torch.arange(k), torch.randint(k, (n - k,), generator=generator)])
-    return labels[torch.randperm(n, generator=generator)]
+def resolve_strategy(strategy: str) -> str:
+    """The method name of a strategy: one of `STRATEGIES`, or a deprecated alias (which warns).
+
+    Raises:
+        TokenMergeError: On a name that is not a method taking a row count.
+    """
+    if strategy not in STRATEGIES and strategy not in STRATEGY_ALIASES:
+        raise TokenMergeError(
+            f"Unknown strategy {strategy!r}; choose from {list(STRATEGIES)} (sweeps and budget searches set a row "
+            "count, so 'threshold' is none)."
+        )
+    return resolve_method_name(strategy, kind="strategy")
+
+
+def strategy_config(config: TokenMergeConfig, strategy: str, k: int, seed: int | None = None) -> TokenMergeConfig:
+    """The config of one trial: `config` grouped by `strategy` into k rows.
+
+    Args:
+        config: Selection and merge settings.
+        strategy: One of `STRATEGIES` (or a deprecated alias).
+        k: Rows to keep for the selected ids.
+        seed: Seed of "random" (None: the config's seed).
+
+    Returns:
+        The validated config (its stopping option is `n_clusters=k`).
+    """
+    method = resolve_strategy(strategy)
+    changes: dict[str, Any] = {"method": method, "n_clusters": k}
+    if method == "random" and seed is not None:
+        changes["seed"] = seed
+    return config.with_stop(**changes)
+
+
+def require_token_counts(configs: Iterable[TokenMergeConfig], token_counts: torch.Tensor | None) -> None:
+    """Refuse, before any evaluation, trials that need calibration counts when none were given.
+
+    Raises:
+        TokenMergeError: Naming the first config that needs them and how to count.
+    """
+    if token_counts is not None:
+        return
+    for config in configs:
+        if config.needs_token_counts:
+            raise TokenMergeError(
+                f"method={config.method!r} (merge_rule={config.merge_rule!r}, logit_correction="
+                f"{config.logit_correction!r}) needs token_counts=count_tokens(calibration_ids, vocab) "
+                "(or calibration_counts(tokenizer, file, vocab))."
+            )
 
 
 def strategy_labels(
@@ -64,24 +130,19 @@ def strategy_labels(
         strategy: One of `STRATEGIES`.
         selected: The sorted selected ids (`resolve_selection`).
         k: Rows to keep for them.
-        token_counts: `(vocab_size,)` calibration counts; needed by "drop_least_frequent".
+        token_counts: `(vocab_size,)` calibration counts; needed by "frequency".
         seed: Seed of "random".
 
     Returns:
         `(n,)` labels in selection order, or None for a similarity method.
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {strategy!r}; choose from {list(STRATEGIES)}.")
-    if strategy == "random":
-        return random_labels(selected.numel(), k, seed)
-    if strategy == "drop_least_frequent":
-        if token_counts is None:
-            raise ValueError(
-                "strategy 'drop_least_frequent' needs token_counts=count_tokens(calibration_ids, vocab) "
-                "(or calibration_counts(tokenizer, file, vocab))."
-            )
-        return least_frequent_labels(torch.as_tensor(token_counts)[selected], k)
-    return None
+    method = grouping_method(resolve_strategy(strategy))
+    if method.by_similarity:
+        return None
+    config = strategy_config(TokenMergeConfig(token_ids=selected.tolist(), seed=seed, n_clusters=1), method.name, k)
+    require_token_counts([config], token_counts)
+    counts = None if token_counts is None else torch.as_tensor(token_counts)[selected]
+    return method.group(torch.empty(selected.numel(), 0), config, k, counts, False)
 
 
 def sweep(
@@ -90,7 +151,7 @@ def sweep(
     evaluate: Callable[[torch.nn.Module], dict[str, float]],
     *,
     ratios: Sequence[float] = (0.5, 0.25, 0.125, 0.0625),
-    strategies: Sequence[str] = ("kmeans", "drop_least_frequent", "random"),
+    strategies: Sequence[str] = ("kmeans", "frequency", "random"),
     tokenizer: Any = None,
     token_counts: torch.Tensor | None = None,
     output_dir: str | None = None,
@@ -104,9 +165,10 @@ def sweep(
         config: Selection and merge settings; the stopping option and method are set per point.
         evaluate: `model -> metrics`, e.g. a closure over `evaluate_wer`/`evaluate_perplexity`.
         ratios: Compression levels as merged rows / selected rows.
-        strategies: Any of `STRATEGIES`.
+        strategies: Any of `STRATEGIES` (grouping methods; "drop_least_frequent" is a deprecated alias of
+            "frequency"). Points record the method name.
         tokenizer: For regex/preset selections.
-        token_counts: Calibration counts; needed by "drop_least_frequent".
+        token_counts: Calibration counts; needed by "frequency" (and by configs that weight by frequency).
         output_dir: If given, writes `sweep.json`, `sweep.md` and one PNG per metric (needs matplotlib).
         seed: Seed of the random control.
         show_progress: Show a tqdm bar over points.
@@ -114,37 +176,29 @@ def sweep(
     Returns:
         The baseline point, then one point per strategy and ratio.
     """
-    unknown = [s for s in strategies if s not in STRATEGIES]
+    unknown = [s for s in strategies if s not in STRATEGIES and s not in STRATEGY_ALIASES]
     if unknown:
-        raise ValueError(f"Unknown strategies {unknown}; choose from {list(STRATEGIES)}.")
-    if "drop_least_frequent" in strategies and token_counts is None:
-        raise ValueError("strategy 'drop_least_frequent' needs token_counts=count_tokens(calibration_ids, vocab).")
+        raise TokenMergeError(f"Unknown strategies {unknown}; choose from {list(STRATEGIES)}.")
     if any(not 0 < r <= 1 for r in ratios):
-        raise ValueError(f"ratios must lie in (0, 1], got {list(ratios)}.")
+        raise TokenMergeError(f"ratios must lie in (0, 1], got {list(ratios)}.")
+    methods = [resolve_strategy(s) for s in strategies]
+    require_token_counts([strategy_config(config, m, 1, seed) for m in methods], token_counts)
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
     points = [SweepPoint("baseline", 1.0, n, 0, evaluate(model))]
-    grid = [(strategy, ratio) for strategy in strategies for ratio in ratios]
-    for strategy, ratio in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
+    grid = [(method, ratio) for method in methods for ratio in ratios]
+    for method, ratio in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
         k = max(1, math.ceil(ratio * n))
-        method = strategy if strategy in SIMILARITY_METHODS else config.method
-        if method == "threshold":
-            method = "kmeans"
-        point_config = dataclasses.replace(
-            config,
-            method=method,
-            n_clusters=k,
-            target_ratio=None,
-            similarity_threshold=None,
-            distance_threshold=None,
-        )
-        labels = strategy_labels(strategy, selected, k, token_counts, seed)
         plan = plan_token_merge(
-            model, point_config, tokenizer=tokenizer, token_counts=token_counts, labels=labels, show_progress=False
+            model,
+            strategy_config(config, method, k, seed),
+            tokenizer=tokenizer,
+            token_counts=token_counts,
+            show_progress=False,
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)
-        points.append(SweepPoint(strategy, k / n, k, n - k, evaluate(trial)))
+        points.append(SweepPoint(method, k / n, k, n - k, evaluate(trial)))
         del trial
     if output_dir is not None:
         save_sweep(points, output_dir)
@@ -154,14 +208,12 @@ def sweep(
 def sweep_markdown(points: Sequence[SweepPoint]) -> str:
     """The sweep as a Markdown table, one column per metric."""
     names = sorted({name for point in points for name in point.metrics})
-    lines = [
-        "| strategy | ratio | rows kept | rows removed | " + " | ".join(names) + " |",
-        "|---|---:|---:|---:|" + "---:|" * len(names),
+    rows = [
+        [p.strategy, f"{p.ratio:.4f}", p.rows_kept, p.rows_removed]
+        + [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
+        for p in points
     ]
-    for p in points:
-        values = " | ".join(f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names)
-        lines.append(f"| {p.strategy} | {p.ratio:.4f} | {p.rows_kept} | {p.rows_removed} | {values} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(["strategy", "ratio", "rows kept", "rows removed", *names], rows)
 
 
 def save_sweep(points: Sequence[SweepPoint], output_dir: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig, replace_stop
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
@@ -108,9 +108,6 @@ def add_merge_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--logit-correction", choices=["none", "uniform", "frequency"])
 
 
-_STOPS = ("target_ratio", "n_clusters", "similarity_threshold", "distance_threshold")
-
-
 def config_from_args(
     args: argparse.Namespace, default: TokenMergeConfig | None = None, require_stop: bool = True
 ) -> TokenMergeConfig:
@@ -147,14 +144,12 @@ def config_from_args(
         "logit_correction",
     )
     overrides = {name: getattr(args, name) for name in fields if getattr(args, name, None) is not None}
-    if any(stop in overrides for stop in _STOPS):
-        base = {key: value for key, value in base.items() if key not in _STOPS}
-    base.update(overrides)
+    base = replace_stop(base, overrides)
     if not any(base.get(key) is not None for key in ("preset", "token_pattern", "token_id_range", "token_ids")):
         raise TokenMergeError(
             "No rows are selected. Fix: pass --recipe, --preset, --token-pattern, --token-id-range or --config."
         )
-    if not any(base.get(stop) is not None for stop in _STOPS):
+    if not any(base.get(stop) is not None for stop in STOPPING_FIELDS):
         if require_stop:
             raise TokenMergeError(
                 "No stopping option. Fix: pass --target-ratio, --n-clusters or --similarity-threshold."
@@ -169,20 +164,33 @@ def add_calibration_argument(parser: argparse.ArgumentParser) -> None:
         "--calibration-text",
         help=(
             "UTF-8 text file, one example a line used verbatim (keep leading spaces for byte-level BPE), optionally "
-            "ending in TAB + weight; its weighted token counts rank rows for method 'frequency' / "
-            "drop_least_frequent and feed logit_correction/merge_rule 'frequency'/'weighted_mean'"
+            "ending in TAB + weight; its weighted token counts rank rows for method/strategy 'frequency' "
+            "and feed logit_correction/merge_rule 'frequency'/'weighted_mean'"
         ),
     )
 
 
+def check_calibration_args(args: argparse.Namespace, *configs: TokenMergeConfig) -> None:
+    """Refuse a missing `--calibration-text` when any of the merges needs calibration counts.
+
+    Args:
+        args: The parsed options.
+        *configs: Every merge the command will plan (`TokenMergeConfig.needs_token_counts` decides).
+
+    Raises:
+        TokenMergeError: Naming the flag.
+    """
+    if not args.calibration_text and any(config.needs_token_counts for config in configs):
+        raise TokenMergeError(
+            "This merge ranks or weights tokens by frequency and needs calibration counts. "
+            "Fix: pass --calibration-text FILE (see recipes/whisper_vocabulary/make_calibration.py)."
+        )
+
+
 def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeConfig, model, tokenizer):
     """Token counts of `--calibration-text` (None without it); an error naming the flag when the merge needs them."""
+    check_calibration_args(args, config)
     if not args.calibration_text:
-        if config.needs_token_counts:
-            raise TokenMergeError(
-                "This merge ranks or weights tokens by frequency and needs calibration counts. "
-                "Fix: pass --calibration-text FILE (see recipes/whisper_vocabulary/make_calibration.py)."
-            )
         return None
     from hf_token_merge.remap import calibration_counts
 

@@ -55,13 +55,14 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
     """The model card and its before/after rows."""
     from huggingface_hub import EvalResult
 
-    from hf_token_merge.hub import CardRow, build_model_card
+    from hf_token_merge.hub import build_model_card
+    from hf_token_merge.tables import ChangeRow, change_rows
 
     stats = result.plan.statistics
-    rows = [CardRow(name, before[name], after[name]) for name in before] + [
-        CardRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
-        CardRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
-        CardRow("safetensors bytes", disk[0], disk[1], ",.0f"),
+    rows = change_rows(before, after) + [
+        ChangeRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
+        ChangeRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
+        ChangeRow("safetensors bytes", disk[0], disk[1], ",.0f"),
     ]
     eval_results = [
         EvalResult(
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import stage_folder
+    from hf_token_merge.tables import change_table
 
     output = Path(args.output_dir)
     # refuse an unusable output folder before the model is loaded and merged
@@ -124,8 +126,6 @@ def run(args: argparse.Namespace) -> int:
     if args.export_plain:
         export_plain(model, result.plan, output / "plain", tokenizer=tokenizer, overwrite=args.overwrite)
     print(result)
-    for row in rows:
-        rendered = row.rendered()
-        print(f"{rendered['metric']}: {rendered['before']} -> {rendered['after']} ({rendered['change']})")
+    print("\n" + change_table(rows))
     print(f"model: {folder}")
     return 0

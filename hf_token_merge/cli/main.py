@@ -167,12 +167,14 @@ def _read_jsonl(path: str) -> list[dict]:
 
 
 def _markdown(result) -> str:
-    lines = ["| metric | value |", "|---|---|"]
+    from hf_token_merge.tables import MISSING, markdown_table
+
     rows = {**result.to_dict()["metrics"], **result.to_dict()["timing"]}
-    for key, value in rows.items():
-        text = "–" if value is None else f"{value:.6g}" if isinstance(value, float) else f"{value}"
-        lines.append(f"| {key} | {text} |")
-    return "\n".join(lines) + "\n"
+    cells = [
+        (key, MISSING if value is None else f"{value:.6g}" if isinstance(value, float) else f"{value}")
+        for key, value in rows.items()
+    ]
+    return markdown_table(("metric", "value"), cells, align="ll")
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -11,10 +11,17 @@ from hf_token_merge.cli.common import (
     add_merge_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
-    load_for_merge,
+    check_calibration_args,
+    config_from_args,
+    load_model,
     write_json,
 )
+from hf_token_merge.clustering import grouping_methods
+from hf_token_merge.clustering.registry import DEPRECATED_ALIASES
 from hf_token_merge.errors import TokenMergeError
+
+# The grouping methods that take a row count, plus the deprecated aliases.
+STRATEGY_CHOICES = [m.name for m in grouping_methods().values() if m.takes_row_count] + list(DEPRECATED_ALIASES)
 
 EXAMPLES = """examples:
   hf-token-merge sweep --model reference --preset reference --target-ratio 0.5 --eval reference \\
@@ -22,7 +29,7 @@ EXAMPLES = """examples:
   hf-token-merge sweep --model reference --preset reference --target-ratio 0.5 --eval reference \\
       --ratios 0.5 --strategies kmeans --max-wer-increase 0.01 --output-dir runs/budget
   hf-token-merge sweep --model whisper-tiny-en --token-id-range 256 50256 --eval librivox \\
-      --calibration-text calibration.txt --budget-only --budget-strategy drop_least_frequent \\
+      --calibration-text calibration.txt --budget-only --budget-strategy frequency \\
       --max-wer-increase 0.005 --output-dir runs/whisper-budget
 """
 
@@ -48,7 +55,10 @@ def add_parser(subparsers) -> None:
         "--strategies",
         nargs="+",
         default=["kmeans", "random"],
-        help="kmeans, agglomerative, drop_least_frequent (needs --calibration-text), random",
+        choices=STRATEGY_CHOICES,
+        metavar="STRATEGY",
+        help="grouping methods: kmeans, agglomerative, frequency (needs --calibration-text), random "
+        "(drop_least_frequent: deprecated alias of frequency)",
     )
     add_calibration_argument(parser)
     budget = parser.add_argument_group("budget")
@@ -57,7 +67,7 @@ def add_parser(subparsers) -> None:
     budget.add_argument("--min-ratio", type=float, default=1 / 64, help="strongest merge the budget search tries")
     budget.add_argument(
         "--budget-strategy",
-        choices=["kmeans", "agglomerative", "drop_least_frequent", "random"],
+        choices=STRATEGY_CHOICES,
         help="how the budget search forms k rows (default: the config's method)",
     )
     budget.add_argument(
@@ -76,21 +86,25 @@ def add_parser(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
-    from hf_token_merge.analysis import compress_within_budget, sweep, sweep_markdown
-    from hf_token_merge.atomic import atomic_directory, check_target
+    from hf_token_merge.analysis import sweep, sweep_markdown
+    from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config
+    from hf_token_merge.atomic import check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
         raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
     if not 0 <= args.tolerance < 1:
         raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
-    needs_counts = "drop_least_frequent" in ([] if args.budget_only else args.strategies) or (
-        args.budget_strategy == "drop_least_frequent"
-    )
-    if needs_counts and not args.calibration_text:
-        raise TokenMergeError("drop_least_frequent needs token counts. Fix: pass --calibration-text FILE.")
+    config = config_from_args(args, require_stop=False)
+    strategies = [resolve_strategy(s) for s in args.strategies]
+    grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
+    budget_strategy = None if args.budget_strategy is None else resolve_strategy(args.budget_strategy)
+    if args.max_wer_increase is not None or args.max_ppl_increase is not None:
+        grid.append(strategy_config(config, budget_strategy or config.method, 1))
+    check_calibration_args(args, config, *grid)  # before the model loads
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
-    config, model, helper, tokenizer = load_for_merge(args, require_stop=False)
+    model, helper = load_model(args.model)
+    tokenizer = getattr(helper, "tokenizer", helper)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
     evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
     output = Path(args.output_dir)
@@ -100,14 +114,23 @@ def run(args: argparse.Namespace) -> int:
             config,
             evaluate,
             ratios=args.ratios,
-            strategies=args.strategies,
+            strategies=strategies,
             tokenizer=tokenizer,
             token_counts=token_counts,
             output_dir=str(output),
         )
         print(sweep_markdown(points))
-    if args.max_wer_increase is None and args.max_ppl_increase is None:
-        return 0
+    if args.max_wer_increase is not None or args.max_ppl_increase is not None:
+        _run_budget(args, config, budget_strategy, model, helper, evaluate, token_counts)
+    return 0
+
+
+def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
+    """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
+    from hf_token_merge.analysis import compress_within_budget
+    from hf_token_merge.atomic import atomic_directory
+
+    output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     result = compress_within_budget(
         model,
@@ -115,18 +138,18 @@ def run(args: argparse.Namespace) -> int:
         evaluate,
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
-        tokenizer=tokenizer,
+        tokenizer=getattr(helper, "tokenizer", helper),
         token_counts=token_counts,
         min_ratio=args.min_ratio,
         tolerance=args.tolerance,
-        strategy=args.budget_strategy,
+        strategy=strategy,
     )
     write_json(
         output / "budget.json",
         {
             "n_clusters": result.n_clusters,
             "ratio": result.ratio,
-            "strategy": args.budget_strategy or config.method,
+            "strategy": strategy or config.method,
             "selected_rows": int(result.plan.selected_ids.numel()) if result.plan is not None else result.n_clusters,
             "rows_before": model_rows_before,
             "rows_after": model.get_input_embeddings().num_embeddings,
@@ -145,4 +168,3 @@ def run(args: argparse.Namespace) -> int:
         f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
         f"before {result.before}, after {result.after}"
     )
-    return 0

@@ -1,4 +1,4 @@
-"""Grouping of selected rows: threshold (leader), k-means and agglomerative clustering, all blockwise."""
+"""Grouping of selected rows by a registered method (threshold, kmeans, agglomerative, frequency, random)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,28 @@ import math
 
 import torch
 
-from hf_token_merge.clustering.agglomerative import average_linkage
-from hf_token_merge.clustering.frequency import least_frequent_labels
-from hf_token_merge.clustering.kmeans import kmeans
+from hf_token_merge.clustering import methods as _methods  # noqa: F401  (registers the built-in methods)
+from hf_token_merge.clustering.registry import (
+    GroupingMethod,
+    grouping_method,
+    grouping_methods,
+    register_grouping_method,
+)
 from hf_token_merge.clustering.similarity import prepare_rows, scores
-from hf_token_merge.clustering.threshold import leader_clustering
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.errors import TokenMergeError
 
-__all__ = ["canonical_labels", "cluster_rows", "prepare_rows", "scores", "target_cluster_count"]
+__all__ = [
+    "GroupingMethod",
+    "canonical_labels",
+    "cluster_rows",
+    "grouping_method",
+    "grouping_methods",
+    "prepare_rows",
+    "register_grouping_method",
+    "scores",
+    "target_cluster_count",
+]
 
 
 def target_cluster_count(config: TokenMergeConfig, n_rows: int) -> int | None:
@@ -104,55 +118,9 @@ def cluster_rows(
 def _cluster(
     rows: torch.Tensor, config: TokenMergeConfig, k: int | None, counts: torch.Tensor | None, show_progress: bool
 ) -> torch.Tensor:
-    n = rows.shape[0]
-    if config.method == "frequency":
-        if counts is None:
-            raise ValueError("method='frequency' needs calibration counts; pass token_counts to plan_token_merge.")
-        labels = least_frequent_labels(counts, k)
-    elif config.method == "kmeans":
-        labels = kmeans(
-            rows,
-            k,
-            config.metric,
-            seed=config.seed,
-            max_iter=config.max_iter,
-            tol=config.tol,
-            projection_dim=config.projection_dim,
-            block_size=config.block_size,
-            show_progress=show_progress,
+    method = grouping_method(config.method)
+    if method.needs_counts and counts is None:
+        raise TokenMergeError(
+            f"method={config.method!r} needs calibration counts; pass token_counts to plan_token_merge."
         )
-    elif config.method == "threshold":
-        threshold = config.similarity_threshold if config.metric == "cosine" else config.distance_threshold
-        order = None
-        if counts is not None:
-            # Stable sort keeps id order among equally frequent rows.
-            order = torch.sort(-counts.to(torch.float64), stable=True).indices
-        labels = leader_clustering(
-            rows,
-            config.metric,
-            threshold,
-            order=order,
-            block_size=config.block_size,
-            show_progress=show_progress,
-        )
-    else:
-        if n > config.agglomerative_max_rows:
-            raise ValueError(
-                f"Agglomerative clustering of {n} rows needs an {n} x {n} distance matrix "
-                f"({n * n * 4 / 2**30:.1f} GiB); select fewer rows, raise agglomerative_max_rows, "
-                "or use method='kmeans' or 'threshold', which work blockwise."
-            )
-        max_distance = None
-        if config.similarity_threshold is not None:
-            max_distance = 1.0 - config.similarity_threshold
-        elif config.distance_threshold is not None:
-            max_distance = config.distance_threshold
-        labels = average_linkage(
-            rows,
-            config.metric,
-            n_clusters=k,
-            max_distance=max_distance,
-            block_size=config.block_size,
-            show_progress=show_progress,
-        )
-    return canonical_labels(labels)
+    return canonical_labels(method.group(rows, config, k, counts, show_progress))

@@ -18,7 +18,7 @@ from hf_token_merge.errors import TokenMergeError
 CONFIG_NAME = "token_merge_config.json"
 
 Metric = Literal["cosine", "euclidean"]
-Method = Literal["threshold", "kmeans", "agglomerative", "frequency"]
+Method = Literal["threshold", "kmeans", "agglomerative", "frequency", "random"]
 SimilaritySource = Literal["input", "output", "both"]
 MergeRule = Literal["mean", "weighted_mean", "medoid"]
 LMHeadMode = Literal["merge", "keep", "drop"]
@@ -26,7 +26,7 @@ LogitCorrection = Literal["none", "uniform", "frequency"]
 
 _CHOICES = {
     "metric": ("cosine", "euclidean"),
-    "method": ("threshold", "kmeans", "agglomerative", "frequency"),
+    "method": ("threshold", "kmeans", "agglomerative", "frequency", "random"),
     "similarity_source": ("input", "output", "both"),
     "merge_rule": ("mean", "weighted_mean", "medoid"),
     "lm_head": ("merge", "keep", "drop"),
@@ -34,6 +34,24 @@ _CHOICES = {
 }
 # Exactly one of these says how far to merge; recipes and the CLI replace them as one unit.
 STOPPING_FIELDS = ("similarity_threshold", "distance_threshold", "n_clusters", "target_ratio")
+
+
+def replace_stop(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """`settings` updated with `changes`, where a new stopping option replaces the old one (there is exactly one).
+
+    Args:
+        settings: `TokenMergeConfig` fields (e.g. a recipe's `merge` mapping or `config.to_dict()`).
+        changes: Fields to set; a non-None stopping option among them clears the others from `settings`.
+
+    Returns:
+        A new dict (the inputs are left unchanged).
+    """
+    result = dict(settings)
+    if any(changes.get(name) is not None for name in STOPPING_FIELDS):
+        for name in STOPPING_FIELDS:
+            result.pop(name, None)
+    result.update(changes)
+    return result
 
 
 @dataclass
@@ -103,7 +121,8 @@ class TokenMergeConfig(JsonConfigMixin):
             "(exact average linkage; keeps an N x N matrix, so at most `agglomerative_max_rows` rows) or "
             "'frequency' (not by similarity: the k - 1 most frequent selected ids in the calibration counts keep "
             "rows of their own and all others share one row, which greedy decoding practically never emits; "
-            "needs token_counts)."
+            "needs token_counts) or 'random' (a random grouping into the target count, seeded by `seed`: the control "
+            "of sweeps and budget searches)."
         },
     )
     similarity_threshold: float | None = field(
@@ -163,7 +182,7 @@ class TokenMergeConfig(JsonConfigMixin):
         },
     )
     # --- numerics ---------------------------------------------------------------------------------
-    seed: int = field(default=0, metadata={"help": "Seed of k-means initialisation."})
+    seed: int = field(default=0, metadata={"help": "Seed of k-means initialisation and of method='random'."})
     max_iter: int = field(default=25, metadata={"help": "Maximum k-means iterations."})
     tol: float = field(
         default=1e-3,
@@ -294,7 +313,7 @@ class TokenMergeConfig(JsonConfigMixin):
                 f"method='threshold' stops at a threshold, but {stop} is set; set similarity_threshold "
                 "(cosine) or distance_threshold (euclidean), or use method='kmeans'."
             )
-        if self.method in ("kmeans", "frequency") and threshold_stop:
+        if self.method in ("kmeans", "frequency", "random") and threshold_stop:
             raise TokenMergeError(
                 f"method='{self.method}' needs n_clusters or target_ratio, but {stop} is set; "
                 "use method='threshold' or 'agglomerative' to stop at a threshold."
@@ -304,6 +323,20 @@ class TokenMergeConfig(JsonConfigMixin):
     def needs_token_counts(self) -> bool:
         """Whether planning needs calibration counts (method/logit_correction 'frequency', 'weighted_mean')."""
         return self.method == "frequency" or self.logit_correction == "frequency" or self.merge_rule == "weighted_mean"
+
+    def with_stop(self, **changes: Any) -> TokenMergeConfig:
+        """A copy with a new stopping option (which replaces the old one) and any other field changes.
+
+        Example:
+            >>> config.with_stop(n_clusters=64, method="kmeans")  # whatever stopped the merge before
+
+        Args:
+            **changes: `TokenMergeConfig` fields; a stopping option among them replaces the current one.
+
+        Returns:
+            A new, validated config.
+        """
+        return type(self).from_dict(replace_stop(self.to_dict(), changes))
 
     # --- serialisation ----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

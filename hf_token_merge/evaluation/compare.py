@@ -13,8 +13,9 @@ from hf_token_merge.evaluation.perplexity import evaluate_perplexity
 from hf_token_merge.evaluation.runner import get_accelerator
 from hf_token_merge.evaluation.wer import evaluate_wer
 from hf_token_merge.remap.apply import model_size
+from hf_token_merge.tables import CHANGE_COLUMNS, ChangeRow, change_table, number_format
 
-TABLE_COLUMNS = ("metric", "before", "after", "absolute change", "relative change")
+TABLE_COLUMNS = CHANGE_COLUMNS
 
 
 def safetensors_bytes(folder: str | os.PathLike[str]) -> int:
@@ -47,19 +48,24 @@ class Comparison:
         task: `"wer"` or `"perplexity"`.
         before: Evaluation result of the original model.
         after: Evaluation result of the merged model.
-        rows: `{"metric", "before", "after", "absolute_change", "relative_change"}` per metric.
+        changes: One `tables.ChangeRow` per metric (the table's rows).
     """
 
     task: str
     before: Any
     after: Any
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    changes: list[ChangeRow] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """`{"metric", "before", "after", "absolute_change", "relative_change"}` per metric."""
+        return [change.to_dict() for change in self.changes]
 
     def row(self, metric: str) -> dict[str, Any]:
         """The row of one metric."""
-        for row in self.rows:
-            if row["metric"] == metric:
-                return row
+        for change in self.changes:
+            if change.metric == metric:
+                return change.to_dict()
         raise KeyError(metric)
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,27 +75,8 @@ class Comparison:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
-        """A Markdown table: metric, before, after, absolute and relative change."""
-
-        def fmt(value: Any) -> str:
-            if value is None:
-                return "–"
-            if isinstance(value, int):
-                return f"{value:,}"
-            return f"{value:.4g}" if abs(value) < 1e4 else f"{value:,.0f}"
-
-        def rel(value: Any) -> str:
-            return "–" if value is None else f"{100 * value:+.2f}%"
-
-        lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-        for row in self.rows:
-            change = row["absolute_change"]
-            sign = "+" if change is not None and change > 0 else ""
-            lines.append(
-                f"| {row['metric']} | {fmt(row['before'])} | {fmt(row['after'])} | "
-                f"{sign}{fmt(change)} | {rel(row['relative_change'])} |"
-            )
-        return "\n".join(lines) + "\n"
+        """The before/after table (metric, before, after, change with the relative change), as everywhere else."""
+        return change_table(self.changes)
 
     def save(self, output_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write `comparison.json`, `comparison.md` and each side's predictions/sequences."""
@@ -102,13 +89,31 @@ class Comparison:
         return {"json": folder / "comparison.json", "markdown": folder / "comparison.md"}
 
 
-def _row(metric: str, before: Any, after: Any) -> dict[str, Any]:
-    if before is None or after is None:
-        change, relative = None, None
+def _row(metric: str, before: Any, after: Any) -> ChangeRow:
+    return ChangeRow(metric, before, after, number_format(before, after))
+
+
+def quality_rows(task: str, before: Any, after: Any) -> list[ChangeRow]:
+    """The metric rows of two evaluation results (`WerResult` or `PerplexityResult`) of one task, with the speed."""
+    if task == "wer":
+        keys, speed = ("wer", "substitutions", "deletions", "insertions", "hits", "reference_words"), "rtfx"
+        speed_name = "RTFx (audio s / compute s)"
     else:
-        change = after - before
-        relative = change / before if before else (0.0 if change == 0 else None)
-    return {"metric": metric, "before": before, "after": after, "absolute_change": change, "relative_change": relative}
+        keys, speed = ("perplexity", "mean_nll", "bits_per_token", "token_count"), "tokens_per_second"
+        speed_name = "tokens per second"
+    rows = [_row(key, before.metrics()[key], after.metrics()[key]) for key in keys]
+    return rows + [_row(speed_name, getattr(before, speed), getattr(after, speed))]
+
+
+def size_rows(original, merged) -> list[ChangeRow]:
+    """Embedding rows, parameters and bytes in memory of the original and the merged model."""
+    params_before, bytes_before = model_size(original)
+    params_after, bytes_after = model_size(merged)
+    return [
+        _row("embedding rows", embedding_rows(original), embedding_rows(merged)),
+        _row("parameters", params_before, params_after),
+        _row("bytes in memory", bytes_before, bytes_after),
+    ]
 
 
 def compare_before_after(
@@ -150,20 +155,7 @@ def compare_before_after(
     before = evaluate(original, data, accelerator=accelerator, **evaluate_kwargs)
     after = evaluate(merged, data, accelerator=accelerator, **evaluate_kwargs)
 
-    comparison = Comparison(task, before, after)
-    if task == "wer":
-        for key in ("wer", "substitutions", "deletions", "insertions", "hits", "reference_words"):
-            comparison.rows.append(_row(key, before.metrics()[key], after.metrics()[key]))
-        comparison.rows.append(_row("RTFx (audio s / compute s)", before.rtfx, after.rtfx))
-    else:
-        for key in ("perplexity", "mean_nll", "bits_per_token", "token_count"):
-            comparison.rows.append(_row(key, before.metrics()[key], after.metrics()[key]))
-        comparison.rows.append(_row("tokens per second", before.tokens_per_second, after.tokens_per_second))
-    params_before, bytes_before = model_size(original)
-    params_after, bytes_after = model_size(merged)
-    comparison.rows.append(_row("embedding rows", embedding_rows(original), embedding_rows(merged)))
-    comparison.rows.append(_row("parameters", params_before, params_after))
-    comparison.rows.append(_row("bytes in memory", bytes_before, bytes_after))
+    comparison = Comparison(task, before, after, quality_rows(task, before, after) + size_rows(original, merged))
     if measure_disk:
         sizes = [None, None]
         if accelerator.is_main_process:
@@ -172,7 +164,7 @@ def compare_before_after(
             from accelerate.utils import broadcast_object_list
 
             sizes = broadcast_object_list(sizes)
-        comparison.rows.append(_row("bytes on disk (safetensors)", *sizes))
+        comparison.changes.append(_row("bytes on disk (safetensors)", *sizes))
     if output_dir is not None and accelerator.is_main_process:
         comparison.save(output_dir)
     return comparison

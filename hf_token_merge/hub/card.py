@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.tables import ChangeRow, change_table
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
 TAGS = ["hf-token-merge", "token-merging", "speech", "compression"]
 
 
-@dataclass
-class CardRow:
-    """One row of the before/after table: numbers, formatted on rendering."""
-
-    metric: str
-    before: float
-    after: float
-    fmt: str = ".4g"
-
-    def rendered(self) -> dict[str, str]:
-        change = self.after - self.before
-        relative = f" ({change / self.before:+.1%})" if self.before else ""
-        return {
-            "metric": self.metric,
-            "before": format(self.before, self.fmt),
-            "after": format(self.after, self.fmt),
-            "change": f"{change:+{self.fmt}}{relative}",
-        }
+# The model card's rows are the library's one before/after row type.
+CardRow = ChangeRow
 
 
 def build_model_card(
@@ -41,7 +25,7 @@ def build_model_card(
     base_model: str,
     config: TokenMergeConfig,
     plan_statistics: dict[str, Any],
-    rows: list[CardRow],
+    rows: list[ChangeRow],
     eval_results: list[EvalResult] | None = None,
     evaluation_note: str = "",
     extra_tags: list[str] | None = None,
@@ -83,7 +67,7 @@ def build_model_card(
         repo_id=repo_id,
         base_model=base_model,
         rows_removed=plan_statistics.get("rows_removed"),
-        table=[row.rendered() for row in rows],
+        before_after_table=change_table(rows),
         evaluation_note=evaluation_note,
         merge_config=json.dumps(settings, indent=2),
         plan_summary=summary,

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig
+from hf_token_merge.config import TokenMergeConfig, replace_stop
 from hf_token_merge.errors import TokenMergeError
 
 RECIPE_KEYS = ("family", "description", "model", "layout", "protected", "merge", "variants")
@@ -97,16 +97,6 @@ def _merge_fields(merge: Any, where: str) -> dict[str, Any]:
     return dict(merge)
 
 
-def _override(settings: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
-    """Apply `changes`; a change of stopping option replaces the old one (there is exactly one)."""
-    result = dict(settings)
-    if any(changes.get(name) is not None for name in STOPPING_FIELDS):
-        for name in STOPPING_FIELDS:
-            result.pop(name, None)
-    result.update(changes)
-    return result
-
-
 def _read(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
     text_path = os.fspath(name_or_path)
     if text_path.endswith((".yaml", ".yml")) or os.sep in text_path or "/" in text_path:
@@ -168,8 +158,8 @@ def load_recipe(name_or_path: str | os.PathLike, variant: str | None = None, **o
             raise ValueError(f"Recipe {data['family']!r} has no variant {variant!r}; choose one of {sorted(variants)}.")
         spec = variants[variant]
         _check_keys(spec, VARIANT_KEYS, f"variant {variant!r} of recipe {source}")
-        settings = _override(settings, _merge_fields(spec.get("merge", {}), f"variant {variant!r} of {source}"))
-    settings = _override(settings, _merge_fields(overrides, "load_recipe overrides"))
+        settings = replace_stop(settings, _merge_fields(spec.get("merge", {}), f"variant {variant!r} of {source}"))
+    settings = replace_stop(settings, _merge_fields(overrides, "load_recipe overrides"))
     try:
         config = TokenMergeConfig(**settings)
     except ValueError as err:

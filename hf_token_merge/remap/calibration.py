@@ -1,6 +1,6 @@
 """Calibration counts from text: how often a tokenizer emits each id on (weighted) English text.
 
-`plan_token_merge(token_counts=...)` and the `drop_least_frequent` strategy rank rows by these counts. A
+`plan_token_merge(token_counts=...)` and the `frequency` method (sweep strategy) rank rows by these counts. A
 calibration file is plain UTF-8 text, one example per line, used verbatim (a leading space is kept, which
 matters for byte-level BPE: `" the"` and `"the"` are different tokens). A line may end in a TAB and a
 non-negative number, its weight (default 1), so a word-frequency list counts each word by its frequency.

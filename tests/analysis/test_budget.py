@@ -106,7 +106,7 @@ def test_budget_errors():
 
 
 @pytest.mark.parametrize(("allowed", "expected_k"), [(0.0, 11), (0.02, 9), (0.1, 1)])
-def test_budget_with_drop_least_frequent_keeps_the_frequent_ids(allowed, expected_k):
+def test_budget_with_the_frequency_strategy_keeps_the_frequent_ids(allowed, expected_k):
     bundle = build_llama(n_speech=48, n_centers=8)
     selected = bundle.selected_ids
     counts = torch.zeros(bundle.vocab_size)
@@ -119,7 +119,7 @@ def test_budget_with_drop_least_frequent_keeps_the_frequent_ids(allowed, expecte
         max_wer_increase=allowed,
         tokenizer=bundle.tokenizer,
         token_counts=counts,
-        strategy="drop_least_frequent",
+        strategy="frequency",
         min_ratio=1 / 48,
         show_progress=False,
     )
@@ -143,7 +143,7 @@ def test_budget_strategy_errors():
             _rows_removed_metric,
             max_wer_increase=0.1,
             tokenizer=bundle.tokenizer,
-            strategy="drop_least_frequent",
+            strategy="frequency",
         )
     with pytest.raises(ValueError, match="Unknown strategy 'nearest'"):
         compress_within_budget(

@@ -9,7 +9,7 @@ import torch
 
 from hf_token_merge import TokenMergeConfig, count_tokens
 from hf_token_merge.analysis import sweep
-from hf_token_merge.analysis.sweep import random_labels, strategy_labels
+from hf_token_merge.analysis.sweep import random_labels, strategy_config, strategy_labels
 from hf_token_merge.clustering.frequency import least_frequent_labels
 from tests.models import build_llama
 
@@ -33,7 +33,7 @@ def test_similarity_merge_beats_the_controls(tmp_path):
         TokenMergeConfig(preset="llasa", n_clusters=8),
         evaluate,
         ratios=(0.5, 8 / 48),
-        strategies=("kmeans", "agglomerative", "drop_least_frequent", "random"),
+        strategies=("kmeans", "agglomerative", "frequency", "random"),
         tokenizer=bundle.tokenizer,
         token_counts=counts,
         output_dir=str(tmp_path),
@@ -45,7 +45,7 @@ def test_similarity_merge_beats_the_controls(tmp_path):
     assert by_key[("kmeans", 8)].rows_removed == 40
     for method in ("kmeans", "agglomerative"):  # the planted clusters: almost no distortion
         assert by_key[(method, 8)].metrics["distortion"] < 1e-4
-    for control in ("random", "drop_least_frequent"):
+    for control in ("random", "frequency"):
         assert by_key[(control, 8)].metrics["distortion"] > 100 * by_key[("kmeans", 8)].metrics["distortion"] + 0.1
     assert type(bundle.model.get_input_embeddings()) is torch.nn.Embedding  # the original is left unmerged
     saved = json.loads((tmp_path / "sweep.json").read_text())
@@ -68,7 +68,34 @@ def test_sweep_errors():
     with pytest.raises(ValueError, match="Unknown strategies"):
         sweep(bundle.model, config, lambda m: {}, strategies=("magic",), tokenizer=bundle.tokenizer)
     with pytest.raises(ValueError, match="needs token_counts"):
-        sweep(bundle.model, config, lambda m: {}, strategies=("drop_least_frequent",), tokenizer=bundle.tokenizer)
+        sweep(bundle.model, config, lambda m: {}, strategies=("frequency",), tokenizer=bundle.tokenizer)
+    with pytest.raises(ValueError, match="Unknown strategies \\['threshold'\\]"):
+        sweep(bundle.model, config, lambda m: {}, strategies=("threshold",), tokenizer=bundle.tokenizer)
+
+
+def test_the_old_strategy_name_is_a_deprecated_alias_of_the_frequency_method():
+    bundle = build_llama(n_speech=48, n_centers=8)
+    counts = count_tokens(torch.arange(bundle.vocab_size), bundle.vocab_size)
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    with pytest.warns(FutureWarning, match="'drop_least_frequent' is deprecated; use 'frequency'"):
+        points = sweep(
+            bundle.model,
+            config,
+            lambda m: {"rows": float(m.get_input_embeddings().num_embeddings)},
+            ratios=(0.25,),
+            strategies=("drop_least_frequent",),
+            tokenizer=bundle.tokenizer,
+            token_counts=counts,
+            show_progress=False,
+        )
+    assert [(p.strategy, p.rows_kept) for p in points] == [("baseline", 48), ("frequency", 12)]
+    assert points[1].metrics["rows"] == points[0].metrics["rows"] - 36
+    assert strategy_config(config, "random", 5, seed=3).to_dict() == {
+        **config.to_dict(),
+        "method": "random",
+        "n_clusters": 5,
+        "seed": 3,
+    }
 
 
 def test_strategy_labels():
@@ -78,10 +105,12 @@ def test_strategy_labels():
     assert strategy_labels("kmeans", selected, 3) is None
     assert strategy_labels("agglomerative", selected, 3) is None
     # ids 10 and 4 are the most frequent; ties among the zero counts go to the smaller id (2 comes before 6 and 8)
-    assert strategy_labels("drop_least_frequent", selected, 3, counts).tolist() == [2, 1, 2, 2, 0]
-    assert strategy_labels("drop_least_frequent", selected, 4, counts).tolist() == [2, 1, 3, 3, 0]
+    assert strategy_labels("frequency", selected, 3, counts).tolist() == [2, 1, 2, 2, 0]
+    assert strategy_labels("frequency", selected, 4, counts).tolist() == [2, 1, 3, 3, 0]
+    with pytest.warns(FutureWarning, match="deprecated"):
+        assert strategy_labels("drop_least_frequent", selected, 3, counts).tolist() == [2, 1, 2, 2, 0]
     assert torch.equal(strategy_labels("random", selected, 3, seed=4), random_labels(5, 3, seed=4))
     with pytest.raises(ValueError, match="needs token_counts"):
-        strategy_labels("drop_least_frequent", selected, 3)
+        strategy_labels("frequency", selected, 3)
     with pytest.raises(ValueError, match="Unknown strategy 'magic'"):
         strategy_labels("magic", selected, 3)

@@ -228,7 +228,7 @@ def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, 
     assert status == 0
     budget = json.loads((out / "budget.json").read_text())
     # the 3 calibrated ids keep rows of their own; the other 45 speech ids share one: 4 rows
-    assert budget["n_clusters"] == 4 and budget["strategy"] == "drop_least_frequent"
+    assert budget["n_clusters"] == 4 and budget["strategy"] == "frequency"  # the deprecated alias resolves
     assert budget["selected_rows"] == 48
     assert budget["rows_after"] == budget["rows_before"] - 44
     assert budget["after"] == {"wer": 0.10}
@@ -259,7 +259,9 @@ def test_compress_with_the_frequency_method(saved_llama, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("arguments", "reason"),
     [
-        (["--strategies", "drop_least_frequent"], "drop_least_frequent needs token counts. Fix: pass --calibration"),
+        (["--strategies", "frequency"], "needs calibration counts. Fix: pass --calibration-text FILE"),
+        (["--strategies", "drop_least_frequent"], "needs calibration counts. Fix: pass --calibration-text FILE"),
+        (["--budget-strategy", "frequency", "--max-wer-increase", "0"], "needs calibration counts. Fix: pass"),
         (["--budget-only"], "--budget-only needs a budget. Fix: add --max-wer-increase"),
         (["--max-wer-increase", "0.01", "--tolerance", "1.5"], "--tolerance 1.5: must lie in [0, 1)"),
         (["--calibration-text", "missing.txt"], "Calibration text missing.txt does not exist"),
