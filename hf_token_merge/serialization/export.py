@@ -144,7 +144,7 @@ def plain_layout(plan: MergePlan, tokenizer: Any = None, pad_vocab_to_multiple_o
     Merged tokens among the tokenizer's added tokens keep their row (many-to-one through a normaliser, see
     `rewrite_tokenizer`). Merged tokens of the base vocabulary cannot map many-to-one, so they leave it: every
     member except the cluster's representative, and for `method="frequency"` the whole shared cluster, whose
-    row then disappears. Without a tokenizer nothing is removed.
+    row then disappears. Without a tokenizer nothing is removed, nor are rows the tokenizer does not name.
 
     Args:
         plan: The applied plan.
@@ -170,10 +170,13 @@ def plain_layout(plan: MergePlan, tokenizer: Any = None, pad_vocab_to_multiple_o
     if tokenizer is not None:
         state = _tokenizer_state(tokenizer)
         added_ids = {entry["id"] for entry in state["added_tokens"]}
+        vocab = state["model"].get("vocab")
+        base_ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab or [])))
         sizes = plan.cluster_sizes.tolist()
         representatives = plan.representative_ids.tolist()
         for old_id, cluster in zip(plan.selected_ids.tolist(), plan.cluster_of_selected.tolist(), strict=True):
-            if old_id in added_ids or sizes[cluster] < 2:
+            # added tokens merge many-to-one (rewrite_tokenizer); rows past the tokenizer have no string to remove
+            if old_id in added_ids or old_id not in base_ids or sizes[cluster] < 2:
                 continue
             if plan.config.method == "frequency" or old_id != representatives[cluster]:
                 removed.append(old_id)

@@ -179,3 +179,23 @@ def test_merge_then_export_then_torchao_int8_matches_the_unquantized_export(tmp_
     assert error <= 0.02 * (reference[..., :rows].max() - reference[..., :rows].min())
     settings = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
     assert torch.equal(quantized.generate(**encoded, **settings), plain.generate(**encoded, **settings))
+
+
+def test_similarity_cluster_in_a_bpe_vocabulary_keeps_its_representative(tmp_path):
+    from hf_token_merge import plan_token_merge
+
+    tokenizer = _bpe_tokenizer()
+    model = _tiny_llama(10)
+    config = TokenMergeConfig(token_id_range=(4, 9), n_clusters=4, logit_correction="none")
+    # 'cd' (5) and 'dd' (8) share a row; 'cd' is the representative (the smallest id), so 'dd' leaves the vocabulary
+    plan = plan_token_merge(model, config, tokenizer=tokenizer, labels=torch.tensor([0, 1, 2, 3, 1]))
+    apply_token_merge(model, plan, show_progress=False)
+    export_plain(model, plan, tmp_path / "plain", tokenizer=tokenizer)
+
+    plain_tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp_path / "plain")
+    vocab = {"a": 0, "b": 1, "c": 2, "d": 3, "ab": 4, "cd": 5, "abc": 6, "abcd": 7, "</s>": 8}
+    assert plain_tokenizer.get_vocab() == vocab
+    assert tokenizer("dd cd abcd", add_special_tokens=False).input_ids == [8, 5, 4, 5]  # the original
+    assert plain_tokenizer("dd cd abcd", add_special_tokens=False).input_ids == [3, 3, 5, 4, 5]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain")
+    assert plain.config.vocab_size == 9  # the merged row stays: 'cd' still owns it
