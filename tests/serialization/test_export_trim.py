@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -157,26 +158,30 @@ def test_padded_vocabulary_is_a_multiple_and_never_generated(tied, tmp_path):
         assert torch.equal(out.sequences, expected)
 
 
-def test_merge_then_export_then_torchao_int8_matches_the_unquantized_export(tmp_path):
-    """The README's order: merge, export plain, then quantize with a standard quantizer (torchao int8 weights)."""
-    quantization = pytest.importorskip("torchao.quantization")
+def test_merge_then_export_then_int8_dynamic_quantization_matches_the_unquantized_export(tmp_path):
+    """The README's order: merge, export plain, then quantize with a standard CPU quantizer (int8 Linear weights)."""
     bundle = build_llama(layers=2)
     config = TokenMergeConfig(**bundle.selection, n_clusters=bundle.n_centers, logit_correction="none")
     result = apply_token_merge(bundle.model, config, tokenizer=bundle.tokenizer, show_progress=False)
     export_plain(bundle.model, result.plan, tmp_path / "plain", tokenizer=bundle.tokenizer, pad_vocab_to_multiple_of=64)
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
-    quantized = AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval()
-    quantization.quantize_(quantized, quantization.Int8WeightOnlyConfig())
-    assert type(quantized.model.layers[0].mlp.down_proj.weight).__name__ == "Int8Tensor"
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore", DeprecationWarning)
+        quantized = torch.ao.quantization.quantize_dynamic(
+            AutoModelForCausalLM.from_pretrained(tmp_path / "plain").eval(), {torch.nn.Linear}, dtype=torch.qint8
+        )
+    assert type(quantized.model.layers[0].mlp.down_proj).__name__ == "Linear"
+    assert quantized.model.layers[0].mlp.down_proj.weight().dtype == torch.qint8
 
     tokenizer = PreTrainedTokenizerFast.from_pretrained(tmp_path / "plain")
     encoded = tokenizer("hello world", return_tensors="pt")
     with torch.no_grad():
         reference, approximate = plain(**encoded).logits, quantized(**encoded).logits
     rows = result.plan.num_rows
-    # int8 per-channel weights: logits within 2 % of their range (measured: 0.107 of a 19.5 range, 0.55 %)
+    # int8 weights, activations quantized per batch: logits within 2 % of their range (measured 0.142 of 19.5: 0.73 %)
     error = (approximate[..., :rows] - reference[..., :rows]).abs().max()
-    assert error <= 0.02 * (reference[..., :rows].max() - reference[..., :rows].min())
+    span = reference[..., :rows].max() - reference[..., :rows].min()
+    assert error <= 0.02 * span
     settings = {"max_new_tokens": 16, "min_new_tokens": 16, "do_sample": False}
     assert torch.equal(quantized.generate(**encoded, **settings), plain.generate(**encoded, **settings))
 
