@@ -83,10 +83,37 @@ def load_model(name: str):
         if getattr(config, "is_encoder_decoder", False):
             return AutoModelForSpeechSeq2Seq.from_pretrained(source), AutoProcessor.from_pretrained(source)
         return AutoModelForCausalLM.from_pretrained(source), AutoTokenizer.from_pretrained(source)
-    except OSError as error:
+    except (OSError, ValueError) as error:
+        if local:
+            raise _missing_file_error(name, path, error) from error
+        if isinstance(error, ValueError) and not isinstance(error, OSError):
+            raise
         raise TokenMergeError(
             f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
         ) from error
+
+
+def _missing_file_error(name: str, path: Path, error: Exception) -> TokenMergeError:
+    """A local folder that does not load: name the file it lacks instead of suggesting the Hub."""
+    import json
+
+    try:
+        encoder_decoder = bool(json.loads((path / "config.json").read_text()).get("is_encoder_decoder"))
+    except (OSError, ValueError):
+        encoder_decoder = False
+    needed = {
+        "a tokenizer (tokenizer.json or vocab.json)": ("tokenizer.json", "vocab.json", "tokenizer.model"),
+    }
+    if encoder_decoder:
+        needed["a feature extractor (preprocessor_config.json)"] = ("preprocessor_config.json",)
+    lacking = [what for what, files in needed.items() if not any((path / file).is_file() for file in files)]
+    if lacking:
+        return TokenMergeError(
+            f"--model {name}: the folder lacks {' and '.join(lacking)}, so it cannot be loaded. Fix: save the "
+            "processor into it (processor.save_pretrained(folder)), or re-export with "
+            "export_plain(model, plan, folder, tokenizer=processor)."
+        )
+    return TokenMergeError(f"--model {name}: the folder could not be loaded ({error}). Fix: re-save it.")
 
 
 def add_merge_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from hf_token_merge.cli.common import (
     builtin_evaluation,
     calibration_counts_from_args,
     load_for_merge,
+    positive_int,
     write_json,
 )
 
@@ -39,6 +40,12 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--eval", choices=BUILTIN_EVALUATIONS, help="evaluate before and after on a built-in set")
     parser.add_argument("--export-plain", action="store_true", help="also write a plain transformers checkpoint")
+    parser.add_argument(
+        "--pad-vocab-to-multiple-of",
+        type=positive_int,
+        metavar="N",
+        help="with --export-plain: round the plain vocabulary up to a multiple of N (e.g. 64); padding is suppressed",
+    )
     parser.add_argument("--base-model-id", help="Hub id of the base model for the card (default: --model)")
     parser.add_argument("--repo-id", help="Hub id the card's loading snippet names (default: <output-dir name>)")
     parser.add_argument(
@@ -90,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
     """Run `compress`."""
     from hf_token_merge import apply_token_merge, export_plain
     from hf_token_merge.atomic import atomic_directory, check_target
+    from hf_token_merge.errors import TokenMergeError
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.hub import stage_folder
     from hf_token_merge.tables import change_table
 
     output = Path(args.output_dir)
+    if args.pad_vocab_to_multiple_of is not None and not args.export_plain:
+        raise TokenMergeError("--pad-vocab-to-multiple-of pads the plain export. Fix: add --export-plain.")
     # refuse an unusable output folder before the model is loaded and merged
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
@@ -124,7 +134,14 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     if args.export_plain:
-        export_plain(model, result.plan, output / "plain", tokenizer=tokenizer, overwrite=args.overwrite)
+        export_plain(
+            model,
+            result.plan,
+            output / "plain",
+            tokenizer=helper,  # the processor for Whisper, so the plain folder has its feature extractor
+            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
+            overwrite=args.overwrite,
+        )
     print(result)
     print("\n" + change_table(rows))
     print(f"model: {folder}")

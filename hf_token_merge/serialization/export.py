@@ -6,6 +6,11 @@ remapped, and the tokenizer is rewritten so that every member of a merged cluste
 and the merged id decodes to the cluster's representative. It loads with plain transformers, no import of
 hf_token_merge, and its greedy output matches the in-place merged model with `logit_correction='none'`
 (a plain model has one logit per merged row, so a correction cannot be carried over).
+
+Merges inside a BPE base vocabulary are exported the way vocabulary trimmers do it: a token that cannot keep its
+own id leaves the vocabulary, with every BPE merge that builds it or uses it, and the tokenizer spells such text
+with the pieces that stay. The shared row of a `method="frequency"` merge ("all the rarer ids") disappears
+entirely, so the plain model is that much smaller. `PlainLayout` holds the resulting numbering.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import copy
 import json
 import os
 import re
+import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,79 +56,187 @@ def remap_token_ids(config: dict[str, Any], old_to_new: torch.Tensor) -> dict[st
     """Return a copy of a config dict with every token id mapped to its merged id.
 
     Covers `*_token_id(s)` keys, `suppress_tokens`/`begin_suppress_tokens`, `forced_decoder_ids` pairs,
-    `bad_words_ids`, Whisper's `lang_to_id`/`task_to_id`, and nested sub-configs.
+    `bad_words_ids`, Whisper's `lang_to_id`/`task_to_id`, and nested sub-configs. An id that maps to -1 (a
+    token the plain export removes) is left out of the id lists (`suppress_tokens`, ...); anywhere else it is
+    refused.
 
     Args:
         config: A `to_dict()` of a model or generation config.
-        old_to_new: `(vocab_size,)` merged id of every original id.
+        old_to_new: `(vocab_size,)` merged id of every original id (-1: removed).
 
     Returns:
         The remapped dict.
+
+    Raises:
+        TokenMergeError: When a single id the config relies on (`eos_token_id`, a `lang_to_id` entry, a forced
+            decoder id) is among the removed tokens.
     """
     table = old_to_new.tolist()
 
-    def ids(value: Any) -> Any:
+    def one(value: int, key: str) -> int:
+        if not 0 <= value < len(table):
+            return value
+        if table[value] < 0:
+            raise TokenMergeError(
+                f"The config's {key} uses token id {value}, which this merge removes from the plain vocabulary. "
+                "Fix: leave that id out of the selection (special and config token ids are protected unless "
+                "allow_special_tokens=True)."
+            )
+        return table[value]
+
+    def ids(value: Any, key: str, drop_removed: bool) -> Any:
         if isinstance(value, bool) or value is None:
             return value
         if isinstance(value, int):
-            return table[value] if 0 <= value < len(table) else value
+            return one(value, key)
         if isinstance(value, list):
-            return [ids(v) for v in value]
+            if drop_removed:
+                value = [v for v in value if not (isinstance(v, int) and 0 <= v < len(table) and table[v] < 0)]
+            return [ids(v, key, drop_removed) for v in value]
         return value
 
     remapped: dict[str, Any] = {}
     for key, value in config.items():
         if isinstance(value, dict) and key in _ID_MAP_KEYS:
-            remapped[key] = {name: ids(v) for name, v in value.items()}
+            remapped[key] = {name: ids(v, f"{key}[{name!r}]", False) for name, v in value.items()}
         elif isinstance(value, dict):
             remapped[key] = remap_token_ids(value, old_to_new)
-        elif _is_id_key(key) or key in _ID_LIST_KEYS or key == "bad_words_ids":
-            remapped[key] = ids(value)
+        elif key in _ID_LIST_KEYS or key == "bad_words_ids":
+            remapped[key] = ids(value, key, True)
+        elif _is_id_key(key):
+            remapped[key] = ids(value, key, False)
         elif key == "forced_decoder_ids" and value is not None:
-            remapped[key] = [[position, ids(token)] for position, token in value]
+            remapped[key] = [[position, ids(token, key, False)] for position, token in value]
         else:
             remapped[key] = value
     return remapped
 
 
-def rewrite_tokenizer(tokenizer: Any, plan: MergePlan) -> Any:
-    """Renumber a fast tokenizer to merged ids.
+@dataclass(frozen=True)
+class PlainLayout:
+    """The token numbering of a plain export.
 
-    Unmerged tokens keep their string and get their merged id. In each cluster the representative keeps
-    its string; the other members' strings are removed from the added vocabulary and rewritten to the
-    representative by a `Replace` normaliser, so they still encode to the merged id.
+    Attributes:
+        old_to_plain: `(vocab_size,)` plain id of every original id; -1 for a token the export removes.
+        kept_rows: `(n,)` merged-embedding rows that become plain ids 0..n-1, in order.
+        removed_ids: Original base-vocabulary ids whose string leaves the tokenizer (sorted).
+        vocab_size: Rows of the plain model: n plus the padding.
+        padding_ids: Plain ids of the padding rows (never generated: they are suppressed).
+    """
+
+    old_to_plain: torch.Tensor
+    kept_rows: torch.Tensor
+    removed_ids: list[int]
+    vocab_size: int
+    padding_ids: list[int]
+
+
+def _tokenizer_state(tokenizer: Any) -> dict[str, Any]:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise TokenMergeError("export_plain rewrites fast tokenizers only; load the tokenizer with use_fast=True.")
+    return json.loads(backend.to_str())
+
+
+def plain_layout(plan: MergePlan, tokenizer: Any = None, pad_vocab_to_multiple_of: int | None = None) -> PlainLayout:
+    """Work out which tokens a plain export keeps and how it numbers them.
+
+    Merged tokens among the tokenizer's added tokens keep their row (many-to-one through a normaliser, see
+    `rewrite_tokenizer`). Merged tokens of the base vocabulary cannot map many-to-one, so they leave it: every
+    member except the cluster's representative, and for `method="frequency"` the whole shared cluster, whose
+    row then disappears. Without a tokenizer nothing is removed, nor are rows the tokenizer does not name.
+
+    Args:
+        plan: The applied plan.
+        tokenizer: The original fast tokenizer (or None).
+        pad_vocab_to_multiple_of: Round the plain vocabulary up to a multiple of this (None: no padding).
+
+    Returns:
+        The layout.
+
+    Raises:
+        TokenMergeError: For a padding multiple below 1.
+    """
+    if pad_vocab_to_multiple_of is not None and (
+        isinstance(pad_vocab_to_multiple_of, bool)
+        or not isinstance(pad_vocab_to_multiple_of, int)
+        or pad_vocab_to_multiple_of < 1
+    ):
+        raise TokenMergeError(
+            f"pad_vocab_to_multiple_of must be a positive integer (e.g. 64), got {pad_vocab_to_multiple_of!r}. "
+            "Fix: pass an int >= 1, or None for no padding."
+        )
+    removed: list[int] = []
+    if tokenizer is not None:
+        state = _tokenizer_state(tokenizer)
+        added_ids = {entry["id"] for entry in state["added_tokens"]}
+        vocab = state["model"].get("vocab")
+        base_ids = set(vocab.values()) if isinstance(vocab, dict) else set(range(len(vocab or [])))
+        sizes = plan.cluster_sizes.tolist()
+        representatives = plan.representative_ids.tolist()
+        for old_id, cluster in zip(plan.selected_ids.tolist(), plan.cluster_of_selected.tolist(), strict=True):
+            # added tokens merge many-to-one (rewrite_tokenizer); rows past the tokenizer have no string to remove
+            if old_id in added_ids or old_id not in base_ids or sizes[cluster] < 2:
+                continue
+            if plan.config.method == "frequency" or old_id != representatives[cluster]:
+                removed.append(old_id)
+    old_to_new = plan.old_to_new
+    row_alive = torch.zeros(plan.num_rows, dtype=torch.bool)
+    alive_ids = torch.ones(plan.vocab_size, dtype=torch.bool)
+    alive_ids[torch.tensor(removed, dtype=torch.long)] = False
+    row_alive[old_to_new[alive_ids]] = True
+    kept_rows = row_alive.nonzero().flatten()
+    row_to_plain = torch.full((plan.num_rows,), -1, dtype=torch.long)
+    row_to_plain[kept_rows] = torch.arange(kept_rows.numel())
+    old_to_plain = row_to_plain[old_to_new]
+    size = int(kept_rows.numel())
+    if pad_vocab_to_multiple_of is not None:
+        size = -(-size // pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
+    return PlainLayout(
+        old_to_plain=old_to_plain,
+        kept_rows=kept_rows,
+        removed_ids=removed,
+        vocab_size=size,
+        padding_ids=list(range(int(kept_rows.numel()), size)),
+    )
+
+
+def rewrite_tokenizer(tokenizer: Any, plan: MergePlan, layout: PlainLayout | None = None) -> Any:
+    """Renumber a fast tokenizer to the plain export's ids.
+
+    Unmerged tokens keep their string and get their plain id. In each cluster of added tokens the representative
+    keeps its string; the other members' strings are removed from the added vocabulary and rewritten to the
+    representative by a `Replace` normaliser, so they still encode to the merged id. Tokens of a BPE base
+    vocabulary that the layout removes leave the vocabulary together with every merge that builds them or uses
+    them (a vocabulary trim): text that used them is spelled with the pieces that stay. Padding rows become
+    special added tokens `<|vocab_pad_N|>` (as do rows the model had beyond its tokenizer, when padding), so the
+    tokenizer covers every row and keeps the ids of the padding.
 
     Args:
         tokenizer: A transformers fast tokenizer of the original model.
         plan: The applied plan.
+        layout: The plain numbering (default: `plain_layout(plan, tokenizer)`, no padding).
 
     Returns:
-        A new tokenizer of the same class over merged ids.
+        A new tokenizer of the same class over plain ids.
 
     Raises:
-        TokenMergeError: When a merged token lives in the base (BPE/WordPiece) vocabulary rather than among
-            the added tokens; such a merge is only available in the plugin format.
+        TokenMergeError: For a slow tokenizer; for removed base tokens in a non-BPE base vocabulary; for removed
+            tokens that no BPE merge builds (the alphabet every text is spelled with).
     """
     from tokenizers import Regex, Tokenizer, normalizers
 
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise TokenMergeError("export_plain rewrites fast tokenizers only; load the tokenizer with use_fast=True.")
-    state = json.loads(backend.to_str())
-    table = plan.old_to_new.tolist()
-    added_ids = {entry["id"] for entry in state["added_tokens"]}
-    in_base = sorted(set(plan.selected_ids.tolist()) - added_ids)
-    if in_base:
-        raise TokenMergeError(
-            f"Merged ids {in_base[:5]} are in the tokenizer's base vocabulary, which a plain tokenizer cannot map "
-            "many-to-one; keep the plugin format (save_pretrained) for this merge."
-        )
-
-    representatives = set(plan.representative_ids.tolist())
+    state = _tokenizer_state(tokenizer)
+    if layout is None:
+        layout = plain_layout(plan, tokenizer)
+    table = layout.old_to_plain.tolist()
     selected = set(plan.selected_ids.tolist())
+    representatives = set(plan.representative_ids.tolist())
     id_to_content = {entry["id"]: entry["content"] for entry in state["added_tokens"]}
     rewrites: list[tuple[str, str]] = []
     for cluster, representative in enumerate(plan.representative_ids.tolist()):
+        if representative not in id_to_content:
+            continue  # a base-vocabulary cluster: its members leave the vocabulary instead
         others = [id_to_content[i] for i in plan.members(cluster).tolist() if i != representative]
         if others:
             pattern = "|".join(re.escape(text) for text in others)
@@ -136,13 +251,33 @@ def rewrite_tokenizer(tokenizer: Any, plan: MergePlan) -> Any:
         if old_id in representatives and rewrites:
             entry["normalized"] = True  # matched after the Replace normaliser has rewritten its mates
         added.append(entry)
+    vocab = state["model"].get("vocab")
+    named = [entry["id"] for entry in added] + [
+        table[i] for i in (vocab.values() if isinstance(vocab, dict) else []) if i < len(table) and table[i] >= 0
+    ]
+    # a tokenizer's ids have no holes: name every row from its last token on (rows a model already had past its
+    # tokenizer, then the padding), so the padding rows keep their ids
+    first = max(named, default=-1) + 1 if layout.padding_ids else layout.vocab_size
+    for plain_id in range(first, layout.vocab_size):
+        added.append(
+            {
+                "id": plain_id,
+                "content": f"<|vocab_pad_{plain_id - first}|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
     state["added_tokens"] = added
 
-    vocab = state["model"].get("vocab")
-    if isinstance(vocab, dict):
-        state["model"]["vocab"] = {token: table[i] if i < len(table) else i for token, i in vocab.items()}
-    elif isinstance(vocab, list):  # Unigram: a list of [piece, score] in id order; merged ids are added tokens
-        pass
+    model = state["model"]
+    if layout.removed_ids:
+        _trim_base_vocabulary(model, layout.removed_ids, table)
+    elif isinstance(vocab, dict):
+        model["vocab"] = {token: table[i] if i < len(table) else i for token, i in vocab.items()}
+    # Unigram (a list of [piece, score] in id order) only reaches here without removals: merged ids are added
     if state.get("post_processor") is not None:
         state["post_processor"] = json.loads(json.dumps(state["post_processor"]), object_hook=_remap_special(table))
 
@@ -155,6 +290,45 @@ def rewrite_tokenizer(tokenizer: Any, plan: MergePlan) -> Any:
     rewritten = copy.deepcopy(tokenizer)
     rewritten._tokenizer = new_backend
     return rewritten
+
+
+def _trim_base_vocabulary(model: dict[str, Any], removed_ids: list[int], table: list[int]) -> None:
+    """Drop `removed_ids` from a BPE model's vocab and merges, in place, and renumber the rest with `table`."""
+    if model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
+        raise TokenMergeError(
+            f"This merge removes {len(removed_ids)} tokens of a {model.get('type')} base vocabulary; export_plain "
+            "trims BPE vocabularies only. Fix: keep the plugin format (save_pretrained) for this merge."
+        )
+    id_to_token = {i: token for token, i in model["vocab"].items()}
+    removed = {id_to_token[i] for i in removed_ids if i in id_to_token}
+
+    def pair(merge: Any) -> tuple[str, str]:
+        return tuple(merge.split(" ", 1)) if isinstance(merge, str) else tuple(merge)
+
+    built = {"".join(pair(merge)) for merge in model["merges"]}
+    alphabet = sorted(removed - built)
+    if alphabet:
+        raise TokenMergeError(
+            f"This merge removes base tokens {alphabet[:5]} that no BPE merge builds: the tokenizer spells every "
+            "text with them. Fix: leave them out of the selection (for a byte-level BPE such as Whisper's, start "
+            "token_id_range at 256)."
+        )
+    kept_merges = [
+        merge for merge in model["merges"] if not ({*pair(merge)} & removed) and "".join(pair(merge)) not in removed
+    ]
+    model["merges"] = kept_merges
+    model["vocab"] = {token: table[i] for token, i in model["vocab"].items() if token not in removed}
+    reachable = {token for token in model["vocab"] if token not in built} | {
+        "".join(pair(merge)) for merge in kept_merges
+    }
+    unreachable = len(model["vocab"]) - len(reachable & model["vocab"].keys())
+    if unreachable:
+        warnings.warn(
+            f"{unreachable} kept base tokens lost the only BPE merge that built them (a part was removed): the "
+            "tokenizer no longer produces them when encoding, though the model may still generate and decode them.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _remap_special(table: list[int]):
@@ -173,12 +347,17 @@ def _remap_special(table: list[int]):
     return hook
 
 
+def _is_processor(obj: Any) -> bool:
+    return hasattr(obj, "tokenizer") and hasattr(obj, "save_pretrained") and hasattr(obj, "feature_extractor")
+
+
 def export_plain(
     model: nn.Module,
     plan: MergePlan,
     save_directory: str | os.PathLike,
     tokenizer: Any = None,
     *,
+    pad_vocab_to_multiple_of: int | None = None,
     overwrite: bool = False,
 ) -> str:
     """Write `model` (merged in place with `plan`) as a plain transformers checkpoint.
@@ -191,14 +370,20 @@ def export_plain(
         plan: The plan `apply_token_merge` applied (`result.plan`).
         save_directory: Output folder. An existing one is replaced only when it is empty or hf_token_merge wrote
             it; never the current directory or one of its parents.
-        tokenizer: The original fast tokenizer; rewritten to merged ids when given.
+        tokenizer: The original fast tokenizer, or a processor holding one (Whisper's `WhisperProcessor`: its
+            feature extractor is saved too, so `pipeline(model=save_directory)` works); rewritten to plain ids.
+            Needed to trim merged tokens out of a BPE base vocabulary (see `plain_layout`).
+        pad_vocab_to_multiple_of: Round the vocabulary up to a multiple of this (e.g. 64, which serving engines
+            and GPU kernels prefer). Padding rows are zero, named `<|vocab_pad_N|>` in the tokenizer, and added to
+            `generation_config.suppress_tokens`, so `generate`, pipelines and CTranslate2 never emit them.
         overwrite: Replace `save_directory` even when it is a non-empty folder hf_token_merge did not write.
 
     Returns:
         The output folder.
 
     Raises:
-        TokenMergeError: For an unmerged model, a plan of another merge, an `lm_head="keep"` merge, or a
+        TokenMergeError: For an unmerged model, a plan of another merge, an `lm_head="keep"` merge, a bad
+            padding multiple, a merge that removes a token the config needs or the BPE alphabet, or a
             `save_directory` that `check_target` refuses; all before anything is written.
     """
     embedding_name, embedding, head_name, head = _merged_modules(model)
@@ -210,17 +395,29 @@ def export_plain(
             f"{plan.vocab_size} rows, which a plain checkpoint with vocab_size={plan.num_rows} cannot hold. Fix: merge "
             "with lm_head='merge' (or 'drop') to export, or keep the plugin format (model.save_pretrained)."
         )
-    plain_tokenizer = rewrite_tokenizer(tokenizer, plan) if tokenizer is not None else None
+    processor = tokenizer if _is_processor(tokenizer) else None
+    text_tokenizer = processor.tokenizer if processor is not None else tokenizer
+    layout = plain_layout(plan, text_tokenizer, pad_vocab_to_multiple_of)
+    plain_tokenizer = rewrite_tokenizer(text_tokenizer, plan, layout) if text_tokenizer is not None else None
+    if processor is not None:
+        plain_processor = copy.copy(processor)
+        plain_processor.tokenizer = plain_tokenizer
     check_target(save_directory, overwrite=overwrite)
     num_rows = plan.num_rows
     old_to_new = plan.old_to_new
+    old_to_plain = layout.old_to_plain
+    config_dict = remap_token_ids(model.config.to_dict(), old_to_plain)  # refuses a removed config id up front
+    generation_config = getattr(model, "generation_config", None)
+    generation_dict = (
+        remap_token_ids(generation_config.to_dict(), old_to_plain) if generation_config is not None else None
+    )
 
     state = {
         name: tensor
         for name, tensor in model.state_dict().items()
         if not name.endswith((".index_map", ".logit_offset"))
     }
-    suppressed: list[int] = []
+    row_names = [f"{embedding_name}.weight"]
     if head is not None and head.out_features != num_rows:  # untied dropped head: pad to the merged vocabulary
         padded = head.weight.new_zeros(num_rows, head.in_features)
         source = plan.head_source_ids()
@@ -230,15 +427,23 @@ def export_plain(
             bias = head.bias.new_zeros(num_rows)
             bias[old_to_new[source].to(bias.device)] = head.bias.detach()
             state[f"{head_name}.bias"] = bias
+    if head is not None:
+        row_names += [f"{head_name}.weight"] + ([f"{head_name}.bias"] if head.bias is not None else [])
+    padding = layout.vocab_size - int(layout.kept_rows.numel())
+    for name in row_names:  # keep the surviving rows in plain-id order, then the zero padding rows
+        rows = state[name].detach().index_select(0, layout.kept_rows.to(state[name].device))
+        state[name] = torch.cat([rows, rows.new_zeros((padding, *rows.shape[1:]))]) if padding else rows
+    suppressed = list(layout.padding_ids)
     if head is not None and plan.config.lm_head == "drop":
-        suppressed = plan.cluster_rows.tolist()
+        row_to_plain = torch.full((num_rows,), -1, dtype=torch.long)
+        row_to_plain[layout.kept_rows] = torch.arange(layout.kept_rows.numel())
+        suppressed += [i for i in row_to_plain[plan.cluster_rows].tolist() if i >= 0]
 
-    config_dict = remap_token_ids(model.config.to_dict(), old_to_new)
     config_dict.pop("quantization_config", None)
-    config_dict["vocab_size"] = num_rows
+    config_dict["vocab_size"] = layout.vocab_size
     for key in ("text_config", "decoder"):
         if isinstance(config_dict.get(key), dict) and "vocab_size" in config_dict[key]:
-            config_dict[key]["vocab_size"] = num_rows
+            config_dict[key]["vocab_size"] = layout.vocab_size
     plain_config = type(model.config).from_dict(config_dict)
 
     with torch.device("meta"):
@@ -249,9 +454,7 @@ def export_plain(
     if missing:
         raise RuntimeError(f"export_plain could not fill {missing[:5]}; please report this model class.")
 
-    generation_config = getattr(model, "generation_config", None)
-    if generation_config is not None:
-        generation_dict = remap_token_ids(generation_config.to_dict(), old_to_new)
+    if generation_dict is not None:
         if suppressed:
             generation_dict["suppress_tokens"] = sorted(
                 set(generation_dict.get("suppress_tokens") or []) | set(suppressed)
@@ -260,6 +463,11 @@ def export_plain(
 
     with atomic_directory(save_directory, overwrite=overwrite) as staging:
         plain.save_pretrained(staging)
-        if plain_tokenizer is not None:
+        if processor is not None:
+            plain_processor.save_pretrained(staging)
+            if getattr(processor, "feature_extractor", None) is not None:
+                # transformers 5 nests it in processor_config.json; tools that read the classic file need it too
+                plain_processor.feature_extractor.save_pretrained(staging)
+        elif plain_tokenizer is not None:
             plain_tokenizer.save_pretrained(staging)
     return os.fspath(save_directory)

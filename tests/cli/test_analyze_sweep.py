@@ -316,3 +316,25 @@ def test_recipe_variant_from_the_command_line(tmp_path):
         config("--recipe-variant", "english_frequency", "--preset", "llasa", "--n-clusters", "4")
     with pytest.raises(ValueError, match="no variant 'english'"):
         config("--recipe", "whisper", "--recipe-variant", "english")
+
+
+def test_compress_pads_the_plain_vocabulary(saved_llama, tmp_path):
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8"]
+    assert main([*argv, "--export-plain", "--pad-vocab-to-multiple-of", "64", "--output-dir", str(out)]) == 0
+    rows = json.loads((out / "merge.json").read_text())["rows_after"]
+    config = json.loads((out / "plain" / "config.json").read_text())
+    assert rows % 64 != 0 and config["vocab_size"] == -(-rows // 64) * 64
+    suppressed = json.loads((out / "plain" / "generation_config.json").read_text())["suppress_tokens"]
+    assert suppressed == list(range(rows, config["vocab_size"]))
+
+
+def test_padding_without_a_plain_export_is_refused_before_merging(saved_llama, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8"]
+    assert main([*argv, "--pad-vocab-to-multiple-of", "64", "--output-dir", str(out)]) == 2
+    assert "--pad-vocab-to-multiple-of pads the plain export. Fix: add --export-plain." in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
+        main([*argv, "--export-plain", "--pad-vocab-to-multiple-of", "0", "--output-dir", str(out)])
+    assert exit_info.value.code == 2 and "0 is not a positive integer" in capsys.readouterr().err
