@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import asdict, fields
 from typing import Any, ClassVar
 
@@ -92,6 +93,8 @@ class JsonConfigMixin:
         # Imported here so that `import hf_token_merge` does not pay for huggingface_hub's API client.
         from huggingface_hub import HfApi
 
+        from hf_token_merge.serialization.atomic import MARKER_NAME
+
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="hf_token_merge_config_") as staging:
             folder = os.path.join(staging, "upload")
@@ -106,6 +109,7 @@ class JsonConfigMixin:
                 revision=revision,
                 create_pr=create_pr,
                 commit_message=commit_message or f"Upload {type(self).__name__}",
+                ignore_patterns=[MARKER_NAME],  # the save marker is for local folders, not for the repository
             )
         return str(getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info)
 

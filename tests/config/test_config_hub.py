@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 
@@ -18,6 +19,7 @@ from huggingface_hub.errors import (
 from hf_token_merge import TokenMergeConfig
 from hf_token_merge.config import CONFIG_NAME
 from hf_token_merge.sequence import SequenceMergeConfig
+from hf_token_merge.serialization.atomic import MARKER_NAME
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 CONFIG = TokenMergeConfig(preset="llasa", target_ratio=0.125, exclude_token_ids=[3])
@@ -173,7 +175,10 @@ class _RecordingApi:
 
     def upload_folder(self, *, repo_id, folder_path, **kwargs):
         files = {}
+        ignored = kwargs.get("ignore_patterns") or []
         for name in sorted(os.listdir(folder_path)):
+            if any(fnmatch.fnmatch(name, pattern) for pattern in ignored):
+                continue
             with open(os.path.join(folder_path, name), encoding="utf-8") as handle:
                 files[name] = handle.read()
         self.calls.append(("upload_folder", repo_id, files, kwargs))
@@ -207,6 +212,7 @@ def test_push_to_hub_uploads_the_saved_json(api):
         "revision": None,
         "create_pr": False,
         "commit_message": "Upload TokenMergeConfig",
+        "ignore_patterns": [MARKER_NAME],
     }
 
 
@@ -216,7 +222,13 @@ def test_push_to_hub_to_a_branch_subfolder_and_as_a_pull_request(api):
     assert api.calls[2] == ("create_branch", "me/x", {"branch": "dev", "exist_ok": True})
     _, _, files, kwargs = api.calls[3]
     assert SequenceMergeConfig.from_dict(json.loads(files[SequenceMergeConfig.config_file_name])) == sequence
-    assert kwargs == {"path_in_repo": "merge", "revision": "dev", "create_pr": False, "commit_message": "add config"}
+    assert kwargs == {
+        "path_in_repo": "merge",
+        "revision": "dev",
+        "create_pr": False,
+        "commit_message": "add config",
+        "ignore_patterns": [MARKER_NAME],
+    }
 
     api.calls.clear()
     CONFIG.push_to_hub("me/x", revision="main", create_pr=True)
