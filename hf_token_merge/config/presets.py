@@ -29,6 +29,7 @@ PRESETS: dict[str, Preset] = {
     "spark_tts": Preset(r"<\|bicodec_semantic_\d+\|>", "Spark-TTS: BiCodec semantic tokens."),
     "spark_tts_global": Preset(r"<\|bicodec_global_\d+\|>", "Spark-TTS: BiCodec global (speaker) tokens."),
     "outetts": Preset(r"<\|c[12]_\d+\|>", "OuteTTS 1.0: DAC codebook tokens <|c1_N|> and <|c2_N|>."),
+    "outetts_v02": Preset(r"<\|\d+\|>", "OuteTTS 0.2/0.3: WavTokenizer codes <|N|> (0..4099)."),
     "spiritlm": Preset(r"\[Hu\d+\]", "SpiritLM: HuBERT units [HuN]."),
     "spiritlm_pitch": Preset(r"\[Pi\d+\]", "SpiritLM Expressive: pitch tokens [PiN]."),
     "spiritlm_style": Preset(r"\[St\d+\]", "SpiritLM Expressive: style tokens [StN]."),

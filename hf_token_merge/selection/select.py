@@ -47,6 +47,28 @@ def protected_token_ids(tokenizer: Any = None, *configs: Any) -> set[int]:
     return protected
 
 
+def vocabulary_strings(tokenizer: Any) -> list[tuple[str, int]]:
+    """The tokenizer's vocabulary as `(token string, id)` pairs, whatever type its keys have.
+
+    Remote-code tiktoken tokenizers (GLM-4-Voice's `ChatGLM4Tokenizer`, Qwen's) return `bytes` keys from
+    `get_vocab()` for their base vocabulary and `str` keys for added tokens. Byte keys are decoded as UTF-8 with
+    U+FFFD for invalid bytes (a base token may be a fragment of a multi-byte character), so patterns over token
+    strings work on both kinds and never raise.
+
+    Args:
+        tokenizer: A tokenizer with `get_vocab()`.
+
+    Returns:
+        The pairs, in the order of `get_vocab()`.
+    """
+    pairs = []
+    for token, i in tokenizer.get_vocab().items():
+        if isinstance(token, (bytes, bytearray)):
+            token = bytes(token).decode("utf-8", errors="replace")
+        pairs.append((str(token), int(i)))
+    return pairs
+
+
 def match_vocabulary(pattern: str, tokenizer: Any, source: str) -> list[int]:
     """Ids of the tokenizer's tokens whose string matches `pattern` in full.
 
@@ -61,7 +83,7 @@ def match_vocabulary(pattern: str, tokenizer: Any, source: str) -> list[int]:
     if tokenizer is None:
         raise ValueError(f"{source} selects by token string and needs a tokenizer: pass tokenizer=... .")
     regex = re.compile(pattern)
-    matched = [int(i) for token, i in tokenizer.get_vocab().items() if regex.fullmatch(token)]
+    matched = [i for token, i in vocabulary_strings(tokenizer) if regex.fullmatch(token)]
     if not matched:
         raise ValueError(
             f"{source} {pattern!r} matches no token of the tokenizer ({len(tokenizer)} tokens); "
@@ -121,7 +143,7 @@ def select_token_ids(
         regex = re.compile(config.exclude_pattern)
         if tokenizer is None:
             raise ValueError("exclude_pattern selects by token string and needs a tokenizer: pass tokenizer=... .")
-        selected.difference_update(int(i) for token, i in tokenizer.get_vocab().items() if regex.fullmatch(token))
+        selected.difference_update(i for token, i in vocabulary_strings(tokenizer) if regex.fullmatch(token))
     beyond = sorted(i for i in selected if i >= vocab_size)
     if beyond:
         raise ValueError(

@@ -16,7 +16,7 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, pre_tokenizers
 from tokenizers.models import WordLevel
 from torch import nn
-from transformers import PreTrainedTokenizerFast, WhisperForConditionalGeneration
+from transformers import PreTrainedTokenizer, PreTrainedTokenizerFast, WhisperForConditionalGeneration
 
 from tests.models import HIDDEN, TEXT_WORDS, build_tokenizer, llasa_tokenizer, tiny_whisper_config
 
@@ -149,21 +149,43 @@ def outetts(architecture: str, tied: bool, *, slots: int = 1024) -> Replica:
     return Replica(causal_lm(architecture, tokenizer, tied=tied), tokenizer, groups[0] + groups[1], groups, kept)
 
 
+OUTETTS_V02_CODES = 4100
+OUTETTS_V02_MARKERS = ["<|text_start|>", "<|text_end|>", "<|audio_start|>", "<|audio_end|>", "<|code_start|>"]
+OUTETTS_V02_FEATURES = ["<|code_end|>", "<|t_0.12|>", "<|t_1.05|>", "<|space|>"]
+
+
+def outetts_v02(architecture: str, tied: bool) -> Replica:
+    """Real OuteTTS 0.2/0.3 code count: Qwen-style specials, markers, <|0|>..<|4099|>, duration tokens."""
+    codes = [f"<|{i}|>" for i in range(OUTETTS_V02_CODES)]
+    tokenizer = build_tokenizer(
+        TEXT_WORDS,
+        ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        OUTETTS_V02_MARKERS + codes + OUTETTS_V02_FEATURES,
+        [],
+        bos="<|im_start|>",
+        eos="<|im_end|>",
+        pad="<|endoftext|>",
+    )
+    kept = _ids(tokenizer, OUTETTS_V02_MARKERS + OUTETTS_V02_FEATURES)
+    return Replica(causal_lm(architecture, tokenizer, tied=tied), tokenizer, _ids(tokenizer, codes), kept=kept)
+
+
 def spiritlm(architecture: str, tied: bool, *, selects: str = "Hu") -> Replica:
-    """Llama-2 style vocabulary, 40 [HuN] (scaled from 501), 8 [PiN] (64), 10 [StN] (100), [TEXT], [SPEECH]."""
+    """Llama-2 style vocabulary, then Spirit LM's markers [Text] and [Speech] (before the units, as in Spirit LM),
+    40 [HuN] (scaled from 501), 8 [PiN] (64), 10 [StN] (100)."""
     units = {"Hu": 40, "Pi": 8, "St": 10}
     names = {kind: [f"[{kind}{i}]" for i in range(n)] for kind, n in units.items()}
     tokenizer = build_tokenizer(
         TEXT_WORDS,
         ["<s>", "</s>"],
-        ["[TEXT]", "[SPEECH]"] + names["Hu"] + names["Pi"] + names["St"],
+        ["[Text]", "[Speech]"] + names["Hu"] + names["Pi"] + names["St"],
         [],
         bos="<s>",
         eos="</s>",
         pad="</s>",
     )
     groups = [_ids(tokenizer, names[kind]) for kind in units]
-    kept = _ids(tokenizer, ["[TEXT]", "[SPEECH]"]) + [
+    kept = _ids(tokenizer, ["[Text]", "[Speech]"]) + [
         i for kind in units if kind != selects for i in _ids(tokenizer, names[kind])
     ]
     return Replica(
@@ -187,14 +209,66 @@ def speechgpt(architecture: str, tied: bool) -> Replica:
     return Replica(causal_lm(architecture, tokenizer, tied=tied), tokenizer, _ids(tokenizer, units), kept=kept)
 
 
-def glm4_voice(architecture: str, tied: bool) -> Replica:
-    """GLM-4 style specials and 64 <|audio_N|> tokens (scaled from 16,384)."""
-    audio = [f"<|audio_{i}|>" for i in range(64)]
-    specials = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|begin_of_audio|>", "<|end_of_audio|>"]
-    tokenizer = build_tokenizer(
-        TEXT_WORDS, specials, audio, [], bos="<|user|>", eos="<|endoftext|>", pad="<|endoftext|>"
+class ByteVocabTokenizer(PreTrainedTokenizer):
+    """A slow tokenizer shaped like GLM-4-Voice's remote-code `ChatGLM4Tokenizer` (tiktoken based): its base
+    vocabulary maps `bytes` to ranks, `get_vocab()` returns those `bytes` keys plus the `str` keys of the added
+    tokens, and `_convert_id_to_token` returns `bytes`. Base tokens split on spaces."""
+
+    def __init__(self, base: list[bytes], **kwargs):
+        self.mergeable_ranks = {token: rank for rank, token in enumerate(base)}
+        self.decoder = dict(enumerate(base))
+        super().__init__(**kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.decoder)
+
+    def get_vocab(self) -> dict:
+        # what ChatGLM4Tokenizer.get_vocab does: bytes for the base vocabulary, then the added tokens (str)
+        vocab = {self._convert_id_to_token(i): i for i in range(self.vocab_size)}
+        vocab.update(self.added_tokens_encoder)
+        return vocab
+
+    def _tokenize(self, text: str, **kwargs) -> list[bytes]:
+        return [piece.encode("utf-8") for piece in text.split()]
+
+    def _convert_token_to_id(self, token) -> int:
+        if isinstance(token, str):
+            token = token.encode("utf-8")
+        return self.mergeable_ranks[token]
+
+    def _convert_id_to_token(self, index: int) -> bytes:
+        return self.decoder[index]
+
+    def convert_tokens_to_string(self, tokens) -> str:
+        return b" ".join(t if isinstance(t, bytes) else t.encode("utf-8") for t in tokens).decode("utf-8", "replace")
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        return ()
+
+
+GLM4_SPECIALS = ["<|endoftext|>", "<|user|>", "<|assistant|>", "<|begin_of_audio|>", "<|end_of_audio|>"]
+# Base tokens of a byte-level vocabulary, among them fragments of multi-byte characters that are not valid UTF-8
+# on their own (the first two bytes of "中", a lone continuation byte) and a text token that resembles the markers.
+GLM4_BASE = [w.encode() for w in TEXT_WORDS] + [b"\xe4\xb8", b"\xad", "中".encode(), b"<|audio_x|>"]
+
+
+def glm4_voice_tokenizer(n_audio: int = 64) -> ByteVocabTokenizer:
+    """GLM-4-Voice's tokenizer shape: a bytes-keyed base vocabulary, then chat specials and `<|audio_N|>`."""
+    tokenizer = ByteVocabTokenizer(
+        GLM4_BASE, eos_token="<|endoftext|>", pad_token="<|endoftext|>", bos_token="<|user|>"
     )
-    kept = _ids(tokenizer, specials)
+    tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in GLM4_SPECIALS], special_tokens=True)
+    tokenizer.add_tokens([AddedToken(f"<|audio_{i}|>", special=False, normalized=False) for i in range(n_audio)])
+    return tokenizer
+
+
+def glm4_voice(architecture: str, tied: bool) -> Replica:
+    """GLM-4-Voice's tokenizer shape (`glm4_voice_tokenizer`: bytes keys for the base vocabulary) with 64
+    <|audio_N|> tokens (scaled from 16,384)."""
+    tokenizer = glm4_voice_tokenizer(64)
+    audio = [f"<|audio_{i}|>" for i in range(64)]
+    kept = _ids(tokenizer, GLM4_SPECIALS)
     return Replica(causal_lm(architecture, tokenizer, tied=tied), tokenizer, _ids(tokenizer, audio), kept=kept)
 
 

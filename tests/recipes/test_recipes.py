@@ -154,6 +154,73 @@ def test_spiritlm_variants_select_pitch_or_style(variant, tmp_path):
     _merge_and_round_trip(recipe, replica, tmp_path)
 
 
+def test_outetts_v02_variant_selects_the_numbered_codes(tmp_path):
+    # OuteTTS 0.2/0.3 name their WavTokenizer codes <|N|>: the 1.0 preset matches none of them, the variant all 4,100
+    from hf_token_merge.selection.select import select_token_ids
+
+    recipe = load_recipe("outetts", variant="v02")
+    replica = replicas.outetts_v02(recipe.architecture, recipe.tied)
+    with pytest.raises(ValueError, match=r"preset 'outetts' .* matches no token"):
+        select_token_ids(load_recipe("outetts").config, len(replica.tokenizer), replica.tokenizer)
+    assert recipe.config.partition_size is None and recipe.config.exclude_pattern is None
+    plan = _merge_and_round_trip(recipe, replica, tmp_path)
+    assert len(plan.selected_ids) == replicas.OUTETTS_V02_CODES
+    assert plan.num_clusters == math.ceil(replicas.OUTETTS_V02_CODES * 0.25) == 1025
+    assert plan.config.to_dict() == load_recipe("outetts", variant="v02").config.to_dict()
+
+
+def test_glm4_voice_recipe_on_a_bytes_keyed_tokenizer(tmp_path):
+    # GLM-4-Voice's ChatGLM4Tokenizer returns bytes keys for its base vocabulary; the replica does the same
+    recipe = load_recipe("glm4_voice")
+    replica = replicas.glm4_voice(recipe.architecture, recipe.tied)
+    keys = list(replica.tokenizer.get_vocab())
+    assert b"\xe4\xb8" in keys and "<|audio_0|>" in keys  # bytes base tokens, str added tokens
+    plan = _merge_and_round_trip(recipe, replica, tmp_path)
+    assert plan.num_clusters == 16  # 64 audio tokens at target_ratio 0.25
+
+
+def test_speechgpt_com_is_cm_plus_an_attention_lora(tmp_path):
+    # SpeechGPT-7B-com is a LoRA adapter (r=8, alpha=16, q_proj/v_proj) on SpeechGPT-7B-cm. Merging the adapter
+    # (what peft's merge_and_unload does: W += alpha/r * B @ A) leaves embed_tokens and lm_head as they are, so a
+    # plan made on cm applies to the merged com model, and the recipe selects the same units there.
+    from hf_token_merge import plan_token_merge
+
+    recipe = load_recipe("speechgpt")
+    assert recipe.checkpoints == ["fnlp/SpeechGPT-7B-cm"]
+    with open(recipe.source, encoding="utf-8") as handle:
+        text = handle.read()
+    assert "merge_and_unload()" in text and "LoRA adapter on SpeechGPT-7B-cm" in text
+    cm = replicas.speechgpt(recipe.architecture, recipe.tied)
+    com = replicas.speechgpt(recipe.architecture, recipe.tied)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for layer in com.model.model.layers:
+            for projection in (layer.self_attn.q_proj, layer.self_attn.v_proj):
+                a = torch.randn(8, projection.in_features, generator=generator)
+                b = torch.randn(projection.out_features, 8, generator=generator)
+                projection.weight += (16 / 8) * b @ a
+    ids = random_ids(len(cm.tokenizer), (1, 12), seed=2)
+    assert not torch.equal(logits_of(cm.model, ids), logits_of(com.model, ids))  # the adapter changed the model
+    plan = plan_token_merge(cm.model, recipe.config, tokenizer=cm.tokenizer)
+    result = apply_token_merge(com.model, plan, tokenizer=com.tokenizer, show_progress=False)
+    assert result.plan.selected_ids.tolist() == com.intended
+    fresh = replicas.speechgpt(recipe.architecture, recipe.tied)
+    assert plan_token_merge(fresh.model, recipe.config, tokenizer=fresh.tokenizer).fingerprint == plan.fingerprint
+
+
+def test_spiritlm_markers_are_spelled_as_in_spirit_lm_and_come_first():
+    recipe = load_recipe("spiritlm")
+    assert "[Text] (32000) and [Speech] (32001)" in recipe.layout
+    assert "[Text] and [Speech]" in recipe.protected[0]
+    for family in FAMILIES:
+        with open(load_recipe(family).source, encoding="utf-8") as handle:
+            text = handle.read()
+        assert "[TEXT]" not in text and "[SPEECH]" not in text
+    tokenizer = replicas.spiritlm(recipe.architecture, recipe.tied).tokenizer
+    first = tokenizer.convert_tokens_to_ids("[Text]")
+    assert tokenizer.convert_tokens_to_ids(["[Speech]", "[Hu0]"]) == [first + 1, first + 2]
+
+
 def test_whisper_merges_non_ascii_text_tokens_only(tmp_path):
     recipe = load_recipe("whisper")
     replica = replicas.whisper(recipe.architecture, recipe.tied)

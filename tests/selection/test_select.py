@@ -140,7 +140,8 @@ def test_added_special_markers_are_protected(llasa_tok):
         ("orpheus", "<custom_token_4107>", ["<custom_token_>", "<|custom_token_1|>"]),
         ("spark_tts", "<|bicodec_semantic_8191|>", ["<|bicodec_global_3|>"]),
         ("spark_tts_global", "<|bicodec_global_3|>", ["<|bicodec_semantic_3|>"]),
-        ("outetts", "<|c2_1023|>", ["<|c3_1|>", "<|c1_|>"]),
+        ("outetts", "<|c2_1023|>", ["<|c3_1|>", "<|c1_|>", "<|4099|>"]),
+        ("outetts_v02", "<|4099|>", ["<|c1_3|>", "<|t_0.12|>", "<|-1|>", "<|audio_3|>"]),
         ("spiritlm", "[Hu499]", ["[Pi3]", "Hu499"]),
         ("spiritlm_pitch", "[Pi63]", ["[Hu3]", "[St3]", "Pi63"]),
         ("spiritlm_style", "[St99]", ["[Hu3]", "[Pi3]", "St99"]),
@@ -177,3 +178,22 @@ def test_excluding_everything_leaves_an_empty_selection(llasa_tok):
         _select(llasa_tok, preset="llasa", exclude_pattern=r"<\|s_\d+\|>")
     with pytest.raises(ValueError, match="exclude_pattern .* needs a tokenizer"):
         select_token_ids(TokenMergeConfig(token_id_range=(0, 4), exclude_pattern="x", n_clusters=1), 10)
+
+
+def test_bytes_vocabulary_keys_are_decoded_not_fatal():
+    # GLM-4-Voice's remote-code tokenizer returns bytes keys for its base vocabulary (str for added tokens); before,
+    # the regex raised "TypeError: cannot use a string pattern on a bytes-like object".
+    from hf_token_merge.selection.select import vocabulary_strings
+    from tests.recipes.replicas import glm4_voice_tokenizer
+
+    tokenizer = glm4_voice_tokenizer(8)
+    audio = tokenizer.convert_tokens_to_ids([f"<|audio_{i}|>" for i in range(8)])
+    assert _select(tokenizer, preset="glm4_voice").tolist() == audio
+    strings = dict(vocabulary_strings(tokenizer))
+    assert strings["hello"] == tokenizer.convert_tokens_to_ids("hello") and strings["中"] == tokenizer.vocab_size - 2
+    # invalid UTF-8 fragments decode with U+FFFD, so they stay selectable and never raise
+    fragments = _select(tokenizer, token_pattern=".*\ufffd.*").tolist()
+    assert [tokenizer.convert_ids_to_tokens(i) for i in fragments] == [b"\xe4\xb8", b"\xad"]
+    # patterns select and exclude base (bytes) and added (str) tokens alike
+    both = _select(tokenizer, token_pattern=r"hello|<\|audio_[0-3]\|>", exclude_pattern=r"<\|audio_0\|>")
+    assert both.tolist() == [tokenizer.convert_tokens_to_ids("hello"), *audio[1:4]]
