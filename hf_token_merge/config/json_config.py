@@ -93,7 +93,7 @@ class JsonConfigMixin:
         # Imported here so that `import hf_token_merge` does not pay for huggingface_hub's API client.
         from huggingface_hub import HfApi
 
-        from hf_token_merge.serialization.atomic import MARKER_NAME
+        from hf_token_merge.atomic import MARKER_NAME
 
         api = HfApi(token=token)
         with tempfile.TemporaryDirectory(prefix="hf_token_merge_config_") as staging:
