@@ -204,3 +204,33 @@ def test_builtin_names_map_to_hub_ids_and_licenses(tmp_path):
 def test_bad_card_arguments_are_refused_before_loading(kwargs, message):
     with pytest.raises(TokenMergeError, match=re.escape(message)):
         _check_card_arguments(compress_args(**kwargs))
+
+
+def test_compress_writes_a_card_for_a_saved_folder(tmp_path):
+    from hf_token_merge.cli.main import main
+
+    bundle = build_llama(n_speech=48, n_centers=8)
+    base = tmp_path / "base"
+    bundle.model.save_pretrained(base)
+    bundle.tokenizer.save_pretrained(base)
+    (base / "README.md").write_text("---\nlicense: llama3.2\n---\n")
+    argv = ["compress", "--model", str(base), "--preset", "llasa", "--n-clusters", "8"]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 0
+    card = ModelCard.load(tmp_path / "out" / "model" / "README.md")
+    data = check_metadata_plain(card)
+    assert data == {
+        "library_name": "transformers",
+        "license": "llama3.2",
+        "pipeline_tag": "text-generation",
+        "tags": ["hf-token-merge", "token-merging", "speech", "compression"],
+    }
+    assert 'AutoModelForCausalLM.from_pretrained("<your-namespace>/out")' in card.text
+    assert main([*argv, "--repo-id", "me/llasa-merged", "--output-dir", str(tmp_path / "named")]) == 0
+    assert 'snapshot_download("me/llasa-merged")' in ModelCard.load(tmp_path / "named" / "model" / "README.md").text
+
+
+def check_metadata_plain(card: ModelCard) -> dict:
+    """A card without evaluation results: its metadata survives `ModelCardData` unchanged."""
+    data = card.data.to_dict()
+    assert ModelCardData(**data).to_dict() == data
+    return data
