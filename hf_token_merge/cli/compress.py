@@ -46,8 +46,20 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help="with --export-plain: round the plain vocabulary up to a multiple of N (e.g. 64); padding is suppressed",
     )
-    parser.add_argument("--base-model-id", help="Hub id of the base model for the card (default: --model)")
-    parser.add_argument("--repo-id", help="Hub id the card's loading snippet names (default: <output-dir name>)")
+    parser.add_argument(
+        "--base-model-id",
+        help="Hub id of the base model for the card (default: --model when it is a Hub id; whisper-tiny-en is "
+        "openai/whisper-tiny.en; none for 'reference' or a local folder)",
+    )
+    parser.add_argument(
+        "--repo-id",
+        help="Hub id the card's loading snippets name (default: the placeholder <your-namespace>/<output-dir name>)",
+    )
+    parser.add_argument(
+        "--license",
+        help="Hub license id for the card, e.g. apache-2.0 (default: the base model's: apache-2.0 for "
+        "whisper-tiny-en, else the license in --model's README.md, else none)",
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -58,7 +70,30 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(handler=run)
 
 
-def _card(args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int]):
+def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """`(Hub id, license)` of the merged model's base, for the card; None where it is unknown."""
+    from huggingface_hub import ModelCard
+
+    from hf_token_merge.cli.common import _hub_id
+    from hf_token_merge.hub.card import BUILTIN_BASE_MODELS
+
+    if args.model in BUILTIN_BASE_MODELS:
+        base, license_id = BUILTIN_BASE_MODELS[args.model]
+    else:
+        local = Path(args.model).expanduser()
+        # a local folder's path is no Hub id; its own card, if any, still says which license it carries
+        base = None if local.exists() else args.model if _hub_id(args.model) else None
+        license_id = None
+        source = local / "README.md" if local.exists() else base
+        if source is not None and (base is not None or Path(source).is_file()):
+            try:
+                license_id = ModelCard.load(source).data.license
+            except Exception:  # noqa: BLE001  (offline, no card, unreadable card: the card just omits the license)
+                license_id = None
+    return args.base_model_id or base, args.license or license_id
+
+
+def _card(args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int], model):
     """The model card and its before/after rows."""
     from huggingface_hub import EvalResult
 
@@ -81,9 +116,13 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
         )
         for name, value in after.items()
     ]
+    base_model, license_id = _base_model(args)
     card = build_model_card(
-        repo_id=args.repo_id or Path(args.output_dir).name,
-        base_model=args.base_model_id or args.model,
+        # never the bare folder name: it would read as a Hub id that is not the user's
+        repo_id=args.repo_id or f"<your-namespace>/{Path(args.output_dir).resolve().name}",
+        base_model=base_model,
+        model_config=model.config,
+        license=license_id if isinstance(license_id, str) else None,
         config=config,
         plan_statistics=stats,
         rows=rows,
@@ -91,6 +130,26 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
         evaluation_note=f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}." if args.eval else "",
     )
     return card, rows
+
+
+def _check_card_arguments(args: argparse.Namespace) -> None:
+    """Refuse a bad --repo-id, --base-model-id or --license before anything is loaded or merged."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    from hf_token_merge.errors import TokenMergeError
+    from hf_token_merge.hub.card import check_license
+
+    for flag, value in (("--repo-id", args.repo_id), ("--base-model-id", args.base_model_id)):
+        if value is None:
+            continue
+        try:
+            validate_repo_id(value)
+        except HFValidationError as error:
+            raise TokenMergeError(
+                f"{flag} {value!r} is not a valid Hub id ({error}). Fix: pass NAMESPACE/NAME."
+            ) from None
+    if args.license is not None:
+        check_license(args.license)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -103,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.tables import change_table
 
     output = Path(args.output_dir)
+    _check_card_arguments(args)
     if args.pad_vocab_to_multiple_of is not None and not args.export_plain:
         raise TokenMergeError("--pad-vocab-to-multiple-of pads the plain export. Fix: add --export-plain.")
     # refuse an unusable output folder before the model is loaded and merged
@@ -121,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
         stage_folder(staging, model, tokenizer=helper, plan=result.plan)
         disk_after = safetensors_bytes(staging)
-        card, rows = _card(args, config, result, before, after, (disk_before, disk_after))
+        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model)
         card.save(staging / "README.md")
     write_json(
         output / "merge.json",

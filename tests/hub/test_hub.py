@@ -23,6 +23,7 @@ def merged():
     card = build_model_card(
         repo_id="me/tiny-merged",
         base_model="me/tiny",
+        model_config=bundle.model.config,
         config=result.plan.config,
         plan_statistics=result.plan.statistics,
         rows=[
