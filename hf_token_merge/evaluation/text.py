@@ -132,3 +132,21 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
         (substitutions + deletions + insertions) / reference words, over the whole corpus.
     """
     return corpus_error_counts(references, hypotheses).wer
+
+
+def character_error_counts(reference: str, hypothesis: str) -> ErrorCounts:
+    """Align two (already normalised) texts character by character, spaces included, for CER.
+
+    Args:
+        reference: Correct text.
+        hypothesis: Recognised text.
+
+    Returns:
+        `ErrorCounts` over characters: `reference_words` is then the reference's character count and `wer` its CER.
+    """
+    if not reference:
+        return ErrorCounts(insertions=len(hypothesis))
+    if not hypothesis:
+        return ErrorCounts(deletions=len(reference))
+    out = jiwer.process_characters(reference, hypothesis)
+    return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)
