@@ -217,7 +217,9 @@ def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, 
     tokenizer = AutoTokenizer.from_pretrained(saved_llama)
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     monkeypatch.setattr(
-        sweep_cli, "builtin_evaluation", lambda name, helper, show_progress: frequent_ids_shared_metric(frequent)
+        sweep_cli,
+        "builtin_evaluation",
+        lambda name, helper, show_progress, **kwargs: frequent_ids_shared_metric(frequent),
     )
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
