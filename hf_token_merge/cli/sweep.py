@@ -180,8 +180,8 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
             "selected_rows": int(result.plan.selected_ids.numel()) if result.plan is not None else result.n_clusters,
             "rows_before": model_rows_before,
             "rows_after": model.get_input_embeddings().num_embeddings,
-            "tune_set": tune.eval_set_name,
-            "report_set": report.eval_set_name if report is not None else None,
+            "tune_set": getattr(tune, "eval_set_name", args.eval),
+            "report_set": getattr(report, "eval_set_name", args.report_eval) if report is not None else None,
         },
     )
     if result.plan is not None:
@@ -192,7 +192,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
         f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
-        f"tuning set ({tune.eval_set_name}): before {result.before}, after {result.after}"
+        f"tuning set ({getattr(tune, 'eval_set_name', args.eval)}): before {result.before}, after {result.after}"
     )
     if report is not None:
         difference = result.report_difference
@@ -203,6 +203,5 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
             if difference
             else ""
         )
-        print(
-            f"report set ({report.eval_set_name}): before {result.report_before}, after {result.report_after}{interval}"
-        )
+        name = getattr(report, "eval_set_name", args.report_eval)
+        print(f"report set ({name}): before {result.report_before}, after {result.report_after}{interval}")
