@@ -28,7 +28,13 @@ import torch
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.data import check_columns
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
-from hf_token_merge.evaluation.text import ErrorCounts, character_error_counts, error_counts, normalize_transcript
+from hf_token_merge.evaluation.text import (
+    ErrorCounts,
+    character_error_counts,
+    error_counts,
+    normalize_transcript,
+    spelling_map_of,
+)
 from hf_token_merge.evaluation.tts.adapters import InvalidSpeechTokenError, SpeechCodes, SpeechTokenAdapter
 
 Decoded = Any  # a waveform (1-D array/tensor) or log-mel features, whatever `decode` returns and `asr` takes
@@ -98,6 +104,7 @@ def whisper_asr(
         return texts
 
     asr.name = getattr(model.config, "_name_or_path", None) or type(model).__name__  # type: ignore[attr-defined]
+    asr.spelling = spelling_map_of(processor)  # type: ignore[attr-defined]  # the normaliser's spelling map
     return asr
 
 
@@ -315,12 +322,15 @@ def evaluate_tts_wer(
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
     seconds = {"generation": 0.0, "decode": 0.0, "asr": 0.0}
 
+    spelling = getattr(asr, "spelling", None)  # Whisper's spelling map, where the ASR tokenizer provides it
+
+    def normalized(text: str) -> str:
+        return normalize_transcript(text, spelling) if normalize else text
+
     def score(reference: str, hypothesis: str) -> ErrorCounts:
         if metric == "wer":
-            return error_counts(reference, hypothesis, normalize)
-        if normalize:
-            reference, hypothesis = normalize_transcript(reference), normalize_transcript(hypothesis)
-        return character_error_counts(reference, hypothesis)
+            return error_counts(reference, hypothesis, normalize, spelling)
+        return character_error_counts(normalized(reference), normalized(hypothesis))
 
     def process(indices: list[int]) -> list[dict[str, Any]]:
         examples = [data[i] for i in indices]
@@ -378,8 +388,8 @@ def evaluate_tts_wer(
             counts = score(record["reference"], hypothesis)
             record.update(
                 prediction=hypothesis,
-                reference_normalized=normalize_transcript(record["reference"]) if normalize else record["reference"],
-                prediction_normalized=normalize_transcript(hypothesis) if normalize else hypothesis,
+                reference_normalized=normalized(record["reference"]),
+                prediction_normalized=normalized(hypothesis),
                 **counts.to_dict(),
             )
             if speaker_similarity is not None and row in by_row:
@@ -413,6 +423,7 @@ def evaluate_tts_wer(
         "asr": getattr(asr, "name", getattr(asr, "__name__", type(asr).__name__)),
         "metric": metric,
         "normalize": normalize,
+        "spelling_map": spelling is not None,
     }
     result = TtsWerResult(
         counts=total,
