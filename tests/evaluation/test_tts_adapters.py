@@ -267,3 +267,18 @@ def test_merged_llasa_reference_spark_outetts_decode(tmp_path):
             assert out.ended and out.frames == (4 if family == "outetts" else 8), family
             for name, values in out.codes.items():
                 assert values == [] or min(values) >= 0, (family, name)
+
+
+def test_llasa_prompt_with_and_without_a_chat_template():
+    replica = replicas.llasa("LlamaForCausalLM", True)
+    adapter = LlasaAdapter(replica.tokenizer, num_codes=48)
+    plain = replica.tokenizer.convert_ids_to_tokens(adapter.prompt("hello world"))
+    assert plain[0] == "<|begin_of_text|>" and plain[-1] == "<|SPEECH_GENERATION_START|>"
+    assert "<|TEXT_UNDERSTANDING_START|>" in plain and "<|TEXT_UNDERSTANDING_END|>" in plain
+    separator = "<|finetune_right_pad_id|>"  # a toy chat template: <bos>, then each turn after a separator
+    replica.tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}" + separator + "{{ m['content'] }}{% endfor %}"
+    )
+    chat = replica.tokenizer.convert_ids_to_tokens(adapter.prompt("hello world"))
+    assert chat[:2] == ["<|begin_of_text|>", separator] and chat[-1] == "<|SPEECH_GENERATION_START|>"
+    assert chat.count(separator) == 2  # the user turn, then the assistant turn it continues

@@ -307,7 +307,7 @@ class LlasaAdapter(UnitAdapter):
         if getattr(self.tokenizer, "chat_template", None):
             chat = [{"role": "user", "content": user}, {"role": "assistant", "content": "<|SPEECH_GENERATION_START|>"}]
             ids = self.tokenizer.apply_chat_template(chat, tokenize=True, continue_final_message=True)
-            return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+            return list(ids if isinstance(ids, list) else ids["input_ids"])  # a list, or a BatchEncoding
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
         body = self.tokenizer(user + "<|SPEECH_GENERATION_START|>", add_special_tokens=False).input_ids
         return bos + list(body)

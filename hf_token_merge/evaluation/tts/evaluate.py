@@ -286,8 +286,8 @@ def evaluate_tts_wer(
         do_sample: Sample (seeded per utterance with `seed + index`) instead of greedy decoding.
         seed: Base seed of sampling.
         temperature: Sampling temperature.
-        top_k: Top-k sampling (None: off).
-        top_p: Nucleus sampling (None: off).
+        top_k: Top-k sampling (None: the model's generation config, often 50).
+        top_p: Nucleus sampling (None: the model's generation config).
         speaker_similarity: Optional `(decoded, example) -> similarity` (e.g. cosine of speaker embeddings).
         batch_size: Utterances per batch (batches are fixed before sharding).
         dtype: Evaluate in this dtype.
