@@ -38,6 +38,7 @@ def test_oracle_tts_wer_is_the_resynthesis_wer(tmp_path):
     assert (result.invalid, result.undecodable, result.unended) == (0, 0, 0)
     assert result.generated_seconds == pytest.approx(2 * 18 / 50)  # two codes per word at 50 Hz
     assert result.settings["decoding"] == "oracle" and result.settings["asr"] == "word_asr"
+    assert result.settings["decode"] == "word_decode" and "max_new_tokens" not in result.settings
     saved = json.loads((tmp_path / "tts_wer.json").read_text())
     assert saved["task"] == "tts-wer" and saved["metrics"]["wer"] == result.wer
     assert saved["metrics"]["generations_without_end_token"] == 0

@@ -225,7 +225,7 @@ class UnitAdapter(SpeechTokenAdapter):
     """
 
     family = "reference"
-    codec = "the reference FSQ codec"
+    codec = "a one-stream codec of K codes (the reference codec)"
     install = "it ships with hf_token_merge (hf_token_merge.reference)."
     module = "hf_token_merge.reference"
 

@@ -415,11 +415,12 @@ def evaluate_tts_wer(
 
     settings = {
         "decoding": "oracle" if oracle else ("sampled" if do_sample else "greedy"),
-        "max_new_tokens": max_new_tokens,
+        **({} if oracle else {"max_new_tokens": max_new_tokens}),
         **({"seed": seed, "seed_per_utterance": "seed + index", **sampling} if do_sample and not oracle else {}),
         "batch_size": batch_size,
         "family": adapter.family,
         "codec": adapter.codec,
+        "decode": getattr(decode, "__qualname__", type(decode).__name__),
         "asr": getattr(asr, "name", getattr(asr, "__name__", type(asr).__name__)),
         "metric": metric,
         "normalize": normalize,
