@@ -66,6 +66,11 @@ class PairedDifference:
         """JSON-serialisable fields."""
         return asdict(self)
 
+    def interval_text(self, scale: float = 1.0, fmt: str = "+.4g") -> str:
+        """The interval as `95 % CI +0.004 to +0.021` (values times `scale`, e.g. 100 for points)."""
+        low, high = format(scale * self.ci_low, fmt), format(scale * self.ci_high, fmt)
+        return f"{100 * self.confidence:g} % CI {low} to {high}"
+
     def summary(self) -> str:
         """One line in points, e.g. `+1.20 points (95 % CI +0.40 to +2.10; 1,234 words, 100 utterances; p = 0.004)`."""
         level = f"{100 * self.confidence:g} %"

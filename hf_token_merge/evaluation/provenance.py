@@ -89,6 +89,10 @@ class Provenance:
         """JSON-serialisable fields."""
         return asdict(self)
 
+    def markdown(self) -> str:
+        """The record as a Markdown list, for reports and model cards."""
+        return "\n".join(f"- {line}" for line in self.lines()) + "\n"
+
     def lines(self) -> list[str]:
         """Short `key: value` lines for a report or a model card."""
         model = self.model or "unknown model"

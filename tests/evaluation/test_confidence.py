@@ -25,6 +25,7 @@ def test_every_utterance_one_error_worse_gives_a_point_interval():
     # exact sign flips: |sum| = 3 only when all three signs agree, 2 of 8
     assert (result.p_value, result.test) == (0.25, "exact permutation")
     assert (result.utterances, result.units, result.unit_name) == (3, 12, "words")
+    assert result.interval_text(100, "+.2f") == "95 % CI +25.00 to +25.00"
     assert result.summary() == (
         "+25.00 points (95 % CI +25.00 to +25.00; 12 words, 3 utterances; p = 0.25, exact permutation)"
     )
@@ -108,3 +109,4 @@ def test_provenance_of_a_model_and_a_dataset():
     assert lines[0] == "model: HKUSTAudio/Llasa-1B @ cccccccccccc"
     assert lines[1:4] == ["data: librivox, split test", "size: 3 examples, 7 words", "generation: do_sample=False"]
     assert provenance_of().lines()[0] == "model: unknown model (revision unknown)"
+    assert record.markdown().startswith("- model: HKUSTAudio/Llasa-1B @ cccccccccccc\n- data: librivox, split test\n")
