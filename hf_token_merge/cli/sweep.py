@@ -185,9 +185,11 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         },
     )
     if result.plan is not None:
+        card = _budget_card(args, result, tune, report)
         with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
             model.save_pretrained(folder)
             helper.save_pretrained(folder)
+            card.save(folder / "README.md")
     rows_after = model.get_input_embeddings().num_embeddings
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
@@ -205,3 +207,39 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         )
         name = getattr(report, "eval_set_name", args.report_eval)
         print(f"report set ({name}): before {result.report_before}, after {result.report_after}{interval}")
+
+
+def _budget_card(args: argparse.Namespace, result, tune, report):
+    """The budgeted model's card: both sets' before/after rows, the report set's interval, and provenance."""
+    from hf_token_merge.evaluation.provenance import provenance_of
+    from hf_token_merge.hub import CardRow, build_model_card
+
+    sets = [("tuning set", result.before, result.after, result.tune_difference, tune)]
+    if report is not None:
+        sets.append(("report set", result.report_before, result.report_after, result.report_difference, report))
+    rows, notes = [], []
+    for label, before, after, difference, evaluate in sets:
+        name = getattr(evaluate, "eval_set_name", label)
+        rows += [CardRow(f"{metric} ({label})", before[metric], after[metric]) for metric in before]
+        if difference:
+            notes.append(
+                f"{label} ({name}): WER change {100 * difference['difference']:+.2f} points, "
+                f"{100 * difference['confidence']:g} % CI {100 * difference['ci_low']:+.2f} to "
+                f"{100 * difference['ci_high']:+.2f} (paired bootstrap over {difference['utterances']} utterances, "
+                f"{difference['units']:,} words)."
+            )
+    if result.tuned_on_report_set:
+        notes.append("**The row count was chosen on the same set these numbers report (no separate report set).**")
+    else:
+        notes.append("The row count was chosen on the tuning set only; the report set is held out.")
+    record = provenance_of(dataset_name=args.eval, generation={"decoding": "greedy"}, criterion=result.criterion)
+    record.model = args.model
+    note = " ".join(notes) + "\n\n" + record.markdown()
+    return build_model_card(
+        repo_id=Path(args.output_dir).name,
+        base_model=args.base_model_id if getattr(args, "base_model_id", None) else args.model,
+        config=result.plan.config,
+        plan_statistics=result.plan.statistics,
+        rows=rows,
+        evaluation_note=note,
+    )

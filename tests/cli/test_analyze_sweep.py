@@ -383,6 +383,12 @@ def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path,
     assert budget["tune"]["after"] == {"wer": 0.10} and budget["report"]["after"] == {"wer": 0.10}
     assert budget["tuned_on_report_set"] is False and budget["criterion"] == "estimate"
     assert "report set (reference report): before {'wer': 0.1}" in capsys.readouterr().out
+    card = (out / "budgeted" / "README.md").read_text()
+    assert (
+        "| wer (tuning set) | 0.1 | 0.1 | +0 (+0.0%) |" in card
+        and "| wer (report set) | 0.1 | 0.1 | +0 (+0.0%) |" in card
+    )
+    assert "the report set is held out" in card and "- versions: torch " in card
 
 
 def test_sweep_refuses_to_report_on_the_tuning_set(saved_llama, tmp_path, capsys):
