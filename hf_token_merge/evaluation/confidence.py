@@ -28,7 +28,7 @@ class PairedDifference:
     """A before/after difference of a corpus error rate with its confidence interval.
 
     Attributes:
-        metric: `"wer"` or `"cer"`.
+        metric: `"wer"`, `"cer"` or `"nll"` (mean NLL per token: summed NLL over tokens).
         before: Corpus rate of the first model.
         after: Corpus rate of the second model.
         difference: `after - before`.
@@ -60,7 +60,7 @@ class PairedDifference:
     @property
     def unit_name(self) -> str:
         """`"words"` or `"characters"`."""
-        return "characters" if self.metric == "cer" else "words"
+        return {"cer": "characters", "nll": "tokens"}.get(self.metric, "words")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable fields."""
@@ -74,8 +74,10 @@ class PairedDifference:
     def summary(self) -> str:
         """One line in points, e.g. `+1.20 points (95 % CI +0.40 to +2.10; 1,234 words, 100 utterances; p = 0.004)`."""
         level = f"{100 * self.confidence:g} %"
+        scale, unit, fmt = (1, " nats/token", "+.4f") if self.metric == "nll" else (100, " points", "+.2f")
+        low, high = format(scale * self.ci_low, fmt), format(scale * self.ci_high, fmt)
         text = (
-            f"{100 * self.difference:+.2f} points ({level} CI {100 * self.ci_low:+.2f} to {100 * self.ci_high:+.2f}; "
+            f"{format(scale * self.difference, fmt)}{unit} ({level} CI {low} to {high}; "
             f"{self.units:,} {self.unit_name}, {self.utterances:,} utterances"
         )
         if self.p_value is not None:
@@ -186,7 +188,7 @@ def paired_difference(
     Args:
         errors_before: Errors per utterance, first model.
         errors_after: Errors per utterance, second model.
-        units: Reference words (`metric="wer"`) or characters (`"cer"`) per utterance.
+        units: Reference words (`metric="wer"`), characters (`"cer"`) or tokens (`"nll"`) per utterance.
         metric: Name of the rate.
         resamples: Bootstrap resamples.
         confidence: Level of the interval.
@@ -196,8 +198,8 @@ def paired_difference(
     Returns:
         A `PairedDifference`.
     """
-    if metric not in ("wer", "cer"):
-        raise TokenMergeError(f"metric must be 'wer' or 'cer', got {metric!r}.")
+    if metric not in ("wer", "cer", "nll"):
+        raise TokenMergeError(f"metric must be 'wer', 'cer' or 'nll', got {metric!r}.")
     before, after, counts = _arrays(errors_before, errors_after, units)
     low, high = paired_bootstrap(before, after, counts, resamples=resamples, confidence=confidence, seed=seed)
     p_value, test = paired_permutation_test(before, after, seed=seed) if significance else (None, None)

@@ -400,3 +400,29 @@ def test_sweep_refuses_to_report_on_the_tuning_set(saved_llama, tmp_path, capsys
     status = main([*arguments, "--max-wer-increase", "0.01", "--report-eval", "reference", "--split-eval", "0.5",
                    "--output-dir", str(tmp_path / "x")])  # fmt: skip
     assert status == 2 and "pass one of them" in capsys.readouterr().err
+
+
+def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_path, monkeypatch):
+    import hf_token_merge.cli.compress as compress_cli
+    from hf_token_merge.remap import MergedEmbedding
+
+    def fake(name, helper, show_progress, records=False, **kwargs):
+        def evaluate(model):
+            merged = isinstance(model.get_input_embeddings(), MergedEmbedding)
+            rows = [{"id": f"u{i}", "hits": 10 - (merged and i < 2), "substitutions": int(merged and i < 2),
+                     "deletions": 0, "insertions": 0} for i in range(4)]  # fmt: skip
+            return {"wer": sum(r["substitutions"] for r in rows) / 40, **({"records": rows} if records else {})}
+
+        return evaluate
+
+    monkeypatch.setattr(compress_cli, "builtin_evaluation", fake)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8", "--eval", "librivox"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    merge = json.loads((out / "merge.json").read_text())
+    assert merge["before"] == {"wer": 0.0} and merge["after"] == {"wer": 0.05}  # records kept out
+    assert (merge["wer_difference"]["difference"], merge["wer_difference"]["units"]) == (0.05, 40)
+    card = (out / "model" / "README.md").read_text()
+    low, high = merge["wer_difference"]["ci_low"], merge["wer_difference"]["ci_high"]
+    assert f"| wer | 0 | 0.05 | +0.05; 95 % CI {low:+.4f} to {high:+.4f} |" in card
+    assert "WER change: +5.00 points" in card and "- size: 40 words" in card and "- versions: torch " in card

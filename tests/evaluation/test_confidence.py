@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from datasets import Dataset
 
@@ -62,7 +64,7 @@ def test_paired_inputs_are_validated():
         paired_difference([0, 0], [1, 1, 1], [1, 1, 1])
     with pytest.raises(TokenMergeError, match="non-empty reference"):
         paired_difference([0], [0], [0])
-    with pytest.raises(TokenMergeError, match="metric must be 'wer' or 'cer'"):
+    with pytest.raises(TokenMergeError, match="metric must be 'wer', 'cer' or 'nll'"):
         paired_difference([0], [0], [1], metric="bleu")
 
 
@@ -110,3 +112,31 @@ def test_provenance_of_a_model_and_a_dataset():
     assert lines[1:4] == ["data: librivox, split test", "size: 3 examples, 7 words", "generation: do_sample=False"]
     assert provenance_of().lines()[0] == "model: unknown model (revision unknown)"
     assert record.markdown().startswith("- model: HKUSTAudio/Llasa-1B @ cccccccccccc\n- data: librivox, split test\n")
+
+
+def test_compare_before_after_shows_the_interval_and_provenance(tmp_path):
+    import copy
+
+    from hf_token_merge import TokenMergeConfig, apply_token_merge
+    from hf_token_merge.evaluation import compare_before_after
+    from tests.evaluation.dist_eval import llama_data
+
+    bundle = build_llama()
+    merged = copy.deepcopy(bundle.model)
+    apply_token_merge(merged, TokenMergeConfig(preset="llasa", n_clusters=8), tokenizer=bundle.tokenizer,
+                      show_progress=False)  # fmt: skip
+    sequences, _ = llama_data(bundle.tokenizer)
+    result = compare_before_after(bundle.model, merged, sequences, task="perplexity", measure_disk=False,
+                                  max_length=16, stride=5, show_progress=False, output_dir=tmp_path)  # fmt: skip
+    difference = result.difference
+    assert difference.metric == "nll" and difference.units == result.before.token_count
+    assert difference.difference == pytest.approx(result.after.mean_nll - result.before.mean_nll)
+    assert difference.ci_low <= difference.difference <= difference.ci_high
+    row = result.row("mean_nll")
+    assert row["interval"] == difference.interval_text(1, "+.4g")
+    table = (tmp_path / "comparison.md").read_text()
+    assert f"; 95 % CI {difference.ci_low:+.4g} to {difference.ci_high:+.4g} |" in table
+    assert "\n- data: unnamed data\n- size: 7 examples" in table and "- versions: torch " in table
+    saved = json.loads((tmp_path / "comparison.json").read_text())
+    assert saved["difference"]["ci_high"] == difference.ci_high
+    assert saved["provenance"]["units"] == result.before.token_count

@@ -73,6 +73,10 @@ def test_merging_unused_timestamp_tokens_keeps_wer_and_shrinks_the_model(compari
     assert table.splitlines()[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
     for metric in ("wer", "substitutions", "RTFx", "parameters", "bytes on disk"):
         assert f"| {metric}" in table
+    # identical transcripts: the paired interval of the WER change is exactly 0, and the provenance follows the table
+    assert (result.difference.ci_low, result.difference.ci_high, result.difference.units) == (0.0, 0.0, 357)
+    assert "; 95 % CI +0 to +0 |" in table
+    assert "\n- size: 12 examples, 357 words\n" in table
     saved = json.loads((output / "comparison.json").read_text())
     assert [row["metric"] for row in saved["rows"]] == [row["metric"] for row in result.rows]
 
