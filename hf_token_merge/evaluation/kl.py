@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.perplexity import _sequences, window_plan
+from hf_token_merge.evaluation.perplexity import _check_ids, _sequences, window_plan
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
 
 
@@ -201,7 +201,14 @@ def evaluate_kl(
             "evaluate_kl got the same model object twice; the merge works in place, so this compares the merged "
             "model with itself. Fix: load the unmerged model separately (or copy.deepcopy it before merging)."
         )
+    for model in (reference_model, merged_model):
+        if getattr(model, "_sequence_merge_handle", None) is not None:
+            raise TokenMergeError(
+                "evaluate_kl needs a distribution at every input position, but a sequence merge is installed and "
+                "shortens the input. Fix: measure KL before apply_sequence_merge or after handle.remove()."
+            )
     sequences = _sequences(data, tokenizer, column)
+    _check_ids(sequences, reference_model)
     if max_length is None:
         max_length = int(getattr(reference_model.config, "max_position_embeddings", 0) or 1024)
     stride = stride if stride is not None else max(1, max_length // 2)
