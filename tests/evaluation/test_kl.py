@@ -16,9 +16,14 @@ from tests.evaluation.dist_eval import llama_data
 from tests.models import CustomConfig, CustomModel, build_llama
 
 
+class ConstantModel(CustomModel):
+    def get_input_embeddings(self):
+        return self.tok_emb
+
+
 def constant_model(logits: list[float]) -> CustomModel:
     """A model whose next-token logits are `logits` at every position (zero weights, the head's bias only)."""
-    model = CustomModel(CustomConfig(vocab_size=len(logits), hidden_size=2))
+    model = ConstantModel(CustomConfig(vocab_size=len(logits), hidden_size=2))
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.zero_()
@@ -81,3 +86,5 @@ def test_kl_refuses_what_it_cannot_compare():
                       tokenizer=bundle.tokenizer, show_progress=False)  # fmt: skip
     with pytest.raises(TokenMergeError, match="compact_logits=True returns merged-row logits"):
         evaluate_kl(bundle.model, compact, [[0, 1, 2]], show_progress=False)
+    with pytest.raises(TokenMergeError, match=r"holds id\(s\) \[99999\] outside the model's vocabulary"):
+        evaluate_kl(bundle.model, compact, [[0, 99999]], show_progress=False)
