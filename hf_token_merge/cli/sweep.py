@@ -185,7 +185,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         },
     )
     if result.plan is not None:
-        card = _budget_card(args, result, tune, report)
+        card = _budget_card(args, result, tune, report, model)
         with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
             model.save_pretrained(folder)
             helper.save_pretrained(folder)
@@ -209,7 +209,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         print(f"report set ({name}): before {result.report_before}, after {result.report_after}{interval}")
 
 
-def _budget_card(args: argparse.Namespace, result, tune, report):
+def _budget_card(args: argparse.Namespace, result, tune, report, model):
     """The budgeted model's card: both sets' before/after rows, the report set's interval, and provenance."""
     from hf_token_merge.evaluation.provenance import provenance_of
     from hf_token_merge.hub import CardRow, build_model_card
@@ -238,6 +238,7 @@ def _budget_card(args: argparse.Namespace, result, tune, report):
     return build_model_card(
         repo_id=Path(args.output_dir).name,
         base_model=args.base_model_id if getattr(args, "base_model_id", None) else args.model,
+        model_config=model.config,
         config=result.plan.config,
         plan_statistics=result.plan.statistics,
         rows=rows,
