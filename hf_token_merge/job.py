@@ -117,8 +117,20 @@ def run_reference_job(
         tokenizer.save_pretrained(folder)
     after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
 
+    from hf_token_merge.evaluation.confidence import compare_records
+    from hf_token_merge.evaluation.provenance import provenance_of
+
+    difference = compare_records(before["wer"].predictions, after["wer"].predictions)
+    record = provenance_of(
+        merged,
+        eval_set,
+        dataset_name="reference speech-LLM synthetic test split",
+        split="test",
+        units=difference.units,
+        generation={"decoding": "greedy", "batch_size": 16},
+    )
     rows = [
-        ChangeRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f"),
+        ChangeRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f", difference.interval_text(1, "+.4f")),
         ChangeRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
         ChangeRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",d"),
@@ -131,6 +143,8 @@ def run_reference_job(
         "plan": result.plan.statistics,
         "analysis": {"effective_rank": analysis.effective_rank, "threshold_curve": analysis.threshold_curve},
         "utterances": len(eval_set),
+        "wer_difference": difference.to_dict(),
+        "provenance": record.to_dict(),
     }
     with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as handle:
         json.dump(numbers, handle, indent=2)
@@ -138,8 +152,8 @@ def run_reference_job(
         "# Reference speech-LLM: merge report\n\n"
         f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
         f"Evaluated on the {len(eval_set)}-utterance held-out synthetic test split (greedy ASR; unit perplexity "
-        "on the continuation task).\n\n" + table + "\nRedundancy analysis: [analysis/report.md](analysis/report.md) "
-        "(figures, also as [analysis/report.html](analysis/report.html)).\n"
+        "on the continuation task).\n\n" + table + "\n" + record.markdown() + "\nRedundancy analysis: "
+        "[analysis/report.md](analysis/report.md) (figures, also as [analysis/report.html](analysis/report.html)).\n"
     )
     with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(report)

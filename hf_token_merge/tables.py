@@ -57,6 +57,7 @@ class ChangeRow:
     before: float | None
     after: float | None
     fmt: str = ".4g"
+    interval: str | None = None  # the change's confidence interval, e.g. "95 % CI +0.0040 to +0.0210"
 
     @property
     def change(self) -> float | None:
@@ -78,6 +79,7 @@ class ChangeRow:
             shown = MISSING
         else:
             shown = f"{change:+{self.fmt}}" + (f" ({change / self.before:+.1%})" if self.before else "")
+            shown += f"; {self.interval}" if self.interval else ""
         return {
             "metric": self.metric,
             "before": MISSING if self.before is None else format(self.before, self.fmt),
@@ -93,6 +95,7 @@ class ChangeRow:
             "after": self.after,
             "absolute_change": self.change,
             "relative_change": self.relative_change,
+            **({"interval": self.interval} if self.interval else {}),
         }
 
 

@@ -24,3 +24,10 @@ def test_job_writes_the_before_after_report(tmp_path, capsys):
         assert (tmp_path / name).is_file(), name
     printed = capsys.readouterr().out
     assert "| WER (test split) |" in printed and "| embedding rows |" in printed
+    # the WER change carries its paired bootstrap interval, and the report says what it was measured on
+    difference = numbers["wer_difference"]
+    assert difference["utterances"] == 6 and difference["ci_low"] <= difference["difference"] <= difference["ci_high"]
+    report = (tmp_path / "report.md").read_text()
+    assert f"95 % CI {difference['ci_low']:+.4f} to {difference['ci_high']:+.4f}" in report
+    assert "- data: reference speech-LLM synthetic test split, split test\n- size: 6 examples" in report
+    assert numbers["provenance"]["versions"]["torch"] is not None

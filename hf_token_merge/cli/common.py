@@ -231,8 +231,40 @@ def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
     return config, model, helper, getattr(helper, "tokenizer", helper)
 
 
-def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Callable[[Any], dict[str, float]]:
-    """`model -> metrics` on a built-in evaluation set.
+def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int]:
+    """A seeded split of `n` examples: the first `round(fraction * n)` of a permutation tune, the rest report.
+
+    Args:
+        n: Number of examples.
+        fraction: Share of the tuning part, in (0, 1).
+        part: `"tune"` or `"report"`.
+        seed: Seed of the permutation.
+
+    Returns:
+        Sorted example indices of the part.
+    """
+    import torch
+
+    if not 0 < fraction < 1:
+        raise TokenMergeError(f"--split-eval {fraction}: must lie in (0, 1). Fix: pass e.g. 0.5.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    cut = round(fraction * n)
+    if cut == 0 or cut == n:
+        raise TokenMergeError(
+            f"--split-eval {fraction} leaves one part of the {n} examples empty. Fix: pass a fraction nearer 0.5."
+        )
+    return sorted(order[:cut] if part == "tune" else order[cut:])
+
+
+def builtin_evaluation(
+    name: str,
+    model_helper: Any,
+    show_progress: bool,
+    *,
+    split: tuple[str, float] | None = None,
+    records: bool = False,
+) -> Callable[[Any], dict[str, Any]]:
+    """`model -> metrics` on a built-in evaluation set (or one part of it).
 
     Args:
         name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity) or a built-in set of
@@ -240,31 +272,42 @@ def builtin_evaluation(name: str, model_helper: Any, show_progress: bool) -> Cal
             recipes/reference_model/synthesize.py).
         model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
+        split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
+        records: Also return the per-utterance records (key "records"), for confidence intervals.
 
     Returns:
-        A function `model -> {"wer": ...}` (plus "perplexity" for 'reference').
+        A function `model -> {"wer": ...}` (plus "perplexity" for 'reference'), labelled with its set
+        (`describe_eval_set`) so that the budget search can check the tune/report split.
     """
+    from hf_token_merge.analysis.budget import describe_eval_set, with_records
+
     if name == "reference":
         from hf_token_merge.job import evaluate_reference
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
 
-        eval_set = load_reference_eval_set()
-
-        def evaluate(model) -> dict[str, float]:
-            results = evaluate_reference(model, model_helper, eval_set, show_progress=show_progress)
-            return {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
-
-        return evaluate
-    if name in BUILTIN_DATASETS:
+        data = load_reference_eval_set()
+    elif name in BUILTIN_DATASETS:
         from hf_token_merge.evaluation import evaluate_wer
 
         data = BUILTIN_DATASETS[name].load(None)
+    else:
+        raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+    label = name
+    if split is not None:
+        indices = split_indices(len(data), split[1], split[0])
+        data = data.select(indices) if hasattr(data, "select") else [data[i] for i in indices]
+        label = f"{name} ({split[0]} part, {len(indices)} examples)"
 
-        def evaluate(model) -> dict[str, float]:
-            return {"wer": evaluate_wer(model, data, processor=model_helper, show_progress=show_progress).wer}
+    def evaluate(model) -> dict[str, Any]:
+        if name == "reference":
+            results = evaluate_reference(model, model_helper, data, show_progress=show_progress)
+            wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
+        else:
+            wer = evaluate_wer(model, data, processor=model_helper, show_progress=show_progress)
+            metrics = {"wer": wer.wer}
+        return with_records(wer, **metrics) if records else metrics
 
-        return evaluate
-    raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+    return describe_eval_set(evaluate, label, data)
 
 
 def write_json(path: Path, data: Any) -> None:

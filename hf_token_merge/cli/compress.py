@@ -93,15 +93,43 @@ def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return args.base_model_id or base, args.license or license_id
 
 
-def _card(args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int], model):
-    """The model card and its before/after rows."""
+def _split(metrics: dict) -> tuple[dict, list | None]:
+    """Metrics without the per-utterance records, and the records."""
+    metrics = dict(metrics)
+    return metrics, metrics.pop("records", None)
+
+
+def _note(args: argparse.Namespace, difference) -> str:
+    """What the card's numbers were measured on, and how sure the WER change is."""
+    if not args.eval:
+        return ""
+    from hf_token_merge.evaluation.provenance import provenance_of
+
+    record = provenance_of(
+        dataset_name=BUILTIN_EVALUATIONS[args.eval],
+        units=difference.units if difference is not None else None,
+        generation={"decoding": "greedy"},
+    )
+    record.model = args.base_model_id or args.model
+    sure = f" WER change: {difference.summary()} (paired bootstrap)." if difference is not None else ""
+    return f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}.{sure}\n\n{record.markdown()}"
+
+
+def _card(
+    args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int], model, difference=None
+):
+    """The model card and its before/after rows (the WER row with its paired CI; provenance in the note)."""
     from huggingface_hub import EvalResult
 
     from hf_token_merge.hub import build_model_card
     from hf_token_merge.tables import ChangeRow, change_rows
 
     stats = result.plan.statistics
-    rows = change_rows(before, after) + [
+    rows = change_rows(before, after)
+    for row in rows:
+        if row.metric == "wer" and difference is not None:
+            row.interval = difference.interval_text(1, "+.4f")
+    rows += [
         ChangeRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
         ChangeRow("safetensors bytes", disk[0], disk[1], ",.0f"),
@@ -127,7 +155,7 @@ def _card(args: argparse.Namespace, config, result, before: dict, after: dict, d
         plan_statistics=stats,
         rows=rows,
         eval_results=eval_results,
-        evaluation_note=f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}." if args.eval else "",
+        evaluation_note=_note(args, difference),
     )
     return card, rows
 
@@ -171,17 +199,22 @@ def run(args: argparse.Namespace) -> int:
         check_target(output / "plain", overwrite=args.overwrite)
     config, model, helper, tokenizer = load_for_merge(args)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False) if args.eval else None
-    before = evaluate(model) if evaluate else {}
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, records=True) if args.eval else None
+    before, before_records = _split(evaluate(model) if evaluate else {})
     disk_before = bytes_on_disk(model)
     result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
-    after = evaluate(model) if evaluate else {}
+    after, after_records = _split(evaluate(model) if evaluate else {})
+    difference = None
+    if before_records is not None and after_records is not None:
+        from hf_token_merge.evaluation.confidence import compare_records
+
+        difference = compare_records(before_records, after_records)
     folder = output / "model"
     # one atomic save: the card needs the size of the saved weights, so it is written inside the same staging folder
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
         stage_folder(staging, model, tokenizer=helper, plan=result.plan)
         disk_after = safetensors_bytes(staging)
-        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model)
+        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference)
         card.save(staging / "README.md")
     write_json(
         output / "merge.json",
@@ -189,6 +222,7 @@ def run(args: argparse.Namespace) -> int:
             **result.to_dict(),
             "before": before,
             "after": after,
+            "wer_difference": difference.to_dict() if difference is not None else None,
             "disk_bytes_before": disk_before,
             "disk_bytes_after": disk_after,
         },

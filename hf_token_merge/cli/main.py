@@ -19,6 +19,10 @@ EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
   hf-token-merge evaluate --model runs/ref/model --manifest eval.jsonl --eos-token '<|text_end|>' --output-dir runs/asr
   hf-token-merge evaluate --model runs/ref/model --task perplexity --manifest seqs.jsonl --output-dir runs/ppl
+  hf-token-merge evaluate --model runs/llasa/model --task tts-wer --family llasa --manifest texts.jsonl \
+      --output-dir runs/tts                       # decodes with X-codec2 (pip install xcodec2), Whisper tiny.en
+  hf-token-merge evaluate --model runs/llasa/model --task kl --reference-model HKUSTAudio/Llasa-1B \
+      --manifest speech_sequences.jsonl --output-dir runs/kl
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
 RUN_EXAMPLES = """examples:
@@ -39,7 +43,12 @@ def _add_evaluate(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
-    parser.add_argument("--task", choices=["wer", "perplexity"], help="default: wer for encoder-decoders, else ppl")
+    parser.add_argument(
+        "--task",
+        choices=["wer", "perplexity", "tts-wer", "kl"],
+        help="default: wer for encoder-decoders, else perplexity; tts-wer: synthesize, decode, transcribe, score; "
+        "kl: per-token KL of --model (merged) from --reference-model (unmerged)",
+    )
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument(
         "--dataset",
@@ -69,6 +78,25 @@ def _add_evaluate(subparsers) -> None:
     ppl.add_argument("--max-length", type=int, help="ids per forward pass (default: max_position_embeddings)")
     ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
     ppl.add_argument("--column", help="manifest field with input_ids or text (default: input_ids, else text)")
+    tts = parser.add_argument_group("TTS WER (causal TTS speech-LLMs; --manifest with text, and codes for --oracle)")
+    tts.add_argument("--family", choices=["llasa", "orpheus", "spark_tts", "outetts", "reference"])
+    tts.add_argument("--num-codes", type=int, help="codebook size for --family reference/llasa (llasa: 65536)")
+    tts.add_argument(
+        "--decode",
+        metavar="MODULE:FUNCTION",
+        help="the codec as a Python callable `codes -> waveform` (default: the family's codec, where it has one)",
+    )
+    tts.add_argument("--frame-rate", type=float, help="codes per second for --family reference (default 50)")
+    tts.add_argument("--decoded-sampling-rate", type=int, default=16000, help="rate of the decoded audio")
+    tts.add_argument("--oracle", action="store_true", help="emit each utterance's ground-truth codes (no model run)")
+    tts.add_argument("--codes-column", default="codes", help="manifest field with the ground-truth codes")
+    tts.add_argument("--metric", choices=["wer", "cer"], default="wer")
+    tts.add_argument("--do-sample", action="store_true", help="sample (seed + index per utterance) instead of greedy")
+    tts.add_argument("--seed", type=int, default=0)
+    tts.add_argument("--temperature", type=float, default=1.0)
+    tts.add_argument("--top-k", type=int)
+    tts.add_argument("--top-p", type=float)
+    parser.add_argument("--reference-model", help="--task kl: the unmerged model (folder)")
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -177,6 +205,70 @@ def _markdown(result) -> str:
     return markdown_table(("metric", "value"), cells, align="ll")
 
 
+def _load_callable(spec: str):
+    """`module:function` → the function (the user's codec decoder)."""
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
+
+
+def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
+    """`--task tts-wer` and `--task kl`."""
+    if not args.manifest:
+        raise ValueError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
+    data = _read_jsonl(args.manifest)[: args.limit]
+    if task == "kl":
+        from hf_token_merge.evaluation.kl import evaluate_kl
+
+        if not args.reference_model:
+            raise ValueError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
+        reference, _ = load_model(args.reference_model)
+        return evaluate_kl(
+            reference, model, data, tokenizer=helper, column=args.column, max_length=args.max_length,
+            stride=args.stride, **common,
+        )  # fmt: skip
+    from hf_token_merge.evaluation.tts import adapter_for
+    from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel, evaluate_tts_wer, whisper_asr
+
+    if args.family is None:
+        raise ValueError("--task tts-wer maps generated ids to codec codes by family. Fix: pass --family.")
+    options = {"num_codes": args.num_codes} if args.num_codes and args.family in ("llasa", "reference") else {}
+    if args.family == "reference" and not options:
+        raise ValueError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
+    if args.family == "reference" and args.frame_rate:
+        options["frame_rate"] = args.frame_rate
+    adapter = adapter_for(args.family, helper, **options)
+    if args.decode:
+        decode = _load_callable(args.decode)
+    elif hasattr(adapter, "load_decoder"):
+        decode = adapter.load_decoder(args.device or "cpu")
+    else:
+        raise ValueError(f"The {args.family} codec has no built-in decoder here. Fix: pass --decode MODULE:FUNCTION.")
+    return evaluate_tts_wer(
+        OracleSpeechModel(args.codes_column) if args.oracle else model,
+        data,
+        adapter=adapter,
+        decode=decode,
+        asr=whisper_asr(sampling_rate=args.decoded_sampling_rate),
+        text_column=args.text_column,
+        metric=args.metric,
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.do_sample,
+        seed=args.seed,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        batch_size=args.batch_size,
+        **common,
+    )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
     from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
@@ -195,7 +287,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "accelerator": accelerator,
         "show_progress": not args.no_progress,
     }
-    if task == "perplexity":
+    if task in ("tts-wer", "kl"):
+        result = _evaluate_tts_or_kl(args, task, model, helper, common)
+    elif task == "perplexity":
         if not args.manifest:
             raise TokenMergeError(
                 "perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line."

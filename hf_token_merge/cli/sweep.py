@@ -80,6 +80,23 @@ def add_parser(subparsers) -> None:
     budget.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT_DIR/budgeted even when hf_token_merge did not write it"
     )
+    budget.add_argument(
+        "--report-eval",
+        choices=BUILTIN_EVALUATIONS,
+        help="a separate built-in set the budgeted merge is reported on (--eval then only tunes)",
+    )
+    budget.add_argument(
+        "--split-eval",
+        type=float,
+        metavar="FRACTION",
+        help="split --eval (seeded): FRACTION of its examples tune the budget search, the rest report the result",
+    )
+    budget.add_argument(
+        "--criterion",
+        choices=["estimate", "upper_bound"],
+        default="estimate",
+        help="upper_bound: the 95 %% bootstrap upper bound of the WER increase must fit the budget",
+    )
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -92,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
         raise TokenMergeError("--budget-only needs a budget. Fix: add --max-wer-increase and/or --max-ppl-increase.")
+    if args.report_eval and args.split_eval is not None:
+        raise TokenMergeError("--report-eval and --split-eval both name a report set. Fix: pass one of them.")
     if not 0 <= args.tolerance < 1:
         raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
     config = config_from_args(args, require_stop=False)
@@ -132,10 +151,19 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
 
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
+    tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
+    tune = builtin_evaluation(args.eval, helper, show_progress=False, split=tune_split, records=True)
+    report = None
+    if args.split_eval is not None:
+        report = builtin_evaluation(args.eval, helper, False, split=("report", args.split_eval), records=True)
+    elif args.report_eval:
+        report = builtin_evaluation(args.report_eval, helper, show_progress=False, records=True)
     result = compress_within_budget(
         model,
         config,
-        evaluate,
+        tune,
+        report_evaluate=report,
+        criterion=args.criterion,
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
         tokenizer=getattr(helper, "tokenizer", helper),
@@ -147,24 +175,72 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     write_json(
         output / "budget.json",
         {
-            "n_clusters": result.n_clusters,
-            "ratio": result.ratio,
+            **result.to_dict(),
             "strategy": strategy or config.method,
             "selected_rows": int(result.plan.selected_ids.numel()) if result.plan is not None else result.n_clusters,
             "rows_before": model_rows_before,
             "rows_after": model.get_input_embeddings().num_embeddings,
-            "before": result.before,
-            "after": result.after,
-            "trials": result.trials,
+            "tune_set": getattr(tune, "eval_set_name", args.eval),
+            "report_set": getattr(report, "eval_set_name", args.report_eval) if report is not None else None,
         },
     )
     if result.plan is not None:
+        card = _budget_card(args, result, tune, report, model)
         with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
             model.save_pretrained(folder)
             helper.save_pretrained(folder)
+            card.save(folder / "README.md")
     rows_after = model.get_input_embeddings().num_embeddings
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
         f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
-        f"before {result.before}, after {result.after}"
+        f"tuning set ({getattr(tune, 'eval_set_name', args.eval)}): before {result.before}, after {result.after}"
+    )
+    if report is not None:
+        difference = result.report_difference
+        interval = (
+            f"; WER change {100 * difference['difference']:+.2f} points "
+            f"({100 * difference['confidence']:g} % CI {100 * difference['ci_low']:+.2f} to "
+            f"{100 * difference['ci_high']:+.2f}, {difference['units']:,} words)"
+            if difference
+            else ""
+        )
+        name = getattr(report, "eval_set_name", args.report_eval)
+        print(f"report set ({name}): before {result.report_before}, after {result.report_after}{interval}")
+
+
+def _budget_card(args: argparse.Namespace, result, tune, report, model):
+    """The budgeted model's card: both sets' before/after rows, the report set's interval, and provenance."""
+    from hf_token_merge.evaluation.provenance import provenance_of
+    from hf_token_merge.hub import CardRow, build_model_card
+
+    sets = [("tuning set", result.before, result.after, result.tune_difference, tune)]
+    if report is not None:
+        sets.append(("report set", result.report_before, result.report_after, result.report_difference, report))
+    rows, notes = [], []
+    for label, before, after, difference, evaluate in sets:
+        name = getattr(evaluate, "eval_set_name", label)
+        rows += [CardRow(f"{metric} ({label})", before[metric], after[metric]) for metric in before]
+        if difference:
+            notes.append(
+                f"{label} ({name}): WER change {100 * difference['difference']:+.2f} points, "
+                f"{100 * difference['confidence']:g} % CI {100 * difference['ci_low']:+.2f} to "
+                f"{100 * difference['ci_high']:+.2f} (paired bootstrap over {difference['utterances']} utterances, "
+                f"{difference['units']:,} words)."
+            )
+    if result.tuned_on_report_set:
+        notes.append("**The row count was chosen on the same set these numbers report (no separate report set).**")
+    else:
+        notes.append("The row count was chosen on the tuning set only; the report set is held out.")
+    record = provenance_of(dataset_name=args.eval, generation={"decoding": "greedy"}, criterion=result.criterion)
+    record.model = args.model
+    note = " ".join(notes) + "\n\n" + record.markdown()
+    return build_model_card(
+        repo_id=Path(args.output_dir).name,
+        base_model=args.base_model_id if getattr(args, "base_model_id", None) else args.model,
+        model_config=model.config,
+        config=result.plan.config,
+        plan_statistics=result.plan.statistics,
+        rows=rows,
+        evaluation_note=note,
     )

@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_token_merge.evaluation.confidence import PairedDifference, compare_records, paired_difference
 from hf_token_merge.evaluation.perplexity import evaluate_perplexity
+from hf_token_merge.evaluation.provenance import Provenance, model_revision, provenance_of
 from hf_token_merge.evaluation.runner import get_accelerator
 from hf_token_merge.evaluation.wer import evaluate_wer
 from hf_token_merge.remap.apply import model_size
@@ -48,13 +50,17 @@ class Comparison:
         task: `"wer"` or `"perplexity"`.
         before: Evaluation result of the original model.
         after: Evaluation result of the merged model.
-        changes: One `tables.ChangeRow` per metric (the table's rows).
+        changes: One `tables.ChangeRow` per metric (the table's rows; the WER / mean-NLL row carries the interval).
+        difference: The paired comparison of the main metric (WER, or mean NLL per token) with its interval.
+        provenance: What the numbers were measured on.
     """
 
     task: str
     before: Any
     after: Any
     changes: list[ChangeRow] = field(default_factory=list)
+    difference: PairedDifference | None = None
+    provenance: Provenance | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -69,14 +75,22 @@ class Comparison:
         raise KeyError(metric)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "rows": self.rows, "before": self.before.to_dict(), "after": self.after.to_dict()}
+        return {
+            "task": self.task,
+            "rows": self.rows,
+            "difference": self.difference.to_dict() if self.difference else None,
+            "provenance": self.provenance.to_dict() if self.provenance else None,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+        }
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
     def to_markdown(self) -> str:
         """The before/after table (metric, before, after, change with the relative change), as everywhere else."""
-        return change_table(self.changes)
+        table = change_table(self.changes)
+        return table + ("\n" + self.provenance.markdown() if self.provenance is not None else "")
 
     def save(self, output_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write `comparison.json`, `comparison.md` and each side's predictions/sequences."""
@@ -156,6 +170,26 @@ def compare_before_after(
     after = evaluate(merged, data, accelerator=accelerator, **evaluate_kwargs)
 
     comparison = Comparison(task, before, after, quality_rows(task, before, after) + size_rows(original, merged))
+    if task == "wer":
+        difference, main_key = compare_records(before.predictions, after.predictions), "wer"
+    else:
+        # the mean NLL per token is a corpus rate too (summed NLL / tokens), so the same paired bootstrap applies
+        counts = [record["token_count"] for record in before.per_sequence]
+        nll_before = [record["nll_sum"] for record in before.per_sequence]
+        nll_after = [record["nll_sum"] for record in after.per_sequence]
+        difference = paired_difference(nll_before, nll_after, counts, metric="nll", significance=False)
+        main_key = "mean_nll"
+    comparison.difference = difference
+    main_row = next(change for change in comparison.changes if change.metric == main_key)
+    main_row.interval = difference.interval_text(1, "+.4g")
+    comparison.provenance = provenance_of(
+        merged,
+        data if hasattr(data, "__len__") else None,
+        units=difference.units,
+        unit_name="words" if task == "wer" else "tokens",
+        generation={"decoding": "greedy"} if task == "wer" else {"teacher_forced": True},
+        original=model_revision(original)[0],
+    )
     if measure_disk:
         sizes = [None, None]
         if accelerator.is_main_process:

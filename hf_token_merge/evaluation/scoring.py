@@ -18,7 +18,7 @@ reference, the ASR transcript as the hypothesis and the generated seconds as `du
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -53,12 +53,15 @@ class FrontEnd(Protocol):
     def __call__(self, indices: list[int]) -> list[Transcript]: ...
 
 
-def transcript_record(transcript: Transcript, normalize: bool = True) -> dict[str, Any]:
+def transcript_record(
+    transcript: Transcript, normalize: bool = True, spelling: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """The per-utterance record of a transcript: texts, normalised texts, alignment counts, then the extras.
 
     Args:
         transcript: A front end's output for one example.
         normalize: Score normalised texts (Whisper's English normaliser).
+        spelling: The normaliser's British-to-American spelling map (`text.spelling_map_of(asr_tokenizer)`).
 
     Returns:
         A JSON-serialisable dict (one line of `wer_predictions.jsonl`).
@@ -69,9 +72,9 @@ def transcript_record(transcript: Transcript, normalize: bool = True) -> dict[st
         "id": transcript.id,
         "reference": reference,
         "prediction": hypothesis,
-        "reference_normalized": normalize_transcript(reference) if normalize else reference,
-        "prediction_normalized": normalize_transcript(hypothesis) if normalize else hypothesis,
-        **error_counts(reference, hypothesis, normalize).to_dict(),
+        "reference_normalized": normalize_transcript(reference, spelling) if normalize else reference,
+        "prediction_normalized": normalize_transcript(hypothesis, spelling) if normalize else hypothesis,
+        **error_counts(reference, hypothesis, normalize, spelling).to_dict(),
         **transcript.extra,
     }
 
@@ -160,6 +163,7 @@ def score_transcripts(
     accelerator,
     batch_size: int = 8,
     normalize: bool = True,
+    spelling: Mapping[str, str] | None = None,
     output_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
     desc: str = "WER",
@@ -172,6 +176,7 @@ def score_transcripts(
         accelerator: An `accelerate.Accelerator` (1 or more processes).
         batch_size: Examples per front-end call (fixed before sharding, so results do not depend on processes).
         normalize: Score normalised transcripts (Whisper's English normaliser).
+        spelling: The normaliser's spelling map, where the ASR tokenizer provides one (`text.spelling_map_of`).
         output_dir: Write `wer.json` and `wer_predictions.jsonl` there (main process).
         show_progress: tqdm bar on the main process.
         desc: Progress bar label.
@@ -184,7 +189,7 @@ def score_transcripts(
         transcripts = front_end(indices)
         if [t.index for t in transcripts] != indices:
             raise RuntimeError("A front end must return one transcript per index, in order; this is a bug.")
-        return [transcript_record(t, normalize) for t in transcripts]
+        return [transcript_record(t, normalize, spelling) for t in transcripts]
 
     records, timing = run_sharded(accelerator, num_examples, batch_size, score_batch, desc, show_progress)
     result = WerResult(

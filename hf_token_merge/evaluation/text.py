@@ -2,8 +2,10 @@
 
 Scoring follows Whisper's own evaluation: both sides go through `EnglishTextNormalizer` (lower case,
 no punctuation, number words and digits alike, so the heading "Two." matches a transcript "2."),
-then jiwer aligns the words. The normaliser's British-to-American spelling table is a Hub download,
-so it is left empty here. Note that it expands Early-Modern endings like other contractions
+then jiwer aligns the words. The normaliser's British-to-American spelling table is used where the ASR
+model's tokenizer provides it (`WhisperTokenizer.english_spelling_normalizer`, loaded from the checkpoint's
+`normalizer.json`, as the Open ASR Leaderboard does; the offline Whisper tiny.en build carries it too), and
+left empty otherwise. Note that the normaliser expands Early-Modern endings like other contractions
 ("feed'st" -> "feed saint", "tatter'd" -> "tatter would"); both sides get the same treatment, but
 such a word costs two errors when misrecognised.
 
@@ -13,25 +15,47 @@ not depend on how the corpus is split between processes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import jiwer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
-_NORMALIZER = EnglishTextNormalizer(english_spelling_mapping={})
+_NORMALIZERS: dict[int, tuple[Mapping[str, str] | None, EnglishTextNormalizer]] = {}
 
 
-def normalize_transcript(text: str) -> str:
-    """Normalise a transcript for WER, as Whisper's evaluation does (minus the spelling table).
+def spelling_map_of(tokenizer: Any) -> Mapping[str, str] | None:
+    """The English spelling map a tokenizer (or processor) provides: Whisper's `english_spelling_normalizer`.
+
+    Args:
+        tokenizer: A tokenizer, a processor with a `.tokenizer`, or None.
+
+    Returns:
+        The map, or None when the tokenizer has none (non-Whisper tokenizers, checkpoints without normalizer.json).
+    """
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    return getattr(tokenizer, "english_spelling_normalizer", None) or None
+
+
+def _normalizer(spelling: Mapping[str, str] | None) -> EnglishTextNormalizer:
+    key = id(spelling)
+    if key not in _NORMALIZERS or _NORMALIZERS[key][0] is not spelling:  # keep the map alive: ids are reused
+        _NORMALIZERS[key] = (spelling, EnglishTextNormalizer(english_spelling_mapping=dict(spelling or {})))
+    return _NORMALIZERS[key][1]
+
+
+def normalize_transcript(text: str, spelling: Mapping[str, str] | None = None) -> str:
+    """Normalise a transcript for WER, as Whisper's evaluation does.
 
     Args:
         text: Raw reference or hypothesis.
+        spelling: British-to-American spelling map (`spelling_map_of(asr_tokenizer)`); None: no spelling map.
 
     Returns:
-        Lower-case words separated by single spaces, punctuation removed, numbers normalised.
+        Lower-case words separated by single spaces, punctuation removed, numbers and spellings normalised.
     """
-    return _NORMALIZER(text)
+    return _normalizer(spelling)(text)
 
 
 @dataclass(frozen=True)
@@ -80,19 +104,22 @@ class ErrorCounts:
         return {"wer": self.wer, **asdict(self), "reference_words": self.reference_words}
 
 
-def error_counts(reference: str, hypothesis: str, normalize: bool = True) -> ErrorCounts:
+def error_counts(
+    reference: str, hypothesis: str, normalize: bool = True, spelling: Mapping[str, str] | None = None
+) -> ErrorCounts:
     """Align one hypothesis with its reference.
 
     Args:
         reference: Correct transcript.
         hypothesis: Recognised transcript.
         normalize: Apply `normalize_transcript` to both first.
+        spelling: The normaliser's spelling map (see `spelling_map_of`).
 
     Returns:
         The utterance's `ErrorCounts`; an empty reference counts every hypothesis word as an insertion.
     """
     if normalize:
-        reference, hypothesis = normalize_transcript(reference), normalize_transcript(hypothesis)
+        reference, hypothesis = normalize_transcript(reference, spelling), normalize_transcript(hypothesis, spelling)
     ref_words, hyp_words = reference.split(), hypothesis.split()
     if not ref_words:  # jiwer refuses empty references
         return ErrorCounts(insertions=len(hyp_words))
@@ -132,3 +159,21 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
         (substitutions + deletions + insertions) / reference words, over the whole corpus.
     """
     return corpus_error_counts(references, hypotheses).wer
+
+
+def character_error_counts(reference: str, hypothesis: str) -> ErrorCounts:
+    """Align two (already normalised) texts character by character, spaces included, for CER.
+
+    Args:
+        reference: Correct text.
+        hypothesis: Recognised text.
+
+    Returns:
+        `ErrorCounts` over characters: `reference_words` is then the reference's character count and `wer` its CER.
+    """
+    if not reference:
+        return ErrorCounts(insertions=len(hypothesis))
+    if not hypothesis:
+        return ErrorCounts(deletions=len(reference))
+    out = jiwer.process_characters(reference, hypothesis)
+    return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)

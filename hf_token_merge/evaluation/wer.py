@@ -25,6 +25,7 @@ from hf_token_merge.evaluation.asr import (
 from hf_token_merge.evaluation.data import check_columns, undecoded_audio
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model
 from hf_token_merge.evaluation.scoring import WerResult, score_transcripts
+from hf_token_merge.evaluation.text import spelling_map_of
 
 __all__ = [
     "PromptBuilder",
@@ -147,5 +148,8 @@ def evaluate_wer(
     else:
         generation = {"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id}
         front_end = CausalLmAsr(model, tokenizer, dataset, prompt_builder, **generation, **columns)
-    report = {"normalize": normalize, "output_dir": output_dir, "show_progress": show_progress}
+    # Whisper's English spelling map where the ASR tokenizer provides it (normalizer.json), as the Open ASR
+    # Leaderboard scores; a speech-LLM's own tokenizer has none, so its scoring is unchanged
+    spelling = spelling_map_of(processor if processor is not None else tokenizer)
+    report = {"normalize": normalize, "spelling": spelling, "output_dir": output_dir, "show_progress": show_progress}
     return score_transcripts(front_end, num_examples, accelerator=accelerator, batch_size=batch_size, **report)

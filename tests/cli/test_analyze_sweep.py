@@ -217,7 +217,9 @@ def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, 
     tokenizer = AutoTokenizer.from_pretrained(saved_llama)
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     monkeypatch.setattr(
-        sweep_cli, "builtin_evaluation", lambda name, helper, show_progress: frequent_ids_shared_metric(frequent)
+        sweep_cli,
+        "builtin_evaluation",
+        lambda name, helper, show_progress, **kwargs: frequent_ids_shared_metric(frequent),
     )
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
@@ -338,3 +340,89 @@ def test_padding_without_a_plain_export_is_refused_before_merging(saved_llama, t
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main([*argv, "--export-plain", "--pad-vocab-to-multiple-of", "0", "--output-dir", str(out)])
     assert exit_info.value.code == 2 and "0 is not a positive integer" in capsys.readouterr().err
+
+
+def test_split_indices_is_a_seeded_partition():
+    from hf_token_merge.cli.common import split_indices
+
+    tune, report = split_indices(10, 0.3, "tune"), split_indices(10, 0.3, "report")
+    assert len(tune) == 3 and len(report) == 7 and sorted(tune + report) == list(range(10))
+    assert split_indices(10, 0.3, "tune") == tune  # seeded
+    with pytest.raises(ValueError, match="leaves one part of the 3 examples empty"):
+        split_indices(3, 0.1, "tune")
+
+
+def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path, capsys, monkeypatch):
+    from transformers import AutoTokenizer
+
+    import hf_token_merge.cli.sweep as sweep_cli
+    from hf_token_merge.analysis.budget import describe_eval_set
+
+    tokenizer = AutoTokenizer.from_pretrained(saved_llama)
+    frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
+    calls = []
+
+    def fake(name, helper, show_progress, split=None, records=False):
+        calls.append((name, split, records))
+        part = split[0] if split else "all"
+        examples = [{"id": f"{part}{i}"} for i in range(3)]
+        return describe_eval_set(frequent_ids_shared_metric(frequent), f"{name} {part}", examples)
+
+    monkeypatch.setattr(sweep_cli, "builtin_evaluation", fake)
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
+    out = tmp_path / "budget"
+    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference", "--budget-only"]
+    arguments += ["--calibration-text", str(calibration), "--budget-strategy", "drop_least_frequent"]
+    status = main([*arguments, "--max-wer-increase", "0", "--min-ratio", "0.02", "--split-eval", "0.5",
+                   "--output-dir", str(out)])  # fmt: skip
+    assert status == 0
+    assert ("reference", ("tune", 0.5), True) in calls and ("reference", ("report", 0.5), True) in calls
+    budget = json.loads((out / "budget.json").read_text())
+    assert (budget["tune_set"], budget["report_set"]) == ("reference tune", "reference report")
+    assert budget["tune"]["after"] == {"wer": 0.10} and budget["report"]["after"] == {"wer": 0.10}
+    assert budget["tuned_on_report_set"] is False and budget["criterion"] == "estimate"
+    assert "report set (reference report): before {'wer': 0.1}" in capsys.readouterr().out
+    card = (out / "budgeted" / "README.md").read_text()
+    assert (
+        "| wer (tuning set) | 0.1 | 0.1 | +0 (+0.0%) |" in card
+        and "| wer (report set) | 0.1 | 0.1 | +0 (+0.0%) |" in card
+    )
+    assert "the report set is held out" in card and "- versions: torch " in card
+
+
+def test_sweep_refuses_to_report_on_the_tuning_set(saved_llama, tmp_path, capsys):
+    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference", "--budget-only"]
+    status = main([*arguments, "--max-wer-increase", "0.01", "--report-eval", "reference", "--output-dir",
+                   str(tmp_path / "x")])  # fmt: skip
+    assert status == 2
+    assert "they are the same set. Fix: report on held-out examples" in capsys.readouterr().err
+    status = main([*arguments, "--max-wer-increase", "0.01", "--report-eval", "reference", "--split-eval", "0.5",
+                   "--output-dir", str(tmp_path / "x")])  # fmt: skip
+    assert status == 2 and "pass one of them" in capsys.readouterr().err
+
+
+def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_path, monkeypatch):
+    import hf_token_merge.cli.compress as compress_cli
+    from hf_token_merge.remap import MergedEmbedding
+
+    def fake(name, helper, show_progress, records=False, **kwargs):
+        def evaluate(model):
+            merged = isinstance(model.get_input_embeddings(), MergedEmbedding)
+            rows = [{"id": f"u{i}", "hits": 10 - (merged and i < 2), "substitutions": int(merged and i < 2),
+                     "deletions": 0, "insertions": 0} for i in range(4)]  # fmt: skip
+            return {"wer": sum(r["substitutions"] for r in rows) / 40, **({"records": rows} if records else {})}
+
+        return evaluate
+
+    monkeypatch.setattr(compress_cli, "builtin_evaluation", fake)
+    out = tmp_path / "run"
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8", "--eval", "librivox"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    merge = json.loads((out / "merge.json").read_text())
+    assert merge["before"] == {"wer": 0.0} and merge["after"] == {"wer": 0.05}  # records kept out
+    assert (merge["wer_difference"]["difference"], merge["wer_difference"]["units"]) == (0.05, 40)
+    card = (out / "model" / "README.md").read_text()
+    low, high = merge["wer_difference"]["ci_low"], merge["wer_difference"]["ci_high"]
+    assert f"| wer | 0 | 0.05 | +0.05; 95 % CI {low:+.4f} to {high:+.4f} |" in card
+    assert "WER change: +5.00 points" in card and "- size: 40 words" in card and "- versions: torch " in card

@@ -4,7 +4,8 @@
 
 Writes (main process) a JSON file with the deterministic metrics and per-example records of:
 Whisper tiny.en WER on the 12 LibriVox utterances (batch size 5: batches of 5, 5, 2, so two processes get
-10 and 2 utterances), speech-LLM WER and perplexity of a tiny random Llama on 7 examples.
+10 and 2 utterances), speech-LLM WER and perplexity of a tiny random Llama on 7 examples, TTS WER of the oracle
+and of the Llama sampling speech (5 utterances in batches of 2), and the KL of a merge of the Llama.
 """
 
 from __future__ import annotations
@@ -75,6 +76,41 @@ def run_llama(accelerator=None) -> dict:
     }
 
 
+def run_tts_and_kl(accelerator=None) -> dict:
+    """TTS WER of the oracle (word codec) and of the tiny Llama sampling speech, and KL of a merge of it."""
+    import copy
+
+    from hf_token_merge import TokenMergeConfig, apply_token_merge
+    from hf_token_merge.evaluation.kl import evaluate_kl
+    from hf_token_merge.evaluation.tts import LlasaAdapter
+    from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel, evaluate_tts_wer
+    from tests.evaluation.tts_fixtures import word_asr, word_codes, word_decode
+
+    bundle = build_llama()
+    adapter = LlasaAdapter(bundle.tokenizer, num_codes=48)
+    texts = ["the cat sat on the mat", "hello world", "a dog is good", "the cat is good speech", "text"]
+    data = [{"id": f"u{i}", "text": text, "codes": word_codes(text)} for i, text in enumerate(texts)]
+    oracle = evaluate_tts_wer(OracleSpeechModel(), data, adapter=adapter, decode=word_decode, asr=word_asr,
+                              batch_size=2, accelerator=accelerator, show_progress=False)  # fmt: skip
+    sampled = evaluate_tts_wer(bundle.model, data, adapter=adapter, decode=word_decode, asr=word_asr,
+                               max_new_tokens=8, do_sample=True, seed=5, top_k=20, batch_size=2,
+                               accelerator=accelerator, show_progress=False)  # fmt: skip
+    merged = copy.deepcopy(bundle.model)
+    apply_token_merge(merged, TokenMergeConfig(preset="llasa", n_clusters=8), tokenizer=bundle.tokenizer,
+                      show_progress=False)  # fmt: skip
+    sequences, _ = llama_data(bundle.tokenizer)
+    kl = evaluate_kl(bundle.model, merged, sequences, max_length=PPL_MAX_LENGTH, stride=PPL_STRIDE,
+                     accelerator=accelerator, show_progress=False)  # fmt: skip
+    return {
+        "tts_oracle": oracle.metrics(),
+        "tts_oracle_predictions": oracle.predictions,
+        "tts_sampled": sampled.metrics(),
+        "tts_sampled_predictions": sampled.predictions,
+        "kl": kl.metrics(),
+        "kl_sequences": kl.per_sequence,
+    }
+
+
 def run_whisper(cache_dir: str, accelerator=None) -> dict:
     from hf_token_merge.reference import load_librivox_sonnets, load_whisper_tiny_en
 
@@ -94,7 +130,7 @@ def main(output: str, cache_dir: str) -> None:
     from hf_token_merge.evaluation.runner import finish, get_accelerator
 
     accelerator = get_accelerator()
-    results = {**run_whisper(cache_dir, accelerator), **run_llama(accelerator)}
+    results = {**run_whisper(cache_dir, accelerator), **run_llama(accelerator), **run_tts_and_kl(accelerator)}
     if accelerator.is_main_process:
         with open(output, "w", encoding="utf-8") as handle:
             json.dump(results, handle)

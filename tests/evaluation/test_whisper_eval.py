@@ -16,7 +16,7 @@ from hf_token_merge import TokenMergeConfig, apply_token_merge
 from hf_token_merge.evaluation import compare_before_after
 from hf_token_merge.evaluation.compare import TABLE_COLUMNS
 from hf_token_merge.reference.whisper import NUM_TIMESTAMP_TOKENS
-from tests.evaluation.dist_eval import WHISPER_BATCH, run_llama
+from tests.evaluation.dist_eval import WHISPER_BATCH, run_llama, run_tts_and_kl
 
 REPO = Path(__file__).resolve().parents[2]
 # Measured (transformers 5.24, torch 2.13 CPU, float32, greedy, 12 utterances): WER 0.098
@@ -73,6 +73,10 @@ def test_merging_unused_timestamp_tokens_keeps_wer_and_shrinks_the_model(compari
     assert table.splitlines()[0] == "| " + " | ".join(TABLE_COLUMNS) + " |"
     for metric in ("wer", "substitutions", "RTFx", "parameters", "bytes on disk"):
         assert f"| {metric}" in table
+    # identical transcripts: the paired interval of the WER change is exactly 0, and the provenance follows the table
+    assert (result.difference.ci_low, result.difference.ci_high, result.difference.units) == (0.0, 0.0, 357)
+    assert "; 95 % CI +0 to +0 |" in table
+    assert "\n- size: 12 examples, 357 words\n" in table
     saved = json.loads((output / "comparison.json").read_text())
     assert [row["metric"] for row in saved["rows"]] == [row["metric"] for row in result.rows]
 
@@ -99,9 +103,11 @@ def test_one_and_two_processes_give_identical_metrics(comparison, reference_cach
     assert two["num_processes"] == 2
 
     one = json.loads(json.dumps({"wer": comparison[0].before.metrics(), "predictions": comparison[0].before.predictions,
-                                 **run_llama()}))  # fmt: skip
+                                 **run_llama(), **run_tts_and_kl()}))  # fmt: skip
     assert one["num_processes"] == 1
     assert two["wer"] == one["wer"]
     assert two["predictions"] == one["predictions"]
-    for key in ("perplexity", "perplexity_sequences", "llm_wer", "llm_predictions"):
+    keys = ("perplexity", "perplexity_sequences", "llm_wer", "llm_predictions", "tts_oracle", "tts_oracle_predictions",
+            "tts_sampled", "tts_sampled_predictions", "kl", "kl_sequences")  # fmt: skip
+    for key in keys:
         assert two[key] == one[key], key
