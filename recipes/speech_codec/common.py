@@ -15,9 +15,10 @@ SAMPLING_RATE = 16_000
 # Bump when the synthesis changes, so caches built by older code are not reused.
 AUDIO_VERSION = 1
 
-# Voices and their share of the corpus (Piper is ~6x slower than flite here, so it gets 20 %). Piper (en_US-joe-medium, noise scales 0) at three speaking rates, and the
-# four 16 kHz built-in voices of flite (slt: US female; awb: Scottish male; rms: US male; kal16: US male diphone).
-# All are deterministic: the same text and voice give the same samples.
+# Voices and their share of the corpus (Piper is ~6x slower than flite here, so it gets 20 %). Piper
+# (en_US-joe-medium, noise scales 0) at three speaking rates, and the four 16 kHz built-in voices of flite
+# (slt: US female; awb: Scottish male; rms: US male; kal16: US male diphone). All are deterministic: the same
+# text and voice give the same samples.
 VOICES = [
     {"name": "piper-joe-1.00", "engine": "piper", "length_scale": 1.00, "weight": 0.10},
     {"name": "piper-joe-0.90", "engine": "piper", "length_scale": 0.90, "weight": 0.05},

@@ -6,9 +6,10 @@ committed as `corpus.jsonl` beside this script, so later steps need no Debian pa
 
 Selection (deterministic): all 66 books, chapter by chapter; each chapter is cut into sentences at `.`, `?` and
 `!`, parenthesised asides are dropped, and sentences of 4 to 16 words made only of plain ASCII letters and
-punctuation are kept; a longer sentence is cut at `;` and `:` into clauses, kept under the same rule. A sentence is dropped when its normalised text (lower case, letters and spaces only) equals
-that of a sentence already kept, of any of the 2,000 evaluation sentences of `recipes/reference_model/sentences.txt`,
-or of any LibriVox sonnet text, so no text appears twice and none is in an evaluation set. A seeded shuffle then
+punctuation are kept; a longer sentence is cut at `;` and `:` into clauses, kept under the same rule. A sentence
+is dropped when its normalised text (lower case, letters and spaces only) equals that of a sentence already kept,
+of any of the 2,000 evaluation sentences of `recipes/reference_model/sentences.txt`, or of any LibriVox sonnet
+text, so no text appears twice and none is in an evaluation set. A seeded shuffle then
 takes `--count` sentences; the first `--test` are the test split, the next `--dev` the dev split, the rest train.
 Each sentence gets a voice drawn with the same seed from `VOICES` (weights below); synthesis reads it from here.
 """

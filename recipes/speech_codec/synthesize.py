@@ -67,10 +67,7 @@ def _flite(text: str, voice: str) -> np.ndarray:
 def synthesize(text: str, voice_name: str) -> np.ndarray:
     """Synthesise one sentence with one of `VOICES`; return 16 kHz float32 samples peak-normalised to 0.9."""
     voice = _VOICES[voice_name]
-    if voice["engine"] == "piper":
-        audio = _piper(text, voice["length_scale"])
-    else:
-        audio = _flite(text, voice["voice"])
+    audio = _piper(text, voice["length_scale"]) if voice["engine"] == "piper" else _flite(text, voice["voice"])
     audio = np.asarray(audio, dtype=np.float32)
     return (0.9 * audio / max(float(np.abs(audio).max()), 1e-6)).astype(np.float32)
 
