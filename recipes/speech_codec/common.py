@@ -45,3 +45,41 @@ def work_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     path = cache_root(cache_dir) / f"codec_work-v{AUDIO_VERSION}"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def corpus_rows(split: str | None = None) -> list[dict]:
+    """Rows of `corpus.jsonl` (`id`, `split`, `text`, `voice`), optionally of one split, in file order."""
+    import json
+
+    rows = [json.loads(line) for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [row for row in rows if split is None or row["split"] == split]
+
+
+def load_split_audio(split: str, limit: int | None = None, require_all: bool = True) -> list[dict]:
+    """Rows of a split with their synthesised `audio` (float32, 16 kHz); `split="librivox"` gives the sonnets.
+
+    With `require_all=False`, rows whose audio is not synthesised yet are skipped (training on a partial corpus).
+    """
+    import numpy as np
+    import soundfile
+
+    if split == "librivox":
+        from hf_token_merge.reference.librivox import decode_audio, load_librivox_sonnets
+
+        data = load_librivox_sonnets()
+        rows = [
+            {"id": row["id"], "text": row["text"], "voice": "librivox", "audio": decode_audio(row["audio"])}
+            for row in data
+        ]
+        return rows[:limit]
+    rows = corpus_rows(split)[:limit]
+    folder = audio_dir()
+    out = []
+    for row in rows:
+        path = folder / f"{row['id']}.flac"
+        if not path.is_file():
+            if require_all:
+                raise FileNotFoundError(f"{path} is missing; run synthesize.py first.")
+            continue
+        out.append(row | {"audio": soundfile.read(path, dtype="float32")[0].astype(np.float32)})
+    return out
