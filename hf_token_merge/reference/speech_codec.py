@@ -340,6 +340,25 @@ class SpeechCodec(nn.Module):
         out[:, : mel.shape[-1]] = torch.maximum(mel, floor)
         return out
 
+    def pack_for_whisper(self, mels: Sequence[torch.Tensor], gap_frames: int = 50) -> torch.Tensor:
+        """Join several utterances' log-mel, with silent gaps, into one Whisper input (at most 30 s in all).
+
+        Log-mel values are absolute (log10 power), so segments normalised on their own join without rescaling;
+        the window is then clamped and padded at its own floor, as Whisper does for one long recording.
+
+        Args:
+            mels: Log-mel segments (n_mels, F_i), e.g. from `decode`.
+            gap_frames: Silent frames between segments (50 = 0.5 s).
+
+        Returns:
+            Float tensor (n_mels, 3000).
+        """
+        if not mels:
+            raise TokenMergeError("No log-mel segments to pack. Fix: pass at least one (n_mels, F) tensor.")
+        silence = torch.full((self.config.n_mels, gap_frames), -10.0)
+        parts = [part for mel in mels for part in (mel, silence)][:-1]
+        return self.to_whisper_features(torch.cat(parts, dim=1))
+
     # -- persistence ------------------------------------------------------------------------------------------
     def save_pretrained(self, path: str | os.PathLike[str]) -> None:
         """Write `config.json` and `model.safetensors` into a folder, staged and swapped in.

@@ -81,13 +81,6 @@ def windows_of(rows: list[dict], max_seconds: float, gap_seconds: float) -> list
     return out
 
 
-def pack_mels(codec: SpeechCodec, mels: list[torch.Tensor], gap_frames: int) -> torch.Tensor:
-    """Join log-mel segments with silent gaps into one Whisper input (floor-clamped and padded by the codec)."""
-    low = torch.full((codec.config.n_mels, gap_frames), -10.0)
-    parts = [part for mel in mels for part in (mel, low)][:-1]
-    return codec.to_whisper_features(torch.cat(parts, dim=1))
-
-
 def evaluate(
     codec: SpeechCodec,
     split: str,
@@ -137,7 +130,7 @@ def evaluate(
     codec_s = time.time() - start
     gap_frames = int(gap_seconds * 100)
     hyps = transcribe_features(
-        model, processor, [pack_mels(codec, [decoded[i] for i in w], gap_frames) for w in windows]
+        model, processor, [codec.pack_for_whisper([decoded[i] for i in w], gap_frames) for w in windows]
     )
     return report | {
         "resynthesis": wer_report(refs, hyps),
