@@ -364,20 +364,15 @@ class SpeechCodec(nn.Module):
         """Write `config.json` and `model.safetensors` into a folder, staged and swapped in.
 
         Args:
-            path: Target folder; created if missing. Only the codec's two files are replaced.
+            path: Target folder; other files in it are kept (`atomic_directory(keep_existing=True)`).
         """
-        target = Path(path)
-        target.mkdir(parents=True, exist_ok=True)
+        from hf_token_merge.serialization.atomic import atomic_directory
+
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.state_dict().items()}
         config = dataclasses.asdict(self.config) | {"codebook_size": self.codebook_size, "frame_rate": self.frame_rate}
-        staged = [
-            (target / f".{WEIGHTS_NAME}.tmp", target / WEIGHTS_NAME),
-            (target / f".{CONFIG_NAME}.tmp", target / CONFIG_NAME),
-        ]
-        save_file(state, str(staged[0][0]), metadata={"format": "pt"})
-        staged[1][0].write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        for tmp, final in staged:
-            os.replace(tmp, final)
+        with atomic_directory(path, keep_existing=True) as folder:
+            save_file(state, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+            (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike[str]) -> SpeechCodec:
