@@ -17,10 +17,10 @@ Each sentence gets a voice drawn with the same seed from `VOICES` (weights below
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import re
-import subprocess
 import sys
 from pathlib import Path
 
@@ -45,16 +45,21 @@ BOOKS = {
     "philemon": 1, "hebrews": 13, "james": 5, "1peter": 5, "2peter": 3, "1john": 5, "2john": 1, "3john": 1,
     "jude": 1, "revelation": 22,
 }  # fmt: skip
-VERSE = re.compile(r"^\s*(\d+)\s+(.*)$")
-ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,;:'.?!-]*$")
 
 
-def read_chapter(book: str, chapter: int) -> list[str]:
-    """Return the verses of one chapter (`-l1000`: one line per verse)."""
-    out = subprocess.run(
-        ["bible", "-l1000", f"{book}{chapter}:1-200"], check=True, capture_output=True, text=True
-    ).stdout
-    return [m.group(2).strip() for m in map(VERSE.match, out.splitlines()) if m]
+def _reference_extractor():
+    """The reference-model recipe's extractor (same `bible` reader and sentence rule), loaded by path."""
+    spec = importlib.util.spec_from_file_location(
+        "reference_extract", HERE.parent / "reference_model" / "extract_corpus.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_REFERENCE = _reference_extractor()
+read_chapter = _REFERENCE.read_chapter
+ALLOWED = _REFERENCE.ALLOWED
 
 
 def sentences_of(text: str, max_words: int) -> list[str]:
