@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.reference.asr_eval import word_error_rate
+from hf_token_merge.evaluation import word_error_rate
 from hf_token_merge.reference.codec_corpus import codec_corpus_dir, load_codec_corpus
 from hf_token_merge.reference.librivox import read_text_lines, read_utterance_table
 from hf_token_merge.reference.speech_codec import load_reference_speech_codec
