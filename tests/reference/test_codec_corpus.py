@@ -39,7 +39,7 @@ def test_split_sizes_and_manifest(corpus):
     assert len(corpus["test"]) == manifest["splits"]["test"]["of"] == 600
     assert len(corpus["dev"]) == manifest["splits"]["dev"]["of"] == 300
     assert len(corpus["librivox"]) == 12
-    assert len(corpus["train"]) == manifest["splits"]["train"]["utterances"]
+    assert len(corpus["train"]) == manifest["splits"]["train"]["utterances"] == 9_300
     assert manifest["splits"]["train"]["of"] == 9_300
 
 
