@@ -14,11 +14,17 @@ Each asset is built once into the user cache (`$HF_TOKEN_MERGE_CACHE`, default
 `~/.cache/hf_token_merge`) and loaded from there afterwards; `build_whisper_tiny_en()` and
 `build_librivox_sonnets()` rebuild them. `load_synthetic_corpus(split)` reads a split of the synthetic KJV corpus
 that `recipes/reference_model/synthesize.py` (dev-only Piper) builds; it is never built by the package.
+
+* `load_reference_speech_codec()`: a `SpeechCodec` (FSQ codes at a fixed frame rate over Whisper's log-mel, with a
+  decoder back to log-mel), and `load_codec_corpus(split)` the committed code sequences + texts of its 10,200-sentence
+  corpus (train/dev/test) and of the LibriVox utterances; see `recipes/speech_codec/README.md`.
 """
 
 from hf_token_merge.reference.cache import cache_root
+from hf_token_merge.reference.codec_corpus import load_codec_corpus
 from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 from hf_token_merge.reference.librivox import build_librivox_sonnets, decode_audio, load_librivox_sonnets
+from hf_token_merge.reference.speech_codec import SpeechCodec, SpeechCodecConfig, load_reference_speech_codec
 from hf_token_merge.reference.speech_llm import (
     load_reference_eval_set,
     load_reference_speech_llm,
@@ -32,13 +38,17 @@ from hf_token_merge.reference.whisper import build_whisper_tiny_en, load_whisper
 
 __all__ = [
     "CTranslate2Model",
+    "SpeechCodec",
+    "SpeechCodecConfig",
     "SpeechUnitTokenizer",
     "build_librivox_sonnets",
     "build_whisper_tiny_en",
     "cache_root",
     "decode_audio",
+    "load_codec_corpus",
     "load_librivox_sonnets",
     "load_reference_eval_set",
+    "load_reference_speech_codec",
     "load_reference_speech_llm",
     "load_reference_unit_tokenizer",
     "load_synthetic_corpus",
