@@ -23,8 +23,9 @@ from typing import Any
 import torch
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.perplexity import _check_ids, _sequences, window_plan
+from hf_token_merge.evaluation.perplexity import prepare_sequences, window_plan
 from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
+from hf_token_merge.sequence import sequence_merge_handle
 
 
 def _log_probs(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -202,19 +203,20 @@ def evaluate_kl(
             "model with itself. Fix: load the unmerged model separately (or copy.deepcopy it before merging)."
         )
     for model in (reference_model, merged_model):
-        if getattr(model, "_sequence_merge_handle", None) is not None:
+        if sequence_merge_handle(model) is not None:
             raise TokenMergeError(
                 "evaluate_kl needs a distribution at every input position, but a sequence merge is installed and "
                 "shortens the input. Fix: measure KL before apply_sequence_merge or after handle.remove()."
             )
-    sequences = _sequences(data, tokenizer, column)
-    _check_ids(sequences, reference_model)
-    if max_length is None:
-        max_length = int(getattr(reference_model.config, "max_position_embeddings", 0) or 1024)
-    stride = stride if stride is not None else max(1, max_length // 2)
-    window_plan(2, max_length, stride)  # validates the pair
-    if sum(max(0, len(sequence) - 1) for sequence in sequences) == 0:
-        raise TokenMergeError("evaluate_kl: no sequence has 2 or more tokens. Fix: pass longer sequences.")
+    sequences, max_length, stride = prepare_sequences(
+        data,
+        reference_model,
+        tokenizer=tokenizer,
+        column=column,
+        max_length=max_length,
+        stride=stride,
+        caller="evaluate_kl",
+    )
     accelerator = get_accelerator(accelerator, device)
     reference_model = prepare_model(reference_model, accelerator, dtype, device)
     merged_model = prepare_model(merged_model, accelerator, dtype, device)

@@ -213,6 +213,46 @@ def _check_ids(sequences: list[list[int]], model) -> None:
             )
 
 
+def prepare_sequences(
+    data,
+    model,
+    *,
+    tokenizer=None,
+    column: str | None = None,
+    max_length: int | None = None,
+    stride: int | None = None,
+    caller: str = "evaluate_perplexity",
+) -> tuple[list[list[int]], int, int]:
+    """Token sequences and window settings of a teacher-forced evaluation, checked before any model runs.
+
+    Args:
+        data: Lists of ids, strings (with `tokenizer`), a tensor, or a Dataset / list of dicts.
+        model: The causal LM whose vocabulary and `max_position_embeddings` apply.
+        tokenizer: Tokenizes strings.
+        column: Field with `input_ids` or text.
+        max_length: Ids per forward pass; default `max_position_embeddings` (1024 without it).
+        stride: Targets per window after the first; default `max_length // 2`.
+        caller: Named in the error messages.
+
+    Returns:
+        `(sequences, max_length, stride)`.
+
+    Raises:
+        TokenMergeError: Ids outside the vocabulary, an invalid window pair, or nothing to score.
+    """
+    sequences = _sequences(data, tokenizer, column)
+    _check_ids(sequences, model)
+    if max_length is None:
+        max_length = int(getattr(model.config, "max_position_embeddings", 0) or 1024)
+    stride = stride if stride is not None else max(1, max_length // 2)
+    window_plan(2, max_length, stride)  # validates the pair
+    if sum(max(0, len(sequence) - 1) for sequence in sequences) == 0:
+        raise TokenMergeError(
+            f"{caller}: no sequence has 2 or more tokens, so nothing can be scored. Fix: pass longer sequences."
+        )
+    return sequences, max_length, stride
+
+
 def evaluate_perplexity(
     model,
     data,
@@ -257,17 +297,15 @@ def evaluate_perplexity(
             "evaluate_perplexity needs a logit for every input position, but a sequence merge is installed and "
             "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."
         )
-    sequences = _sequences(data, tokenizer, column)
-    _check_ids(sequences, model)
-    if max_length is None:
-        max_length = int(getattr(model.config, "max_position_embeddings", 0) or 1024)
-    stride = stride if stride is not None else max(1, max_length // 2)
-    window_plan(2, max_length, stride)  # validates the pair
-    if sum(max(0, len(sequence) - 1) for sequence in sequences) == 0:
-        raise ValueError(
-            "evaluate_perplexity: no sequence has 2 or more tokens, so nothing can be scored. "
-            "Fix: pass longer sequences."
-        )
+    sequences, max_length, stride = prepare_sequences(
+        data,
+        model,
+        tokenizer=tokenizer,
+        column=column,
+        max_length=max_length,
+        stride=stride,
+        caller="evaluate_perplexity",
+    )
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)
 
