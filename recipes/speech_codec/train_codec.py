@@ -58,6 +58,34 @@ def loss_of(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred - target).abs().mean() + ((pred - target) ** 2).mean()
 
 
+class WhisperEncoderLoss(torch.nn.Module):
+    """L1 distance between Whisper tiny.en encoder states of decoded and original log-mel crops (frozen encoder).
+
+    Whisper is the judge of the codec's gate, so matching what its encoder sees weights the reconstruction error by
+    what matters for recognition instead of by mel energy. Crops are shorter than Whisper's 30 s input, so the
+    encoder is run layer by layer with the first positions of its position table.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        from hf_token_merge.reference.whisper import load_whisper_tiny_en
+
+        self.encoder = load_whisper_tiny_en()[0].model.encoder.eval().requires_grad_(False)
+
+    def states(self, mel: torch.Tensor) -> torch.Tensor:
+        enc = self.encoder
+        hidden = torch.nn.functional.gelu(enc.conv2(torch.nn.functional.gelu(enc.conv1(mel)))).transpose(1, 2)
+        hidden = hidden + enc.embed_positions.weight[: hidden.shape[1]]
+        for layer in enc.layers:
+            hidden = layer(hidden, attention_mask=None)
+        return enc.layer_norm(hidden)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            wanted = self.states(target)
+        return (self.states(pred) - wanted).abs().mean()
+
+
 @torch.no_grad()
 def dev_report(codec: SpeechCodec, mels: list[torch.Tensor]) -> dict:
     codec.eval()
@@ -86,6 +114,9 @@ def main() -> None:
     parser.add_argument("--partial", action="store_true", help="skip train sentences not synthesised yet")
     parser.add_argument("--dev", type=int, default=100, help="dev utterances for the final report (0: none)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--init", type=Path, default=None, help="start from a saved codec (fine-tuning)")
+    parser.add_argument("--whisper-loss", type=float, default=0.0, help="weight of the Whisper-encoder state loss")
+    parser.add_argument("--save-every", type=int, default=0, help="also save <out>/step-N every N steps (0: never)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -99,7 +130,9 @@ def main() -> None:
         encoder_blocks=args.blocks,
         decoder_blocks=args.blocks,
     )
-    codec = SpeechCodec(config)
+    codec = SpeechCodec.from_pretrained(args.init) if args.init else SpeechCodec(config)
+    config = codec.config
+    whisper_loss = WhisperEncoderLoss().to(args.device) if args.whisper_loss else None
     start = time.time()
     ids, mels = features(codec, "train", args.max_train, require_all=not args.partial)
     feature_s = time.time() - start
@@ -109,7 +142,7 @@ def main() -> None:
 
     codec.to(args.device).train()
     optimizer = torch.optim.AdamW(codec.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = max(1, args.steps // 20)
+    warmup = max(1, args.steps // 20)  # also re-warms a fine-tune from --init
 
     def lr_at(step: int) -> float:
         if step < warmup:
@@ -124,16 +157,24 @@ def main() -> None:
     running = None
     for step in bar:
         batch = crop_batch(mels, weights, args.batch, args.crop, args.frames_per_code, rng).to(args.device)
-        loss = loss_of(codec(batch), batch)
+        decoded = codec(batch)
+        loss = loss_of(decoded, batch)
+        if whisper_loss is not None:
+            loss = loss + args.whisper_loss * whisper_loss(decoded, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
-        running = float(loss) if running is None else 0.95 * running + 0.05 * float(loss)
+        value = float(loss.detach())
+        running = value if running is None else 0.95 * running + 0.05 * value
         if step % 25 == 0 or step == args.steps - 1:
             history.append({"step": step, "loss": round(running, 5), "seconds": round(time.time() - start, 1)})
             bar.set_postfix(loss=f"{running:.4f}")
+        if args.save_every and step and step % args.save_every == 0:
+            # Intermediate checkpoints let dev WER be measured while training goes on.
+            codec.save_pretrained(args.out / f"step-{step}")
+            codec.train()
     train_s = time.time() - start
     codec.to("cpu").eval()
     report = {
