@@ -23,6 +23,8 @@ EVALUATE_EXAMPLES = """examples:
       --output-dir runs/tts                       # decodes with X-codec2 (pip install xcodec2), Whisper tiny.en
   hf-token-merge evaluate --model runs/llasa/model --task kl --reference-model HKUSTAudio/Llasa-1B \
       --manifest speech_sequences.jsonl --output-dir runs/kl
+  hf-token-merge evaluate --model reference-codec-oracle --task tts-wer --split test --limit 20 \
+      --output-dir runs/oracle                    # the reference codec's resynthesis WER through the TTS path
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
 RUN_EXAMPLES = """examples:
@@ -42,14 +44,20 @@ def _add_evaluate(subparsers) -> None:
         epilog=EVALUATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="saved model folder, the built-in 'whisper-tiny-en', or 'reference-codec-oracle' (--task tts-wer: the "
+        "reference codec's ground-truth codes of a codec-corpus split, decoded and heard by Whisper tiny.en)",
+    )
     parser.add_argument(
         "--task",
         choices=["wer", "perplexity", "tts-wer", "kl"],
         help="default: wer for encoder-decoders, else perplexity; tts-wer: synthesize, decode, transcribe, score; "
         "kl: per-token KL of --model (merged) from --reference-model (unmerged)",
     )
-    data = parser.add_mutually_exclusive_group(required=True)
+    # required for every model but reference-codec-oracle, which reads the codec corpus (checked in run_evaluate)
+    data = parser.add_mutually_exclusive_group()
     data.add_argument(
         "--dataset",
         choices=list(BUILTIN_DATASETS),
@@ -90,6 +98,12 @@ def _add_evaluate(subparsers) -> None:
     tts.add_argument("--decoded-sampling-rate", type=int, default=16000, help="rate of the decoded audio")
     tts.add_argument("--oracle", action="store_true", help="emit each utterance's ground-truth codes (no model run)")
     tts.add_argument("--codes-column", default="codes", help="manifest field with the ground-truth codes")
+    tts.add_argument(
+        "--split",
+        choices=["test", "dev", "train", "librivox"],
+        default="test",
+        help="--model reference-codec-oracle: the codec-corpus split (default test; without --manifest)",
+    )
     tts.add_argument("--metric", choices=["wer", "cer"], default="wer")
     tts.add_argument("--do-sample", action="store_true", help="sample (seed + index per utterance) instead of greedy")
     tts.add_argument("--seed", type=int, default=0)
@@ -269,6 +283,40 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     )
 
 
+REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
+
+
+def _check_oracle_arguments(args: argparse.Namespace) -> str:
+    """The task of `--model reference-codec-oracle` (tts-wer), after refusing options it cannot use."""
+    if args.task not in (None, "tts-wer"):
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} is a stand-in TTS model; it has no --task {args.task}. "
+            "Fix: use --task tts-wer."
+        )
+    if args.dataset or args.audiofolder:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} reads ground-truth codes, not audio. Fix: drop --dataset/--audiofolder; "
+            "pick a codec-corpus split with --split, or pass --manifest with text and codes of the reference codec."
+        )
+    if args.family not in (None, "reference") or args.decode or args.oracle:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} fixes the family (reference), the decoder (the reference codec) and "
+            "the oracle. Fix: drop --family/--decode/--oracle."
+        )
+    return "tts-wer"
+
+
+def _evaluate_codec_oracle(args: argparse.Namespace, common: dict):
+    """`--model reference-codec-oracle`: the oracle TTS WER of the reference codec (its resynthesis WER)."""
+    from hf_token_merge.evaluation.tts.reference_codec import evaluate_reference_codec_oracle, load_oracle_data
+
+    data = _read_jsonl(args.manifest)[: args.limit] if args.manifest else load_oracle_data(args.split, args.limit)
+    common = {key: value for key, value in common.items() if key != "dtype"}  # the oracle runs no model
+    return evaluate_reference_codec_oracle(
+        data, text_column=args.text_column, metric=args.metric, batch_size=args.batch_size, **common
+    )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
     from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
@@ -278,8 +326,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    model, helper = load_model(args.model)
-    task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+    if args.model == REFERENCE_CODEC_ORACLE:
+        task = _check_oracle_arguments(args)
+        model = helper = None
+    else:
+        if not (args.dataset or args.manifest or args.audiofolder):
+            raise TokenMergeError("evaluate needs data. Fix: pass one of --dataset, --manifest or --audiofolder.")
+        model, helper = load_model(args.model)
+        task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
     accelerator = get_accelerator(None, args.device)
     common = {
         "dtype": args.dtype,
@@ -287,7 +341,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "accelerator": accelerator,
         "show_progress": not args.no_progress,
     }
-    if task in ("tts-wer", "kl"):
+    if model is None:
+        result = _evaluate_codec_oracle(args, common)
+    elif task in ("tts-wer", "kl"):
         result = _evaluate_tts_or_kl(args, task, model, helper, common)
     elif task == "perplexity":
         if not args.manifest:

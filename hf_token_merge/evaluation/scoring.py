@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from hf_token_merge.evaluation.runner import run_sharded, write_report
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.evaluation.runner import run_sharded, write_report
 from hf_token_merge.evaluation.text import ErrorCounts, character_error_counts, error_counts, normalize_transcript
 
 METRICS = ("wer", "cer")
