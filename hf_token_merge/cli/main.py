@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
-from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.cli.common import TTS_FAMILIES, load_callable, load_model, positive_int
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
@@ -87,7 +87,7 @@ def _add_evaluate(subparsers) -> None:
     ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
     ppl.add_argument("--column", help="manifest field with input_ids or text (default: input_ids, else text)")
     tts = parser.add_argument_group("TTS WER (causal TTS speech-LLMs; --manifest with text, and codes for --oracle)")
-    tts.add_argument("--family", choices=["llasa", "orpheus", "spark_tts", "outetts", "reference"])
+    tts.add_argument("--family", choices=TTS_FAMILIES)
     tts.add_argument("--num-codes", type=int, help="codebook size for --family reference/llasa (llasa: 65536)")
     tts.add_argument(
         "--decode",
@@ -219,19 +219,6 @@ def _markdown(result) -> str:
     return markdown_table(("metric", "value"), cells, align="ll")
 
 
-def _load_callable(spec: str):
-    """`module:function` → the function (the user's codec decoder)."""
-    import importlib
-
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
-
-
 def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
     """`--task tts-wer` and `--task kl`."""
     if not args.manifest:
@@ -259,7 +246,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
         options["frame_rate"] = args.frame_rate
     adapter = adapter_for(args.family, helper, **options)
     if args.decode:
-        decode = _load_callable(args.decode)
+        decode = load_callable(args.decode)
     elif hasattr(adapter, "load_decoder"):
         decode = adapter.load_decoder(args.device or "cpu")
     else:
