@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import subprocess
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -148,6 +151,31 @@ def run_whisper(cache_dir: str, accelerator=None) -> dict:
         accelerator=accelerator,
     )
     return {"wer": result.metrics(), "predictions": result.predictions, "num_processes": result.num_processes}
+
+
+def launch_two_processes(output: Path, cache_dir: Path, *args: str) -> subprocess.CompletedProcess:
+    """Run this script under `accelerate launch` with 2 CPU processes (the torchrun launcher, gloo), one thread each.
+
+    Args:
+        output: The JSON file the main process writes.
+        cache_dir: The reference-asset cache (Whisper tiny.en, LibriVox).
+        *args: Further arguments of `main` (e.g. "codec-oracle").
+
+    Returns:
+        The finished process (its stderr holds the error of a failed run).
+    """
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(repo / "recipes/launch/accelerate_cpu_2proc.yaml"),
+        "--num_processes", "2", "--main_process_port", str(port),
+        str(Path(__file__).resolve()), str(output), str(cache_dir), *args,
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    return subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=400)
 
 
 def main(output: str, cache_dir: str, only: str | None = None) -> None:

@@ -8,10 +8,6 @@ points of Whisper on the original audio, about 0.15 on this split) stays far bel
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -25,10 +21,8 @@ from hf_token_merge.evaluation.tts.reference_codec import (
     windows_of,
 )
 from hf_token_merge.reference.speech_codec import load_reference_speech_codec
-from tests.evaluation.dist_eval import CODEC_BATCH, CODEC_IDS, run_codec_oracle
-from tests.evaluation.test_whisper_eval import _free_port
+from tests.evaluation.dist_eval import CODEC_BATCH, CODEC_IDS, launch_two_processes, run_codec_oracle
 
-REPO = Path(__file__).resolve().parents[2]
 WER_BOUND = 0.5  # 40 reference words: at most 20 errors
 
 
@@ -59,14 +53,7 @@ def test_oracle_tts_wer_is_the_resynthesis_wer(runs):
 
 def test_one_and_two_processes_give_identical_oracle_metrics(runs, reference_cache, tmp_path):
     out = tmp_path / "two.json"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes/launch/accelerate_cpu_2proc.yaml"),
-        "--num_processes", "2", "--main_process_port", str(_free_port()),
-        str(REPO / "tests/evaluation/dist_eval.py"), str(out), str(reference_cache), "codec-oracle",
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = launch_two_processes(out, reference_cache, "codec-oracle")
     assert done.returncode == 0, done.stderr[-3000:]
     two, one = json.loads(out.read_text()), json.loads(json.dumps(runs[3]))
     assert (two["num_processes"], one["num_processes"]) == (2, 1)
