@@ -16,6 +16,8 @@ BUILTIN_MODELS = ("whisper-tiny-en", "reference")
 TTS_EVAL = "tts-wer"
 TTS_FAMILIES = ("llasa", "orpheus", "spark_tts", "outetts", "reference")
 REFERENCE_CODEC = "reference-codec"
+# `evaluate --model` name of the oracle TTS model of the reference codec (it emits the corpus's ground-truth codes)
+REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
 # --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, the built-in sets, TTS.
 BUILTIN_EVALUATIONS = {
     "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",

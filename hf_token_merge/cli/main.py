@@ -11,7 +11,13 @@ from pathlib import Path
 
 from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
-from hf_token_merge.cli.common import TTS_FAMILIES, load_callable, load_model, positive_int
+from hf_token_merge.cli.common import (
+    REFERENCE_CODEC_ORACLE,
+    TTS_FAMILIES,
+    load_callable,
+    load_model,
+    positive_int,
+)
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
@@ -268,9 +274,6 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
         batch_size=args.batch_size,
         **common,
     )
-
-
-REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
 
 
 def _check_oracle_arguments(args: argparse.Namespace) -> str:

@@ -22,7 +22,6 @@ import torch
 from hf_token_merge.evaluation.text import ErrorCounts, error_counts
 from hf_token_merge.evaluation.tts.adapters import SpeechCodes, UnitAdapter
 
-REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
 END_TOKEN = "<|eos|>"
 
 
