@@ -13,10 +13,17 @@ from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference")
-# --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, then the built-in sets.
+TTS_EVAL = "tts-wer"
+TTS_FAMILIES = ("llasa", "orpheus", "spark_tts", "outetts", "reference")
+REFERENCE_CODEC = "reference-codec"
+# `evaluate --model` name of the oracle TTS model of the reference codec (it emits the corpus's ground-truth codes)
+REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
+# --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, the built-in sets, TTS.
 BUILTIN_EVALUATIONS = {
     "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
     **{name: f"{dataset.description} (greedy ASR WER)" for name, dataset in BUILTIN_DATASETS.items()},
+    TTS_EVAL: "the reference codec corpus's test sentences, spoken by the model (greedy), decoded by the codec of "
+    "--tts-decode and transcribed by Whisper tiny.en (TTS WER)",
 }
 
 
@@ -231,6 +238,113 @@ def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
     return config, model, helper, getattr(helper, "tokenizer", helper)
 
 
+def load_callable(spec: str, flag: str = "--decode") -> Callable:
+    """`module:function` → the function (a user's codec decoder).
+
+    Raises:
+        TokenMergeError: For a malformed spec or one that does not import, naming the flag and the fix.
+    """
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise TokenMergeError(f"{flag} {spec!r}: expected MODULE:FUNCTION. Fix: e.g. {flag} my_codec:decode.")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise TokenMergeError(f"{flag} {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
+
+
+def add_tts_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `--eval tts-wer` (family adapter, codec, sentences, generation limit)."""
+    group = parser.add_argument_group(f"TTS evaluation (--eval {TTS_EVAL})")
+    group.add_argument(
+        "--tts-family", choices=TTS_FAMILIES, help="the adapter (default: --preset/--recipe when it names a family)"
+    )
+    group.add_argument(
+        "--tts-decode",
+        metavar="MODULE:FUNCTION",
+        help=f"the codec: MODULE:FUNCTION (codes -> 16 kHz waveform), or '{REFERENCE_CODEC}' (the bundled codec, "
+        "<|s_N|> read as its code N); default: the family's codec (X-codec2 for llasa, SNAC for orpheus)",
+    )
+    group.add_argument("--tts-num-codes", type=positive_int, help="codebook size for llasa (default 65,536)")
+    group.add_argument(
+        "--tts-limit", type=positive_int, default=100, help="the first N of the 600 test sentences (default 100)"
+    )
+    group.add_argument("--tts-max-new-tokens", type=positive_int, default=1024, help="generation limit (default 1024)")
+
+
+def tts_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The TTS evaluation options when `--eval` or `--report-eval` is tts-wer (None otherwise), checked before loading.
+
+    Raises:
+        TokenMergeError: Without a family (neither --tts-family nor a family --preset/--recipe).
+    """
+    if TTS_EVAL not in (getattr(args, "eval", None), getattr(args, "report_eval", None)):
+        return None
+    family = args.tts_family
+    for name in (getattr(args, "preset", None), getattr(args, "recipe", None)):
+        family = family or (name if name in TTS_FAMILIES else None)
+    if family is None:
+        raise TokenMergeError(
+            f"--eval {TTS_EVAL} maps generated ids to codec codes by family. Fix: pass --tts-family "
+            f"({', '.join(TTS_FAMILIES)}), or a family --recipe/--preset."
+        )
+    return {
+        "family": family,
+        "decode": args.tts_decode,
+        "num_codes": args.tts_num_codes,
+        "limit": args.tts_limit,
+        "max_new_tokens": args.tts_max_new_tokens,
+    }
+
+
+def tts_generation(tts: dict[str, Any]) -> dict[str, Any]:
+    """The generation settings of a TTS evaluation, for provenance."""
+    codec = tts["decode"] or f"the {tts['family']} codec"
+    return {"decoding": "greedy", "max_new_tokens": tts["max_new_tokens"], "family": tts["family"], "codec": codec}
+
+
+def _tts_evaluator(model_helper: Any, tts: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    """`(model, data) -> TtsWerResult` for the options of `tts_options` (adapter, decoder and ASR built once)."""
+    from hf_token_merge.evaluation.tts import adapter_for
+    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer, whisper_asr
+
+    tokenizer = getattr(model_helper, "tokenizer", model_helper)
+    family, spec = tts["family"], tts["decode"]
+    codec = None
+    if spec == REFERENCE_CODEC or (spec is None and family == "reference"):
+        from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
+        from hf_token_merge.reference.speech_codec import load_reference_speech_codec
+
+        codec = load_reference_speech_codec()
+    options: dict[str, Any] = {}
+    if family == "llasa" and tts["num_codes"]:
+        options["num_codes"] = tts["num_codes"]
+    if family == "reference":
+        options = {"num_codes": codec.codebook_size, "frame_rate": codec.frame_rate}
+    adapter = adapter_for(family, tokenizer, **options)
+    if codec is not None:
+        decode, asr = codec_whisper_decoder(codec), whisper_asr(features=True)
+    elif spec is not None:
+        decode, asr = load_callable(spec, "--tts-decode"), whisper_asr()
+    elif hasattr(adapter, "load_decoder"):
+        decode = adapter.load_decoder("cpu")
+        asr = whisper_asr(sampling_rate=24000 if family == "orpheus" else 16000)
+    else:
+        raise TokenMergeError(
+            f"The {family} codec has no built-in decoder here. Fix: pass --tts-decode MODULE:FUNCTION."
+        )
+
+    def evaluate(model, data):
+        return evaluate_tts_wer(
+            model, data, adapter=adapter, decode=decode, asr=asr, max_new_tokens=tts["max_new_tokens"],
+            show_progress=False,
+        )  # fmt: skip
+
+    return evaluate
+
+
 def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int]:
     """A seeded split of `n` examples: the first `round(fraction * n)` of a permutation tune, the rest report.
 
@@ -263,17 +377,20 @@ def builtin_evaluation(
     *,
     split: tuple[str, float] | None = None,
     records: bool = False,
+    tts: dict[str, Any] | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
     """`model -> metrics` on a built-in evaluation set (or one part of it).
 
     Args:
-        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity) or a built-in set of
+        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), a built-in set of
             `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
-            recipes/reference_model/synthesize.py).
+            recipes/reference_model/synthesize.py), or 'tts-wer' (TTS WER and the invalid generations on the
+            codec corpus's test sentences; needs `tts`).
         model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
         split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
         records: Also return the per-utterance records (key "records"), for confidence intervals.
+        tts: The options of `tts_options` (for 'tts-wer').
 
     Returns:
         A function `model -> {"wer": ...}` (plus "perplexity" for 'reference'), labelled with its set
@@ -290,6 +407,13 @@ def builtin_evaluation(
         from hf_token_merge.evaluation import evaluate_wer
 
         data = BUILTIN_DATASETS[name].load(None)
+    elif name == TTS_EVAL:
+        from hf_token_merge.evaluation.tts.reference_codec import load_oracle_data
+
+        if tts is None:
+            raise TokenMergeError(f"--eval {TTS_EVAL} needs its options. Fix: pass --tts-family (see --help).")
+        evaluate_tts = _tts_evaluator(model_helper, tts)
+        data = load_oracle_data("test", tts["limit"])
     else:
         raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
     label = name
@@ -302,6 +426,9 @@ def builtin_evaluation(
         if name == "reference":
             results = evaluate_reference(model, model_helper, data, show_progress=show_progress)
             wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
+        elif name == TTS_EVAL:
+            wer = evaluate_tts(model, data)
+            metrics = {"wer": wer.wer, "invalid_generations": wer.invalid}
         else:
             wer = evaluate_wer(model, data, processor=model_helper, show_progress=show_progress)
             metrics = {"wer": wer.wer}

@@ -7,12 +7,16 @@ from pathlib import Path
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    TTS_EVAL,
     add_calibration_argument,
     add_merge_arguments,
+    add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
     load_for_merge,
     positive_int,
+    tts_generation,
+    tts_options,
     write_json,
 )
 
@@ -21,6 +25,7 @@ EXAMPLES = """examples:
   hf-token-merge compress --model path/to/llasa --recipe llasa --target-ratio 0.25 --output-dir runs/llasa
   hf-token-merge compress --model whisper-tiny-en --token-id-range 50364 51864 --allow-special-tokens \\
       --n-clusters 150 --eval librivox --export-plain --output-dir runs/whisper
+  hf-token-merge compress --model path/to/llasa --recipe llasa --eval tts-wer --tts-limit 50 --output-dir runs/llasa
 """
 
 
@@ -66,6 +71,7 @@ def add_parser(subparsers) -> None:
         help="replace OUTPUT_DIR/model and OUTPUT_DIR/plain even when they are non-empty folders not written here",
     )
     add_calibration_argument(parser)
+    add_tts_eval_arguments(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -99,7 +105,7 @@ def _split(metrics: dict) -> tuple[dict, list | None]:
     return metrics, metrics.pop("records", None)
 
 
-def _note(args: argparse.Namespace, difference) -> str:
+def _note(args: argparse.Namespace, difference, tts: dict | None = None) -> str:
     """What the card's numbers were measured on, and how sure the WER change is."""
     if not args.eval:
         return ""
@@ -108,15 +114,31 @@ def _note(args: argparse.Namespace, difference) -> str:
     record = provenance_of(
         dataset_name=BUILTIN_EVALUATIONS[args.eval],
         units=difference.units if difference is not None else None,
-        generation={"decoding": "greedy"},
+        generation=tts_generation(tts) if tts else {"decoding": "greedy"},
     )
     record.model = args.base_model_id or args.model
-    sure = f" WER change: {difference.summary()} (paired bootstrap)." if difference is not None else ""
+    what = "TTS WER" if args.eval == TTS_EVAL else "WER"
+    sure = f" {what} change: {difference.summary()} (paired bootstrap)." if difference is not None else ""
     return f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}.{sure}\n\n{record.markdown()}"
 
 
+def _task_type(args: argparse.Namespace, metric: str) -> str:
+    """The model-index task of a metric: TTS WER is text-to-speech, ASR WER speech recognition."""
+    if args.eval == TTS_EVAL:
+        return "text-to-speech"
+    return "automatic-speech-recognition" if metric == "wer" else "text-generation"
+
+
 def _card(
-    args: argparse.Namespace, config, result, before: dict, after: dict, disk: tuple[int, int], model, difference=None
+    args: argparse.Namespace,
+    config,
+    result,
+    before: dict,
+    after: dict,
+    disk: tuple[int, int],
+    model,
+    difference=None,
+    tts: dict | None = None,
 ):
     """The model card and its before/after rows (the WER row with its paired CI; provenance in the note)."""
     from huggingface_hub import EvalResult
@@ -136,7 +158,7 @@ def _card(
     ]
     eval_results = [
         EvalResult(
-            task_type="automatic-speech-recognition" if name == "wer" else "text-generation",
+            task_type=_task_type(args, name),
             dataset_type=f"hf_token_merge/{args.eval}",
             dataset_name=BUILTIN_EVALUATIONS[args.eval],
             metric_type=name,
@@ -155,7 +177,7 @@ def _card(
         plan_statistics=stats,
         rows=rows,
         eval_results=eval_results,
-        evaluation_note=_note(args, difference),
+        evaluation_note=_note(args, difference, tts),
     )
     return card, rows
 
@@ -197,9 +219,10 @@ def run(args: argparse.Namespace) -> int:
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
+    tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     config, model, helper, tokenizer = load_for_merge(args)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, records=True) if args.eval else None
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, records=True, tts=tts) if args.eval else None
     before, before_records = _split(evaluate(model) if evaluate else {})
     disk_before = bytes_on_disk(model)
     result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
@@ -214,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
         stage_folder(staging, model, tokenizer=helper, plan=result.plan)
         disk_after = safetensors_bytes(staging)
-        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference)
+        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
         card.save(staging / "README.md")
     write_json(
         output / "merge.json",
@@ -223,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
             "before": before,
             "after": after,
             "wer_difference": difference.to_dict() if difference is not None else None,
+            **({"tts_evaluation": tts_generation(tts)} if tts else {}),
             "disk_bytes_before": disk_before,
             "disk_bytes_after": disk_after,
         },

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
-from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.cli.common import (
+    REFERENCE_CODEC_ORACLE,
+    TTS_FAMILIES,
+    load_callable,
+    load_model,
+    positive_int,
+)
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
@@ -23,6 +29,8 @@ EVALUATE_EXAMPLES = """examples:
       --output-dir runs/tts                       # decodes with X-codec2 (pip install xcodec2), Whisper tiny.en
   hf-token-merge evaluate --model runs/llasa/model --task kl --reference-model HKUSTAudio/Llasa-1B \
       --manifest speech_sequences.jsonl --output-dir runs/kl
+  hf-token-merge evaluate --model reference-codec-oracle --task tts-wer --split test --limit 20 \
+      --output-dir runs/oracle                    # the reference codec's resynthesis WER through the TTS path
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
 RUN_EXAMPLES = """examples:
@@ -42,14 +50,20 @@ def _add_evaluate(subparsers) -> None:
         epilog=EVALUATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="saved model folder, the built-in 'whisper-tiny-en', or 'reference-codec-oracle' (--task tts-wer: the "
+        "reference codec's ground-truth codes of a codec-corpus split, decoded and heard by Whisper tiny.en)",
+    )
     parser.add_argument(
         "--task",
         choices=["wer", "perplexity", "tts-wer", "kl"],
         help="default: wer for encoder-decoders, else perplexity; tts-wer: synthesize, decode, transcribe, score; "
         "kl: per-token KL of --model (merged) from --reference-model (unmerged)",
     )
-    data = parser.add_mutually_exclusive_group(required=True)
+    # required for every model but reference-codec-oracle, which reads the codec corpus (checked in run_evaluate)
+    data = parser.add_mutually_exclusive_group()
     data.add_argument(
         "--dataset",
         choices=list(BUILTIN_DATASETS),
@@ -79,7 +93,7 @@ def _add_evaluate(subparsers) -> None:
     ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
     ppl.add_argument("--column", help="manifest field with input_ids or text (default: input_ids, else text)")
     tts = parser.add_argument_group("TTS WER (causal TTS speech-LLMs; --manifest with text, and codes for --oracle)")
-    tts.add_argument("--family", choices=["llasa", "orpheus", "spark_tts", "outetts", "reference"])
+    tts.add_argument("--family", choices=TTS_FAMILIES)
     tts.add_argument("--num-codes", type=int, help="codebook size for --family reference/llasa (llasa: 65536)")
     tts.add_argument(
         "--decode",
@@ -90,6 +104,12 @@ def _add_evaluate(subparsers) -> None:
     tts.add_argument("--decoded-sampling-rate", type=int, default=16000, help="rate of the decoded audio")
     tts.add_argument("--oracle", action="store_true", help="emit each utterance's ground-truth codes (no model run)")
     tts.add_argument("--codes-column", default="codes", help="manifest field with the ground-truth codes")
+    tts.add_argument(
+        "--split",
+        choices=["test", "dev", "train", "librivox"],
+        default="test",
+        help="--model reference-codec-oracle: the codec-corpus split (default test; without --manifest)",
+    )
     tts.add_argument("--metric", choices=["wer", "cer"], default="wer")
     tts.add_argument("--do-sample", action="store_true", help="sample (seed + index per utterance) instead of greedy")
     tts.add_argument("--seed", type=int, default=0)
@@ -205,19 +225,6 @@ def _markdown(result) -> str:
     return markdown_table(("metric", "value"), cells, align="ll")
 
 
-def _load_callable(spec: str):
-    """`module:function` → the function (the user's codec decoder)."""
-    import importlib
-
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise ValueError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
-
-
 def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
     """`--task tts-wer` and `--task kl`."""
     if not args.manifest:
@@ -245,7 +252,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
         options["frame_rate"] = args.frame_rate
     adapter = adapter_for(args.family, helper, **options)
     if args.decode:
-        decode = _load_callable(args.decode)
+        decode = load_callable(args.decode)
     elif hasattr(adapter, "load_decoder"):
         decode = adapter.load_decoder(args.device or "cpu")
     else:
@@ -269,6 +276,37 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     )
 
 
+def _check_oracle_arguments(args: argparse.Namespace) -> str:
+    """The task of `--model reference-codec-oracle` (tts-wer), after refusing options it cannot use."""
+    if args.task not in (None, "tts-wer"):
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} is a stand-in TTS model; it has no --task {args.task}. "
+            "Fix: use --task tts-wer."
+        )
+    if args.dataset or args.audiofolder:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} reads ground-truth codes, not audio. Fix: drop --dataset/--audiofolder; "
+            "pick a codec-corpus split with --split, or pass --manifest with text and codes of the reference codec."
+        )
+    if args.family not in (None, "reference") or args.decode or args.oracle:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} fixes the family (reference), the decoder (the reference codec) and "
+            "the oracle. Fix: drop --family/--decode/--oracle."
+        )
+    return "tts-wer"
+
+
+def _evaluate_codec_oracle(args: argparse.Namespace, common: dict):
+    """`--model reference-codec-oracle`: the oracle TTS WER of the reference codec (its resynthesis WER)."""
+    from hf_token_merge.evaluation.tts.reference_codec import evaluate_reference_codec_oracle, load_oracle_data
+
+    data = _read_jsonl(args.manifest)[: args.limit] if args.manifest else load_oracle_data(args.split, args.limit)
+    common = {key: value for key, value in common.items() if key != "dtype"}  # the oracle runs no model
+    return evaluate_reference_codec_oracle(
+        data, text_column=args.text_column, metric=args.metric, batch_size=args.batch_size, **common
+    )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
     from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
@@ -278,8 +316,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    model, helper = load_model(args.model)
-    task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+    if args.model == REFERENCE_CODEC_ORACLE:
+        task = _check_oracle_arguments(args)
+        model = helper = None
+    else:
+        if not (args.dataset or args.manifest or args.audiofolder):
+            raise TokenMergeError("evaluate needs data. Fix: pass one of --dataset, --manifest or --audiofolder.")
+        model, helper = load_model(args.model)
+        task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
     accelerator = get_accelerator(None, args.device)
     common = {
         "dtype": args.dtype,
@@ -287,7 +331,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "accelerator": accelerator,
         "show_progress": not args.no_progress,
     }
-    if task in ("tts-wer", "kl"):
+    if model is None:
+        result = _evaluate_codec_oracle(args, common)
+    elif task in ("tts-wer", "kl"):
         result = _evaluate_tts_or_kl(args, task, model, helper, common)
     elif task == "perplexity":
         if not args.manifest:

@@ -9,11 +9,14 @@ from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     add_calibration_argument,
     add_merge_arguments,
+    add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
     check_calibration_args,
     config_from_args,
     load_model,
+    tts_generation,
+    tts_options,
     write_json,
 )
 from hf_token_merge.clustering import grouping_methods
@@ -31,6 +34,8 @@ EXAMPLES = """examples:
   hf-token-merge sweep --model whisper-tiny-en --token-id-range 256 50256 --eval librivox \\
       --calibration-text calibration.txt --budget-only --budget-strategy frequency \\
       --max-wer-increase 0.005 --output-dir runs/whisper-budget
+  hf-token-merge sweep --model path/to/llasa --recipe llasa --eval tts-wer --tts-limit 100 --budget-only \
+      --split-eval 0.5 --criterion upper_bound --max-wer-increase 0.01 --output-dir runs/llasa-budget
 """
 
 
@@ -97,6 +102,7 @@ def add_parser(subparsers) -> None:
         default="estimate",
         help="upper_bound: the 95 %% bootstrap upper bound of the WER increase must fit the budget",
     )
+    add_tts_eval_arguments(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.tolerance < 1:
         raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
     config = config_from_args(args, require_stop=False)
+    args.tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     strategies = [resolve_strategy(s) for s in args.strategies]
     grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
     budget_strategy = None if args.budget_strategy is None else resolve_strategy(args.budget_strategy)
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     model, helper = load_model(args.model)
     tokenizer = getattr(helper, "tokenizer", helper)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, tts=args.tts)
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(
@@ -152,12 +159,14 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
-    tune = builtin_evaluation(args.eval, helper, show_progress=False, split=tune_split, records=True)
+    tune = builtin_evaluation(args.eval, helper, show_progress=False, split=tune_split, records=True, tts=args.tts)
     report = None
     if args.split_eval is not None:
-        report = builtin_evaluation(args.eval, helper, False, split=("report", args.split_eval), records=True)
+        report = builtin_evaluation(
+            args.eval, helper, False, split=("report", args.split_eval), records=True, tts=args.tts
+        )
     elif args.report_eval:
-        report = builtin_evaluation(args.report_eval, helper, show_progress=False, records=True)
+        report = builtin_evaluation(args.report_eval, helper, show_progress=False, records=True, tts=args.tts)
     result = compress_within_budget(
         model,
         config,
@@ -232,7 +241,9 @@ def _budget_card(args: argparse.Namespace, result, tune, report, model):
         notes.append("**The row count was chosen on the same set these numbers report (no separate report set).**")
     else:
         notes.append("The row count was chosen on the tuning set only; the report set is held out.")
-    record = provenance_of(dataset_name=args.eval, generation={"decoding": "greedy"}, criterion=result.criterion)
+    tts = getattr(args, "tts", None)
+    generation = tts_generation(tts) if tts else {"decoding": "greedy"}
+    record = provenance_of(dataset_name=args.eval, generation=generation, criterion=result.criterion)
     record.model = args.model
     note = " ".join(notes) + "\n\n" + record.markdown()
     return build_model_card(
