@@ -14,7 +14,8 @@ any decoding. Texts: dev = all 300 dev sentences, test = all 600 test sentences,
 sentences.
 
 `report`: builds the real in-place merge with the library (`whisper` recipe, variant `english_frequency`, the
-ranking's scores as `token_counts`, `n_clusters` = kept + 1), re-decodes EVERY utterance of every report set with
+ranking's scores, or with `--calibration FILE` the counts of that calibration file, as `token_counts`,
+`n_clusters` = kept + 1), re-decodes EVERY utterance of every report set with
 it (decoder only: a vocabulary trim leaves the encoder alone), and prints WER before/after with the paired
 bootstrap interval (`compare_records`, 1,000 resamples, seed 0) and word counts; JSON to `--output`.
 
@@ -104,9 +105,14 @@ def report(args, model, processor) -> None:
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.remap import apply_token_merge
 
-    scores = load_rankings()[args.ranking]
+    if args.calibration:  # exactly what `--calibration-text FILE` gives the CLI
+        from hf_token_merge.remap import calibration_counts
+
+        counts = calibration_counts(processor.tokenizer, args.calibration, R.VOCAB)
+    else:
+        counts = torch.from_numpy(load_rankings()[args.ranking])
     recipe = load_recipe("whisper", variant="english_frequency", n_clusters=args.keep + 1)
-    apply_token_merge(model, recipe.config, token_counts=torch.from_numpy(scores), show_progress=False)
+    apply_token_merge(model, recipe.config, token_counts=counts, show_progress=False)
     rows_after = model.get_input_embeddings().weight.shape[0]
     spelling = spelling_map_of(processor)
     out = {
@@ -226,7 +232,8 @@ def main() -> None:
     p.add_argument("--rankings", nargs="*")
     p.add_argument("--output")
     p = sub.add_parser("report", help="the real merge on the report sets")
-    p.add_argument("--ranking", required=True)
+    p.add_argument("--ranking", required=True, help="a ranking of `rank`, or a name for --calibration")
+    p.add_argument("--calibration", help="rank by this calibration file instead (make_calibration.py output)")
     p.add_argument("--keep", type=int, required=True)
     p.add_argument("--sets", nargs="+", default=["librivox", "test", "everyday"])
     p.add_argument("--output")
