@@ -52,8 +52,7 @@ def pooled_run(model, processor, name: str, form: str, threshold: float, spellin
     import numpy as np
     import torch
 
-    from hf_token_merge.sequence.encoder import split_groups_at
-    from hf_token_merge.sequence.grouping import affinity_groups
+    from hf_token_merge.sequence.grouping import affinity_groups, split_groups_at
 
     kept_all = []
     for array, count in zip(hidden, frames, strict=True):
