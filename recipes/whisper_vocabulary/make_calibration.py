@@ -32,7 +32,8 @@ import sys
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent.parent
-FORMS = ((" {}", 1.0), (" {}", 0.3), ("{}", 0.1), ("{}", 0.03))  # lower, Capitalised, bare lower, bare Capitalised
+sys.path.insert(0, str(RECIPES / "whisper_vocabulary"))
+from rankings import spellings, word_list  # noqa: E402  (the four spellings and their weights live there)
 
 
 def kjv_train_sentences() -> list[str]:
@@ -52,20 +53,12 @@ def word_forms(top: int) -> tuple[list[str], list[float]]:
     except ImportError as error:
         raise SystemExit("--wordfreq needs the dev-only package: pip install wordfreq") from error
     words = sorted(get_frequency_dict("en", "best").items(), key=lambda item: -item[1])[:top]
-    texts, weights = [], []
-    for index, (pattern, weight) in enumerate(FORMS):
-        for word, frequency in words:
-            spelled = word[:1].upper() + word[1:] if index in (1, 3) else word
-            texts.append(pattern.format(spelled))
-            weights.append(frequency * weight)
-    return texts, weights
+    texts, weights = spellings(words)
+    return texts, weights.tolist()
 
 
 def tiered_lines(top: int, tiers: int) -> tuple[list[str], list[float]]:
     """The wordfreq spellings (with numbers) in `tiers` equal tiers, weighted 10^(5 (tiers - 1 - tier))."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from rankings import spellings, word_list
-
     if not 1 <= tiers <= 61:
         raise SystemExit("--tiers must lie in 1..61 (10^(5 x 60) is near the largest float64).")
     texts, weights = spellings(word_list(top))
