@@ -38,5 +38,5 @@ def test_job_writes_the_before_after_report(tmp_path, capsys):
     assert "pre" not in page.tags and page.text["h1"] == ["Reference speech-LLM: merge report"]
     assert page.text["th"][:4] == ["metric", "before", "after", "change"]
     assert "WER (test split)" in page.text["td"] and "safetensors bytes" in page.text["td"]
-    assert "Redundancy report" in page.text["h2"] and page.tags.count("figure") == 4  # maps=(): 4 figures
+    assert "Redundancy report" in page.text["h2"] and page.tags.count("figure") == 6  # no maps: 4 + 2 layer figures
     assert all(image["src"].startswith("data:image/png;base64,") for image in page.images)
