@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig, replace_stop
+from hf_token_merge.config.json_config import looks_like_hub_id
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
@@ -38,20 +39,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hub id (org/name) rather than a path: a path-like string is never sent to the Hub."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if name.count("/") != 1 or name.startswith((".", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
-
-
 def load_model(name: str):
     """`(model, processor_or_tokenizer)` of a built-in name, a saved folder or a Hub id.
 
@@ -70,7 +57,7 @@ def load_model(name: str):
     path = Path(name).expanduser()
     local = (path / "config.json").is_file()
     fix = f"Fix: pass a folder saved with save_pretrained, a Hub id (org/name), or one of {list(BUILTIN_MODELS)}."
-    if not local and not path.exists() and not _hub_id(name):
+    if not local and not path.exists() and not looks_like_hub_id(name):
         raise FileNotFoundError(f"--model {name}: no such folder, so no config.json there. {fix}")
     if not local and path.exists():
         raise TokenMergeError(f"--model {name}: no config.json there. {fix}")
@@ -370,6 +357,56 @@ def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int
     return sorted(order[:cut] if part == "tune" else order[cut:])
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--split`, `--dataset-config`, `--audio-column`, `--text-column`: how to read a `datasets` dataset."""
+    group = parser.add_argument_group("a datasets dataset (a save_to_disk folder or a Hub id)")
+    group.add_argument("--split", help="its split (needed for a Hub id; e.g. test)")
+    group.add_argument("--dataset-config", help="its configuration, for a Hub dataset with several (e.g. clean)")
+    group.add_argument(
+        "--audio-column", default="audio", help="its audio column, or a manifest's field (default: audio)"
+    )
+    group.add_argument("--text-column", default="text", help="its transcript column/field (default: text)")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `load_eval_dataset` that `add_dataset_arguments` sets."""
+    return {
+        "split": getattr(args, "split", None),
+        "config_name": getattr(args, "dataset_config", None),
+        "audio_column": getattr(args, "audio_column", "audio"),
+        "text_column": getattr(args, "text_column", "text"),
+    }
+
+
+def describe_evaluation(name: str, options: dict[str, Any] | None = None) -> str:
+    """What `--eval NAME` measures, in words, for reports and model cards."""
+    if name in BUILTIN_EVALUATIONS:
+        return BUILTIN_EVALUATIONS[name]
+    options = options or {}
+    named = (("config", options.get("config_name")), ("split", options.get("split")))
+    detail = ", ".join(f"{what} {value}" for what, value in named if value)
+    return f"{name}{f' ({detail})' if detail else ''} (greedy ASR WER)"
+
+
+def load_evaluation_data(name: str, options: dict[str, Any] | None = None):
+    """The examples of `--eval NAME`: the reference split, a built-in set, or a dataset `load_eval_dataset` reads.
+
+    Call it before loading the model, so that a missing column or split fails before any work.
+
+    Raises:
+        TokenMergeError: Naming the fix, for data that cannot be used (FileNotFoundError for a missing path).
+    """
+    if name == TTS_EVAL:
+        return None  # the codec corpus's sentences, loaded with the TTS options by `builtin_evaluation`
+    if name == "reference":
+        from hf_token_merge.reference.speech_llm import load_reference_eval_set
+
+        return load_reference_eval_set()
+    from hf_token_merge.evaluation import load_eval_dataset
+
+    return load_eval_dataset(name, **(options or {}))
+
+
 def builtin_evaluation(
     name: str,
     model_helper: Any,
@@ -378,19 +415,26 @@ def builtin_evaluation(
     split: tuple[str, float] | None = None,
     records: bool = False,
     tts: dict[str, Any] | None = None,
+    reports: bool = False,
+    data: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
-    """`model -> metrics` on a built-in evaluation set (or one part of it).
+    """`model -> metrics` on an evaluation set (or one part of it): a built-in one or any `datasets` dataset.
 
     Args:
         name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), a built-in set of
             `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
-            recipes/reference_model/synthesize.py), or 'tts-wer' (TTS WER and the invalid generations on the
-            codec corpus's test sentences; needs `tts`).
+            recipes/reference_model/synthesize.py), 'tts-wer' (TTS WER and the invalid generations on the
+            codec corpus's test sentences; needs `tts`), or any source `load_eval_dataset` reads (a save_to_disk
+            folder, a Hub dataset id, an audiofolder, a manifest: WER of an encoder-decoder ASR model).
         model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
         split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
         records: Also return the per-utterance records (key "records"), for confidence intervals.
         tts: The options of `tts_options` (for 'tts-wer').
+        reports: Also return the full `WerResult` (key "report"): counts, timing and predictions.
+        data: The examples, when already loaded with `load_evaluation_data`.
+        options: `load_eval_dataset` keywords for a dataset (see `dataset_options`).
 
     Returns:
         A function `model -> {"wer": ...}` (plus "perplexity" for 'reference'), labelled with its set
@@ -398,24 +442,23 @@ def builtin_evaluation(
     """
     from hf_token_merge.analysis.budget import describe_eval_set, with_records
 
-    if name == "reference":
-        from hf_token_merge.job import evaluate_reference
-        from hf_token_merge.reference.speech_llm import load_reference_eval_set
-
-        data = load_reference_eval_set()
-    elif name in BUILTIN_DATASETS:
-        from hf_token_merge.evaluation import evaluate_wer
-
-        data = BUILTIN_DATASETS[name].load(None)
-    elif name == TTS_EVAL:
+    if name == TTS_EVAL:
         from hf_token_merge.evaluation.tts.reference_codec import load_oracle_data
 
         if tts is None:
             raise TokenMergeError(f"--eval {TTS_EVAL} needs its options. Fix: pass --tts-family (see --help).")
         evaluate_tts = _tts_evaluator(model_helper, tts)
-        data = load_oracle_data("test", tts["limit"])
+        data = load_oracle_data("test", tts["limit"]) if data is None else data
     else:
-        raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+        if name != "reference" and name not in BUILTIN_DATASETS and not hasattr(model_helper, "feature_extractor"):
+            raise TokenMergeError(
+                f"--eval {name}: a dataset is scored as the ASR WER of an encoder-decoder reading its audio "
+                "(Whisper), but this model is a causal LM. Fix: use --eval reference for the reference speech-LLM, "
+                f"--eval {TTS_EVAL} for a TTS model, or evaluate a speech-LLM before and after with "
+                "`hf-token-merge evaluate --manifest` (unit prompts)."
+            )
+        if data is None:
+            data = load_evaluation_data(name, options)
     label = name
     if split is not None:
         indices = split_indices(len(data), split[1], split[0])
@@ -424,15 +467,20 @@ def builtin_evaluation(
 
     def evaluate(model) -> dict[str, Any]:
         if name == "reference":
+            from hf_token_merge.job import evaluate_reference
+
             results = evaluate_reference(model, model_helper, data, show_progress=show_progress)
             wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
         elif name == TTS_EVAL:
             wer = evaluate_tts(model, data)
             metrics = {"wer": wer.wer, "invalid_generations": wer.invalid}
         else:
+            from hf_token_merge.evaluation import evaluate_wer
+
             wer = evaluate_wer(model, data, processor=model_helper, show_progress=show_progress)
             metrics = {"wer": wer.wer}
-        return with_records(wer, **metrics) if records else metrics
+        metrics = with_records(wer, **metrics) if records else metrics
+        return {**metrics, "report": wer} if reports else metrics
 
     return describe_eval_set(evaluate, label, data)
 

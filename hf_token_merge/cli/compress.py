@@ -9,15 +9,18 @@ from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     TTS_EVAL,
     add_calibration_argument,
+    add_dataset_arguments,
     add_merge_arguments,
     add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
+    dataset_options,
+    describe_evaluation,
+    load_evaluation_data,
     load_for_merge,
     positive_int,
     tts_generation,
     tts_options,
-    write_json,
 )
 
 EXAMPLES = """examples:
@@ -26,6 +29,8 @@ EXAMPLES = """examples:
   hf-token-merge compress --model whisper-tiny-en --token-id-range 50364 51864 --allow-special-tokens \\
       --n-clusters 150 --eval librivox --export-plain --output-dir runs/whisper
   hf-token-merge compress --model path/to/llasa --recipe llasa --eval tts-wer --tts-limit 50 --output-dir runs/llasa
+  hf-token-merge compress --model whisper-tiny-en --recipe whisper --eval openslr/librispeech_asr \\
+      --dataset-config clean --split test --output-dir runs/whisper-ls   # any datasets dataset (or save_to_disk folder)
 """
 
 
@@ -36,14 +41,22 @@ def add_parser(subparsers) -> None:
         help="merge a model (plan + apply + save), optionally evaluating before and after",
         description=(
             "Merge the selected rows and write OUTPUT_DIR/model (slim checkpoint, tokenizer, merge config and "
-            "plan, README.md model card), OUTPUT_DIR/merge.json, and with --export-plain OUTPUT_DIR/plain."
+            "plan, README.md model card), OUTPUT_DIR/merge.json (+ merge_predictions.jsonl with --eval), and with "
+            "--export-plain OUTPUT_DIR/plain."
         ),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--eval", choices=BUILTIN_EVALUATIONS, help="evaluate before and after on a built-in set")
+    parser.add_argument(
+        "--eval",
+        metavar="NAME_OR_PATH",
+        help="evaluate before and after: a built-in set (" + ", ".join(BUILTIN_EVALUATIONS) + "), or for an "
+        "encoder-decoder ASR model any datasets dataset (a save_to_disk folder, a Hub id with --split, an "
+        "audiofolder, a .jsonl manifest)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide the evaluation progress bars")
     parser.add_argument("--export-plain", action="store_true", help="also write a plain transformers checkpoint")
     parser.add_argument(
         "--pad-vocab-to-multiple-of",
@@ -70,6 +83,7 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="replace OUTPUT_DIR/model and OUTPUT_DIR/plain even when they are non-empty folders not written here",
     )
+    add_dataset_arguments(parser)
     add_calibration_argument(parser)
     add_tts_eval_arguments(parser)
     add_merge_arguments(parser)
@@ -80,7 +94,7 @@ def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
     """`(Hub id, license)` of the merged model's base, for the card; None where it is unknown."""
     from huggingface_hub import ModelCard
 
-    from hf_token_merge.cli.common import _hub_id
+    from hf_token_merge.config.json_config import looks_like_hub_id
     from hf_token_merge.hub.card import BUILTIN_BASE_MODELS
 
     if args.model in BUILTIN_BASE_MODELS:
@@ -88,7 +102,7 @@ def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
     else:
         local = Path(args.model).expanduser()
         # a local folder's path is no Hub id; its own card, if any, still says which license it carries
-        base = None if local.exists() else args.model if _hub_id(args.model) else None
+        base = None if local.exists() else args.model if looks_like_hub_id(args.model) else None
         license_id = None
         source = local / "README.md" if local.exists() else base
         if source is not None and (base is not None or Path(source).is_file()):
@@ -99,10 +113,17 @@ def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
     return args.base_model_id or base, args.license or license_id
 
 
-def _split(metrics: dict) -> tuple[dict, list | None]:
-    """Metrics without the per-utterance records, and the records."""
+# The two byte counts compress reports, labelled wherever they are shown (table, card, merge.json).
+BYTE_LABELS = {
+    "memory": "tensor bytes in memory",  # parameters + buffers (index maps included), `MergeResult.bytes_*`
+    "disk": "safetensors bytes on disk",  # the model*.safetensors files save_pretrained writes
+}
+
+
+def _split(metrics: dict) -> tuple[dict, list | None, object]:
+    """Metrics without the per-utterance records and the full result, the records, and the result (`WerResult`)."""
     metrics = dict(metrics)
-    return metrics, metrics.pop("records", None)
+    return metrics, metrics.pop("records", None), metrics.pop("report", None)
 
 
 def _note(args: argparse.Namespace, difference, tts: dict | None = None) -> str:
@@ -111,15 +132,16 @@ def _note(args: argparse.Namespace, difference, tts: dict | None = None) -> str:
         return ""
     from hf_token_merge.evaluation.provenance import provenance_of
 
+    described = describe_evaluation(args.eval, dataset_options(args))
     record = provenance_of(
-        dataset_name=BUILTIN_EVALUATIONS[args.eval],
+        dataset_name=described,
         units=difference.units if difference is not None else None,
         generation=tts_generation(tts) if tts else {"decoding": "greedy"},
     )
     record.model = args.base_model_id or args.model
     what = "TTS WER" if args.eval == TTS_EVAL else "WER"
     sure = f" {what} change: {difference.summary()} (paired bootstrap)." if difference is not None else ""
-    return f"Metrics measured on {BUILTIN_EVALUATIONS[args.eval]}.{sure}\n\n{record.markdown()}"
+    return f"Metrics measured on {described}.{sure}\n\n{record.markdown()}"
 
 
 def _task_type(args: argparse.Namespace, metric: str) -> str:
@@ -154,13 +176,14 @@ def _card(
     rows += [
         ChangeRow("vocabulary rows", stats["vocab_size"], stats["rows_after"], ",.0f"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",.0f"),
-        ChangeRow("safetensors bytes", disk[0], disk[1], ",.0f"),
+        ChangeRow(BYTE_LABELS["memory"], result.bytes_before, result.bytes_after, ",.0f"),
+        ChangeRow(BYTE_LABELS["disk"], disk[0], disk[1], ",.0f"),
     ]
     eval_results = [
         EvalResult(
             task_type=_task_type(args, name),
-            dataset_type=f"hf_token_merge/{args.eval}",
-            dataset_name=BUILTIN_EVALUATIONS[args.eval],
+            dataset_type=f"hf_token_merge/{args.eval}" if args.eval in BUILTIN_EVALUATIONS else args.eval,
+            dataset_name=describe_evaluation(args.eval, dataset_options(args)),
             metric_type=name,
             metric_value=value,
         )
@@ -208,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.errors import TokenMergeError
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
+    from hf_token_merge.evaluation.runner import write_report
+    from hf_token_merge.evaluation.scoring import paired_predictions
     from hf_token_merge.hub import stage_folder
     from hf_token_merge.tables import change_table
 
@@ -220,13 +245,21 @@ def run(args: argparse.Namespace) -> int:
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
     tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
+    # the evaluation data first: a missing column, split or path fails before the model is loaded
+    options = dataset_options(args)
+    data = load_evaluation_data(args.eval, options) if args.eval else None
     config, model, helper, tokenizer = load_for_merge(args)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, records=True, tts=tts) if args.eval else None
-    before, before_records = _split(evaluate(model) if evaluate else {})
+    evaluate = None
+    if args.eval:
+        progress = not args.no_progress
+        evaluate = builtin_evaluation(
+            args.eval, helper, progress, records=True, reports=True, data=data, options=options, tts=tts
+        )
+    before, before_records, before_report = _split(evaluate(model) if evaluate else {})
     disk_before = bytes_on_disk(model)
     result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
-    after, after_records = _split(evaluate(model) if evaluate else {})
+    after, after_records, after_report = _split(evaluate(model) if evaluate else {})
     difference = None
     if before_records is not None and after_records is not None:
         from hf_token_merge.evaluation.confidence import compare_records
@@ -239,18 +272,26 @@ def run(args: argparse.Namespace) -> int:
         disk_after = safetensors_bytes(staging)
         card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
         card.save(staging / "README.md")
-    write_json(
-        output / "merge.json",
-        {
-            **result.to_dict(),
-            "before": before,
-            "after": after,
-            "wer_difference": difference.to_dict() if difference is not None else None,
-            **({"tts_evaluation": tts_generation(tts)} if tts else {}),
-            "disk_bytes_before": disk_before,
-            "disk_bytes_after": disk_after,
-        },
-    )
+    numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
+    report = {
+        **numbers,
+        "tensor_bytes_in_memory_before": result.bytes_before,
+        "tensor_bytes_in_memory_after": result.bytes_after,
+        "safetensors_bytes_on_disk_before": disk_before,
+        "safetensors_bytes_on_disk_after": disk_after,
+        "eval_set": describe_evaluation(args.eval, options) if args.eval else None,
+        "before": before,
+        "after": after,
+        "wer_difference": difference.to_dict() if difference is not None else None,
+        **({"tts_evaluation": tts_generation(tts)} if tts else {}),
+    }
+    predictions = None
+    if before_report is not None and after_report is not None:
+        # the same numbers as evaluate's wer.json (counts, RTFx), and its predictions side by side
+        report["wer_before"], report["wer_after"] = before_report.to_dict(), after_report.to_dict()
+        if not tts:
+            predictions = paired_predictions(before_report.predictions, after_report.predictions)
+    write_report(output, "merge", report, predictions, "predictions")
     if args.export_plain:
         export_plain(
             model,
@@ -260,7 +301,15 @@ def run(args: argparse.Namespace) -> int:
             pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
             overwrite=args.overwrite,
         )
-    print(result)
+    stats = result.plan.statistics
+    print(
+        f"merged {stats['selected_rows']} rows into {stats['clusters']} ({stats['vocab_size']} -> "
+        f"{stats['rows_after']} rows); parameters {result.parameters_before:,} -> {result.parameters_after:,}"
+    )
+    print(f"{BYTE_LABELS['memory']}: {result.bytes_before:,} -> {result.bytes_after:,}")
+    print(f"{BYTE_LABELS['disk']}: {disk_before:,} -> {disk_after:,}")
+    if before_report is not None:
+        print(f"WER before: {before_report}\nWER after:  {after_report}")
     print("\n" + change_table(rows))
     print(f"model: {folder}")
     return 0

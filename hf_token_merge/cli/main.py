@@ -14,6 +14,8 @@ from hf_token_merge.cli import analyze, compress, push, sequence, sweep
 from hf_token_merge.cli.common import (
     REFERENCE_CODEC_ORACLE,
     TTS_FAMILIES,
+    add_dataset_arguments,
+    dataset_options,
     load_callable,
     load_model,
     positive_int,
@@ -23,6 +25,10 @@ from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
+  hf-token-merge evaluate --model runs/whisper/plain --dataset openslr/librispeech_asr --dataset-config clean \
+      --split test --output-dir runs/ls            # any Hub dataset (datasets.load_dataset(id, config, split=))
+  hf-token-merge evaluate --model runs/whisper/plain --dataset my_set_saved_to_disk --text-column sentence \
+      --output-dir runs/mine                       # a Dataset.save_to_disk folder
   hf-token-merge evaluate --model runs/ref/model --manifest eval.jsonl --eos-token '<|text_end|>' --output-dir runs/asr
   hf-token-merge evaluate --model runs/ref/model --task perplexity --manifest seqs.jsonl --output-dir runs/ppl
   hf-token-merge evaluate --model runs/llasa/model --task tts-wer --family llasa --manifest texts.jsonl \
@@ -66,8 +72,10 @@ def _add_evaluate(subparsers) -> None:
     data = parser.add_mutually_exclusive_group()
     data.add_argument(
         "--dataset",
-        choices=list(BUILTIN_DATASETS),
-        help="built-in data: " + "; ".join(f"{name}: {data.description}" for name, data in BUILTIN_DATASETS.items()),
+        metavar="NAME_OR_PATH",
+        help="a datasets dataset: a folder written by save_to_disk, or a Hub dataset id (org/name, needs --split), "
+        "with --audio-column/--text-column naming its columns; or built-in data: "
+        + "; ".join(f"{name}: {data.description}" for name, data in BUILTIN_DATASETS.items()),
     )
     data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
     data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")
@@ -76,11 +84,10 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's")
     parser.add_argument("--device", help="'cpu' forces CPU; default: accelerate's device")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
-    parser.add_argument("--audio-column", default="audio", help="audio field of a manifest (default: audio)")
-    parser.add_argument("--text-column", default="text", help="transcript field (default: text)")
     parser.add_argument("--no-resample", action="store_true", help="refuse audio that is not 16 kHz")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process (default: torch's)")
+    add_dataset_arguments(parser)
     llm = parser.add_argument_group("speech-LLM WER (causal LMs)")
     llm.add_argument("--units-column", default="units", help="field with unit ids or unit-token strings")
     llm.add_argument("--unit-format", default="<|s_{}|>", help="token of unit N (default: <|s_{}|>)")
@@ -353,10 +360,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         source = args.dataset or args.audiofolder or args.manifest
         is_llm = not getattr(model.config, "is_encoder_decoder", False)
+        text_column = args.text_column
         if is_llm and args.manifest:
             data = _read_jsonl(args.manifest)
         else:
-            data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
+            # a speech-LLM reads unit prompts, not audio; every loaded dataset names its transcript column `text`
+            options = {**dataset_options(args), "audio_column": None if is_llm else args.audio_column}
+            data = load_eval_dataset(source, **options)
+            text_column = "text"
         if args.limit is not None:
             data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
         kwargs = {}
@@ -377,7 +388,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_wer(
             model,
             data,
-            text_column=args.text_column,
+            text_column=text_column,
             batch_size=args.batch_size,
             resample=not args.no_resample,
             **kwargs,

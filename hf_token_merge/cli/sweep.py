@@ -8,12 +8,15 @@ from pathlib import Path
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     add_calibration_argument,
+    add_dataset_arguments,
     add_merge_arguments,
     add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
     check_calibration_args,
     config_from_args,
+    dataset_options,
+    load_evaluation_data,
     load_model,
     tts_generation,
     tts_options,
@@ -53,7 +56,13 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
-    parser.add_argument("--eval", required=True, choices=BUILTIN_EVALUATIONS, help="built-in evaluation set")
+    parser.add_argument(
+        "--eval",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="a built-in set (" + ", ".join(BUILTIN_EVALUATIONS) + "), or for an encoder-decoder ASR model any "
+        "datasets dataset (a save_to_disk folder, a Hub id with --split, an audiofolder, a .jsonl manifest)",
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25, 0.125])
     parser.add_argument(
@@ -87,8 +96,8 @@ def add_parser(subparsers) -> None:
     )
     budget.add_argument(
         "--report-eval",
-        choices=BUILTIN_EVALUATIONS,
-        help="a separate built-in set the budgeted merge is reported on (--eval then only tunes)",
+        metavar="NAME_OR_PATH",
+        help="a separate set (as --eval) the budgeted merge is reported on (--eval then only tunes)",
     )
     budget.add_argument(
         "--split-eval",
@@ -103,6 +112,7 @@ def add_parser(subparsers) -> None:
         help="upper_bound: the 95 %% bootstrap upper bound of the WER increase must fit the budget",
     )
     add_tts_eval_arguments(parser)
+    add_dataset_arguments(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -129,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     check_calibration_args(args, config, *grid)  # before the model loads
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
+    # the evaluation data first: a missing column, split or path fails before the model is loaded
+    data = load_evaluation_data(args.eval, dataset_options(args))
     model, helper = load_model(args.model)
     tokenizer = getattr(helper, "tokenizer", helper)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, tts=args.tts)
+    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, data=data, tts=args.tts)
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(
@@ -159,14 +171,14 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
-    tune = builtin_evaluation(args.eval, helper, show_progress=False, split=tune_split, records=True, tts=args.tts)
+    options = dataset_options(args)
+    tune = builtin_evaluation(args.eval, helper, False, split=tune_split, records=True, options=options, tts=args.tts)
     report = None
     if args.split_eval is not None:
-        report = builtin_evaluation(
-            args.eval, helper, False, split=("report", args.split_eval), records=True, tts=args.tts
-        )
+        split = ("report", args.split_eval)
+        report = builtin_evaluation(args.eval, helper, False, split=split, records=True, options=options, tts=args.tts)
     elif args.report_eval:
-        report = builtin_evaluation(args.report_eval, helper, show_progress=False, records=True, tts=args.tts)
+        report = builtin_evaluation(args.report_eval, helper, False, records=True, options=options, tts=args.tts)
     result = compress_within_budget(
         model,
         config,

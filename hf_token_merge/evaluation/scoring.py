@@ -167,6 +167,35 @@ class WerResult:
         )
 
 
+# Per-utterance fields that do not depend on the model; `paired_predictions` writes them once.
+SHARED_FIELDS = ("index", "id", "reference", "reference_normalized", "duration")
+
+
+def paired_predictions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per utterance with both models' predictions and error counts side by side.
+
+    Args:
+        before: `WerResult.predictions` of the original model.
+        after: `WerResult.predictions` of the merged model, on the same data.
+
+    Returns:
+        Dicts with the shared fields (`index`, `id`, `reference`, ...) once and every other field twice,
+        suffixed `_before` and `_after` (`prediction_before`, `substitutions_after`, ...).
+
+    Raises:
+        ValueError: When the two lists are not the same utterances in the same order.
+    """
+    if [r.get("id") for r in before] != [r.get("id") for r in after]:
+        raise ValueError("paired_predictions needs both evaluations on the same utterances, in the same order.")
+    paired = []
+    for old, new in zip(before, after, strict=True):
+        record = {key: old[key] for key in SHARED_FIELDS if key in old}
+        for side, values in (("before", old), ("after", new)):
+            record.update({f"{key}_{side}": value for key, value in values.items() if key not in SHARED_FIELDS})
+        paired.append(record)
+    return paired
+
+
 def score_transcripts(
     front_end: FrontEnd,
     num_examples: int,

@@ -54,7 +54,7 @@ class MergeResult:
             f"merged {stats['selected_rows']} rows into {stats['clusters']} "
             f"({stats['vocab_size']} -> {stats['rows_after']} rows); parameters "
             f"{self.parameters_before:,} -> {self.parameters_after:,}; "
-            f"bytes {self.bytes_before:,} -> {self.bytes_after:,}"
+            f"tensor bytes in memory {self.bytes_before:,} -> {self.bytes_after:,}"
         )
 
 

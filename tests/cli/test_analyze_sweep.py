@@ -98,7 +98,8 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
     )
     assert status == 0
     merge = json.loads((out / "merge.json").read_text())
-    assert merge["clusters"] == 8 and merge["disk_bytes_after"] < merge["disk_bytes_before"]
+    assert merge["clusters"] == 8
+    assert merge["safetensors_bytes_on_disk_after"] < merge["safetensors_bytes_on_disk_before"]
     names = {p.name for p in (out / "model").iterdir()}
     assert {"README.md", "model.safetensors", "token_merge_plan.safetensors", "tokenizer.json"} <= names
     assert 'from_pretrained("me/llama-merged")' in (out / "model" / "README.md").read_text()
@@ -362,7 +363,7 @@ def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path,
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     calls = []
 
-    def fake(name, helper, show_progress, split=None, records=False):
+    def fake(name, helper, show_progress, split=None, records=False, **kwargs):
         calls.append((name, split, records))
         part = split[0] if split else "all"
         examples = [{"id": f"{part}{i}"} for i in range(3)]
