@@ -36,6 +36,7 @@ from hf_token_merge.remap.apply import MergeResult, merged_embedding, merged_hea
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
 from hf_token_merge.remap.plan import EmbeddingRows, MergePlan, check_plan_rows, plan_from_rows
 from hf_token_merge.remap.record import TokenMergeQuantizationConfig
+from hf_token_merge.serialization.export import plain_parts
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -528,6 +529,41 @@ def _shard_layout(
     return [entries for entries in groups.values() if entries]
 
 
+def _write_shards(staging: Path, groups: list[list[tuple[str, StoredTensor | torch.Tensor]]]) -> int:
+    """Write the files (one, or shards with an index); returns the tensor bytes written."""
+    names = (
+        [SINGLE_FILE]
+        if len(groups) == 1
+        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
+    )
+    total = 0
+    weight_map: dict[str, str] = {}
+    for name, entries in zip(names, groups, strict=True):
+        total += write_safetensors(staging / name, entries, {"format": "pt"})
+        weight_map.update({tensor_name: name for tensor_name, _ in entries})
+    if len(groups) > 1:
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+    return total
+
+
+def _plan_for(source: _Source, config_or_plan: TokenMergeConfig | MergePlan, **planning: Any) -> MergePlan:
+    """The plan: made from the stored rows, or a given plan checked against them."""
+    rows = _rows_of(source)
+    if not isinstance(config_or_plan, MergePlan):
+        return plan_from_rows(
+            rows, config_or_plan, protected_configs=(source.config, source.generation_config), **planning
+        )
+    plan = config_or_plan
+    if plan.vocab_size != rows.vocab_size or plan.tied != rows.tied:
+        raise TokenMergeError(
+            f"The plan was made for a {'tied' if plan.tied else 'untied'} model of {plan.vocab_size} rows; this "
+            f"checkpoint is {'tied' if rows.tied else 'untied'} with {rows.vocab_size}. Fix: plan on this checkpoint."
+        )
+    check_plan_rows(plan, rows)
+    return plan
+
+
 def write_streaming_checkpoint(
     checkpoint: str | os.PathLike,
     config_or_plan: TokenMergeConfig | MergePlan,
@@ -557,46 +593,15 @@ def write_streaming_checkpoint(
     if not isinstance(merge_config, TokenMergeConfig):
         raise TypeError(f"Expected a TokenMergeConfig or MergePlan, got {type(config_or_plan).__name__}.")
     source = _open_source(checkpoint, merge_config)
-    rows = _rows_of(source)
-    if isinstance(config_or_plan, MergePlan):
-        plan = config_or_plan
-        if plan.vocab_size != rows.vocab_size or plan.tied != rows.tied:
-            raise TokenMergeError(
-                f"The plan was made for a {'tied' if plan.tied else 'untied'} model of {plan.vocab_size} rows; this "
-                f"checkpoint is {'tied' if rows.tied else 'untied'} with {rows.vocab_size}. Fix: plan on this "
-                "checkpoint."
-            )
-        check_plan_rows(plan, rows)
-    else:
-        plan = plan_from_rows(
-            rows,
-            merge_config,
-            tokenizer=tokenizer,
-            protected_configs=(source.config, source.generation_config),
-            token_counts=token_counts,
-            show_progress=show_progress,
-        )
+    plan = _plan_for(
+        source, config_or_plan, tokenizer=tokenizer, token_counts=token_counts, show_progress=show_progress
+    )
     merged, record = _merged_tensors(source, plan)
     replaced = {source.input_key}
     if plan.config.lm_head != "keep":
         replaced |= {key for key in (source.output_key, source.bias_key) if key is not None}
-    groups = _shard_layout(source, replaced, merged)
 
-    staging = Path(staging)
-    names = (
-        [SINGLE_FILE]
-        if len(groups) == 1
-        else [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))]
-    )
-    total = 0
-    weight_map: dict[str, str] = {}
-    for name, entries in zip(names, groups, strict=True):
-        total += write_safetensors(staging / name, entries, {"format": "pt"})
-        weight_map.update({tensor_name: name for tensor_name, _ in entries})
-    if len(groups) > 1:
-        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (staging / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
-
+    total = _write_shards(Path(staging), _shard_layout(source, replaced, merged))
     source.config.quantization_config = record
     source.config.save_pretrained(staging)
     if source.generation_config is not None:
@@ -665,3 +670,60 @@ def compress_streaming(
             token_counts=token_counts,
             show_progress=show_progress,
         )
+
+
+def export_plain_streaming(
+    checkpoint: str | os.PathLike,
+    plan: MergePlan,
+    save_directory: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    pad_vocab_to_multiple_of: int | None = None,
+    overwrite: bool = False,
+) -> str:
+    """`export_plain` from the original checkpoint's files, without loading the model.
+
+    Writes what `export_plain(model, plan, ...)` writes for the model merged with `plan`: the merged tables renumbered
+    to plain ids (kept rows, then zero padding), every other tensor copied chunk by chunk, the renumbered config,
+    generation config and tokenizer. Peak memory is the merged tables, as in `compress_streaming`.
+
+    Args:
+        checkpoint: The original (unmerged) checkpoint folder the plan was made on.
+        plan: The plan (e.g. `compress_streaming(...).plan`).
+        save_directory: Output folder (see `export_plain`).
+        tokenizer: The original fast tokenizer, or a processor holding one.
+        pad_vocab_to_multiple_of: See `export_plain`.
+        overwrite: Replace `save_directory` even when it is a non-empty folder hf_token_merge did not write.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        FileNotFoundError: For a missing folder or shard.
+        TokenMergeError: As `export_plain` and `compress_streaming`; all before anything is written.
+    """
+    source = _open_source(checkpoint, plan.config)
+    plan = _plan_for(source, plan)
+    parts = plain_parts(
+        plan,
+        source.config,
+        source.generation_config,
+        tokenizer,
+        pad_vocab_to_multiple_of,
+        has_head=source.pair.output_module is not None,
+    )
+    check_target(save_directory, overwrite=overwrite)
+    merged, _ = _merged_tensors(source, plan)
+    plain = {
+        name: parts.plain_rows(plan, tensor)
+        for name, tensor in merged.items()
+        if not name.endswith((".index_map", ".logit_offset"))
+    }
+    replaced = {key for key in (source.input_key, source.output_key, source.bias_key) if key is not None}
+    with atomic_directory(save_directory, overwrite=overwrite) as staging:
+        _write_shards(Path(staging), _shard_layout(source, replaced, plain))
+        parts.config.save_pretrained(staging)
+        if parts.generation_config is not None:
+            parts.generation_config.save_pretrained(staging)
+        parts.save_tokenizer(staging)
+    return os.fspath(save_directory)

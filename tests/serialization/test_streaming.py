@@ -198,3 +198,42 @@ def test_needs_streaming_compares_with_available_memory(tmp_path, monkeypatch):
     assert not needs_streaming(folder)
     monkeypatch.setattr("hf_token_merge.serialization.streaming.available_memory", lambda: 1000)
     assert needs_streaming(folder)
+
+
+@pytest.mark.parametrize(
+    "build_kwargs,merge_kwargs,pad",
+    [({"tied": True}, {}, None), ({"tied": False}, {"lm_head": "drop"}, 64), ({"tied": False}, {}, None)],
+)
+def test_export_plain_streaming_equals_export_plain(build_kwargs, merge_kwargs, pad, tmp_path):
+    from hf_token_merge import export_plain, export_plain_streaming
+
+    bundle, folder = _checkpoint(tmp_path, build_kwargs, "2KB")
+    config = TokenMergeConfig(preset="llasa", n_clusters=bundle.n_centers, **merge_kwargs)
+    model = _load(folder, torch.float32)
+    plan = apply_token_merge(model, config, tokenizer=bundle.tokenizer, show_progress=False).plan
+    export_plain(model, plan, tmp_path / "memory", tokenizer=bundle.tokenizer, pad_vocab_to_multiple_of=pad)
+    export_plain_streaming(folder, plan, tmp_path / "stream", tokenizer=bundle.tokenizer, pad_vocab_to_multiple_of=pad)
+
+    a, b = _load(tmp_path / "memory", torch.float32), _load(tmp_path / "stream", torch.float32)
+    assert b.config.vocab_size == a.config.vocab_size < bundle.vocab_size
+    assert "quantization_config" not in json.loads((tmp_path / "stream" / "config.json").read_text())
+    state_a, state_b = a.state_dict(), b.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for name in state_a:
+        assert torch.equal(state_a[name], state_b[name]), name
+    assert b.generation_config.suppress_tokens == a.generation_config.suppress_tokens
+    assert (tmp_path / "stream" / "tokenizer.json").read_text() == (tmp_path / "memory" / "tokenizer.json").read_text()
+    ids = torch.randint(0, a.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(a(ids).logits, b(ids).logits)
+
+
+def test_export_plain_streaming_refuses_keep_before_writing(tmp_path):
+    from hf_token_merge import export_plain_streaming
+
+    bundle, folder = _checkpoint(tmp_path, {"tied": False}, None)
+    config = TokenMergeConfig(preset="llasa", n_clusters=bundle.n_centers, lm_head="keep")
+    plan = compress_streaming(folder, config, tmp_path / "merged", tokenizer=bundle.tokenizer).plan
+    with pytest.raises(TokenMergeError, match="cannot renumber an lm_head='keep' merge"):
+        export_plain_streaming(folder, plan, tmp_path / "plain", tokenizer=bundle.tokenizer)
+    _assert_nothing_left(tmp_path, "plain")
