@@ -19,6 +19,7 @@ from hf_token_merge.serialization.streaming import (
     compress_streaming,
     export_plain_streaming,
     needs_streaming,
+    plan_streaming,
     write_streaming_checkpoint,
 )
 
@@ -31,6 +32,7 @@ __all__ = [
     "compress_streaming",
     "export_plain_streaming",
     "needs_streaming",
+    "plan_streaming",
     "StoredCheckpoint",
     "write_streaming_checkpoint",
     "PlainLayout",

@@ -564,6 +564,30 @@ def _plan_for(source: _Source, config_or_plan: TokenMergeConfig | MergePlan, **p
     return plan
 
 
+def plan_streaming(
+    checkpoint: str | os.PathLike,
+    config: TokenMergeConfig,
+    *,
+    tokenizer: Any = None,
+    token_counts: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergePlan:
+    """Plan a merge from a checkpoint's files, without loading the model (what `compress_streaming` plans).
+
+    Args:
+        checkpoint: The checkpoint folder (safetensors, sharded or single-file, with config.json).
+        config: What to merge and how.
+        tokenizer: Needed for regex/preset selections; its special tokens are protected.
+        token_counts: Calibration counts (see `plan_token_merge`).
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        The plan, equal to `plan_token_merge` on the loaded model.
+    """
+    source = _open_source(checkpoint, config)
+    return _plan_for(source, config, tokenizer=tokenizer, token_counts=token_counts, show_progress=show_progress)
+
+
 def write_streaming_checkpoint(
     checkpoint: str | os.PathLike,
     config_or_plan: TokenMergeConfig | MergePlan,
