@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -189,6 +190,7 @@ def main() -> None:
     if work.exists() and any(work.iterdir()):
         parser.error(f"{work} is not empty")
     checkpoint, plan = work / "checkpoint", work / "plan"
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still deletes the generated checkpoint
     try:
         start = time.perf_counter()
         total = generate(checkpoint, args)
