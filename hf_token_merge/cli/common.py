@@ -87,6 +87,22 @@ def load_model(name: str):
         ) from error
 
 
+def load_text_helper(path: Path):
+    """The tokenizer (the processor, for an encoder-decoder) of a saved checkpoint folder, without loading the model.
+
+    Raises:
+        TokenMergeError: Naming the file the folder lacks.
+    """
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    try:
+        if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+            return AutoProcessor.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise _missing_file_error(str(path), Path(path), error) from error
+
+
 def _missing_file_error(name: str, path: Path, error: Exception) -> TokenMergeError:
     """A local folder that does not load: name the file it lacks instead of suggesting the Hub."""
     import json

@@ -14,6 +14,7 @@ from hf_token_merge.cli.common import (
     add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
+    check_calibration_args,
     dataset_options,
     describe_evaluation,
     load_evaluation_data,
@@ -26,6 +27,7 @@ from hf_token_merge.cli.common import (
 EXAMPLES = """examples:
   hf-token-merge compress --model reference --recipe reference --eval reference --output-dir runs/ref
   hf-token-merge compress --model path/to/llasa --recipe llasa --target-ratio 0.25 --output-dir runs/llasa
+  hf-token-merge compress --model path/to/llasa-8b --recipe llasa --target-ratio 0.25 --streaming --output-dir runs/8b
   hf-token-merge compress --model whisper-tiny-en --token-id-range 50364 51864 --allow-special-tokens \\
       --n-clusters 150 --eval librivox --export-plain --output-dir runs/whisper
   hf-token-merge compress --model path/to/llasa --recipe llasa --eval tts-wer --tts-limit 50 --output-dir runs/llasa
@@ -77,6 +79,12 @@ def add_parser(subparsers) -> None:
         "--license",
         help="Hub license id for the card, e.g. apache-2.0 (default: the base model's: apache-2.0 for "
         "whisper-tiny-en, else the license in --model's README.md, else none)",
+    )
+    parser.add_argument(
+        "--streaming",
+        action="store_true",
+        help="merge the saved safetensors folder --model tensor by tensor, without loading the model (peak memory: "
+        "the embedding and LM head); chosen automatically when the weights would not fit in the available memory",
     )
     parser.add_argument(
         "--overwrite",
@@ -244,6 +252,8 @@ def run(args: argparse.Namespace) -> int:
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
+    if _streaming(args):
+        return _run_streaming(args, output)
     tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     # the evaluation data first: a missing column, split or path fails before the model is loaded
     options = dataset_options(args)
@@ -310,6 +320,88 @@ def run(args: argparse.Namespace) -> int:
     print(f"{BYTE_LABELS['disk']}: {disk_before:,} -> {disk_after:,}")
     if before_report is not None:
         print(f"WER before: {before_report}\nWER after:  {after_report}")
+    print("\n" + change_table(rows))
+    print(f"model: {folder}")
+    return 0
+
+
+def _streaming(args: argparse.Namespace) -> bool:
+    """Whether to merge from the files: --streaming, or a local checkpoint too large for the available memory."""
+    from hf_token_merge.errors import TokenMergeError
+    from hf_token_merge.serialization.streaming import available_memory, needs_streaming
+
+    local = Path(args.model).expanduser()
+    is_checkpoint = (local / "config.json").is_file()
+    if args.streaming:
+        if not is_checkpoint:
+            raise TokenMergeError(
+                f"--streaming reads a saved checkpoint folder, and {args.model} is not one (no config.json there). "
+                "Fix: download the model into a folder first (huggingface-cli download ID --local-dir DIR)."
+            )
+        if args.eval:
+            raise TokenMergeError(
+                "--eval runs the model before and after, which --streaming never loads. Fix: drop --eval, and "
+                "evaluate the slim checkpoint afterwards (hf-token-merge evaluate --model OUTPUT_DIR/model)."
+            )
+        return True
+    if not is_checkpoint or args.eval or not any(local.glob("model*.safetensors")):
+        return False
+    if needs_streaming(local):
+        print(
+            f"{args.model}: the weights would not fit in the {available_memory() / 2**30:.1f} GiB of available "
+            "memory; merging tensor by tensor from the files (--streaming)."
+        )
+        return True
+    return False
+
+
+def _run_streaming(args: argparse.Namespace, output: Path) -> int:
+    """`compress` without loading the model: plan and write the slim checkpoint from the files."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from hf_token_merge.atomic import atomic_directory
+    from hf_token_merge.cli.common import config_from_args, load_text_helper
+    from hf_token_merge.evaluation.compare import safetensors_bytes
+    from hf_token_merge.remap import calibration_counts
+    from hf_token_merge.serialization.streaming import export_plain_streaming, write_streaming_checkpoint
+    from hf_token_merge.tables import change_table
+
+    source = Path(args.model).expanduser()
+    config = config_from_args(args)
+    helper = load_text_helper(source)
+    tokenizer = getattr(helper, "tokenizer", helper)
+    check_calibration_args(args, config)
+    token_counts = None
+    if args.calibration_text:
+        token_counts = calibration_counts(
+            tokenizer, args.calibration_text, AutoConfig.from_pretrained(source).get_text_config().vocab_size
+        )
+    disk_before = sum(path.stat().st_size for path in source.glob("model*.safetensors"))
+    folder = output / "model"
+    with atomic_directory(folder, overwrite=args.overwrite) as staging:
+        result = write_streaming_checkpoint(source, config, staging, tokenizer=tokenizer, token_counts=token_counts)
+        if helper is not None and helper is not tokenizer:
+            helper.save_pretrained(staging)  # a processor: its feature extractor too
+        disk_after = safetensors_bytes(staging)
+        merged_config = SimpleNamespace(config=AutoConfig.from_pretrained(staging))
+        card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config)
+        card.save(staging / "README.md")
+    write_json(
+        output / "merge.json",
+        {**result.to_dict(), "streaming": True, "disk_bytes_before": disk_before, "disk_bytes_after": disk_after},
+    )
+    if args.export_plain:
+        export_plain_streaming(
+            source,
+            result.plan,
+            output / "plain",
+            tokenizer=helper,
+            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
+            overwrite=args.overwrite,
+        )
+    print(result)
     print("\n" + change_table(rows))
     print(f"model: {folder}")
     return 0

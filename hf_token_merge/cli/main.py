@@ -111,12 +111,6 @@ def _add_evaluate(subparsers) -> None:
     tts.add_argument("--decoded-sampling-rate", type=int, default=16000, help="rate of the decoded audio")
     tts.add_argument("--oracle", action="store_true", help="emit each utterance's ground-truth codes (no model run)")
     tts.add_argument("--codes-column", default="codes", help="manifest field with the ground-truth codes")
-    tts.add_argument(
-        "--split",
-        choices=["test", "dev", "train", "librivox"],
-        default="test",
-        help="--model reference-codec-oracle: the codec-corpus split (default test; without --manifest)",
-    )
     tts.add_argument("--metric", choices=["wer", "cer"], default="wer")
     tts.add_argument("--do-sample", action="store_true", help="sample (seed + index per utterance) instead of greedy")
     tts.add_argument("--seed", type=int, default=0)
@@ -214,6 +208,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ORACLE_SPLITS = ("test", "dev", "train", "librivox")
+
+
+def _oracle_split(split: str | None) -> str:
+    """`--split` for `--model reference-codec-oracle`: a codec-corpus split, test by default."""
+    if split is None:
+        return "test"
+    if split not in ORACLE_SPLITS:
+        raise TokenMergeError(f"--split {split}: not a codec-corpus split. Fix: use one of {', '.join(ORACLE_SPLITS)}.")
+    return split
+
+
 def _read_jsonl(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
@@ -307,7 +313,11 @@ def _evaluate_codec_oracle(args: argparse.Namespace, common: dict):
     """`--model reference-codec-oracle`: the oracle TTS WER of the reference codec (its resynthesis WER)."""
     from hf_token_merge.evaluation.tts.reference_codec import evaluate_reference_codec_oracle, load_oracle_data
 
-    data = _read_jsonl(args.manifest)[: args.limit] if args.manifest else load_oracle_data(args.split, args.limit)
+    data = (
+        _read_jsonl(args.manifest)[: args.limit]
+        if args.manifest
+        else load_oracle_data(_oracle_split(args.split), args.limit)
+    )
     common = {key: value for key, value in common.items() if key != "dtype"}  # the oracle runs no model
     return evaluate_reference_codec_oracle(
         data, text_column=args.text_column, metric=args.metric, batch_size=args.batch_size, **common

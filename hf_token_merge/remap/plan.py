@@ -12,6 +12,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,11 +187,81 @@ class RowScan:
     non_finite_output: list[int]
 
 
-def _scan_table(weight: torch.Tensor, selected: torch.Tensor, digest, block_size: int) -> list[int]:
+@dataclass
+class EmbeddingRows:
+    """The rows a plan is made from, read on demand: the planner never needs more than the tables' selected rows.
+
+    A loaded model gives them through its modules (`from_pair`); a checkpoint on disk through readers of its
+    safetensors files (`hf_token_merge.serialization.streaming`), so a plan never needs the model in memory.
+
+    Attributes:
+        input_name: Dotted path of the input embedding (for messages and the merge record).
+        output_name: Dotted path of the LM head, or None when there is none.
+        vocab_size: Rows of the input embedding.
+        tied: Whether the LM head shares the input embedding's weight.
+        read_input: `ids -> rows` of the input embedding: a new `(len(ids), d)` tensor, in the order of `ids`.
+        read_output: The same for the LM head, or None when there is none.
+    """
+
+    input_name: str
+    output_name: str | None
+    vocab_size: int
+    tied: bool
+    read_input: Callable[[torch.Tensor], torch.Tensor]
+    read_output: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def from_pair(cls, pair: EmbeddingPair) -> EmbeddingRows:
+        """The rows of a located embedding pair (an index of the modules' weights)."""
+        return cls.from_tensors(
+            pair.input_module.weight,
+            pair.output_module.weight if pair.output_module is not None else None,
+            input_name=pair.input_name,
+            output_name=pair.output_name,
+            tied=pair.tied,
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        input_weight: torch.Tensor,
+        output_weight: torch.Tensor | None = None,
+        *,
+        input_name: str = "input_embedding",
+        output_name: str | None = "lm_head",
+        tied: bool | None = None,
+    ) -> EmbeddingRows:
+        """The rows of bare tables.
+
+        Args:
+            input_weight: `(vocab, d)` input embedding.
+            output_weight: `(vocab, d)` LM head, or None.
+            input_name: Name of the input table in messages.
+            output_name: Name of the head in messages.
+            tied: Whether the head is the embedding (default: whether the two are the same tensor).
+
+        Returns:
+            The rows.
+        """
+
+        def reader(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda ids: weight.detach()[ids.to(weight.device)]
+
+        return cls(
+            input_name=input_name,
+            output_name=output_name if output_weight is not None else None,
+            vocab_size=int(input_weight.shape[0]),
+            tied=(output_weight is input_weight) if tied is None else tied,
+            read_input=reader(input_weight),
+            read_output=reader(output_weight) if output_weight is not None else None,
+        )
+
+
+def _scan_table(read: Callable[[torch.Tensor], torch.Tensor], selected: torch.Tensor, digest, block_size: int):
     bad: list[int] = []
     for part in range(0, selected.numel(), block_size):
         ids = selected[part : part + block_size]
-        rows = weight[ids.to(weight.device)].detach()
+        rows = read(ids)
         finite = torch.isfinite(rows).flatten(1).all(dim=1).cpu()
         if not bool(finite.all()):
             bad.extend(ids[~finite].tolist())
@@ -199,29 +270,30 @@ def _scan_table(weight: torch.Tensor, selected: torch.Tensor, digest, block_size
     return bad
 
 
-def scan_rows(pair: EmbeddingPair, selected: torch.Tensor, block_size: int = 8192) -> RowScan:
+def scan_rows(pair: EmbeddingPair | EmbeddingRows, selected: torch.Tensor, block_size: int = 8192) -> RowScan:
     """Fingerprint the selected rows and find those holding NaN or inf, in one blockwise pass.
 
     The fingerprint is the sha256 of the selected ids (int64), then the selected input rows and, for an untied
     model, the selected output rows, each rounded to bfloat16. It costs one read of the selected block.
 
     Args:
-        pair: The model's embeddings.
+        pair: The model's embeddings, or their `EmbeddingRows`.
         selected: Sorted selected ids.
         block_size: Rows read at a time.
 
     Returns:
         The `RowScan`.
     """
+    rows = pair if isinstance(pair, EmbeddingRows) else EmbeddingRows.from_pair(pair)
     digest = hashlib.sha256(selected.to(torch.int64).cpu().contiguous().numpy().tobytes())
-    bad_input = _scan_table(pair.input_module.weight, selected, digest, block_size)
+    bad_input = _scan_table(rows.read_input, selected, digest, block_size)
     bad_output: list[int] = []
-    if pair.output_module is not None and not pair.tied:
-        bad_output = _scan_table(pair.output_module.weight, selected, digest, block_size)
+    if rows.read_output is not None and not rows.tied:
+        bad_output = _scan_table(rows.read_output, selected, digest, block_size)
     return RowScan(f"sha256:{digest.hexdigest()}", bad_input, bad_output)
 
 
-def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingPair) -> None:
+def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingPair | EmbeddingRows) -> None:
     uses_output = config.lm_head == "merge" or config.similarity_source != "input"
     for name, bad in ((pair.input_name, scan.non_finite_input), (pair.output_name, scan.non_finite_output)):
         if bad and (name == pair.input_name or uses_output):
@@ -232,12 +304,12 @@ def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingP
             )
 
 
-def check_plan_rows(plan: MergePlan, pair: EmbeddingPair) -> None:
+def check_plan_rows(plan: MergePlan, pair: EmbeddingPair | EmbeddingRows) -> None:
     """Refuse to apply `plan` to rows other than those it was made from, or to rows holding NaN or inf.
 
     Args:
         plan: The plan about to be applied.
-        pair: The embeddings of the model it is applied to.
+        pair: The embeddings of the model it is applied to (or their `EmbeddingRows`).
 
     Raises:
         TokenMergeError: When the fingerprint differs or a used row is not finite. A plan without a fingerprint
@@ -261,17 +333,17 @@ def check_plan_rows(plan: MergePlan, pair: EmbeddingPair) -> None:
     _refuse_non_finite(scan, plan.config, pair)
 
 
-def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
-    def side(weight: torch.Tensor) -> torch.Tensor:
-        # indexing already copies, so the rows can be prepared in place: one copy of the block, not two
-        return prepare_rows(weight[selected.to(weight.device)], config.metric, copy=False)
+def _similarity_rows(rows: EmbeddingRows, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
+    def side(read: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # a read returns a new tensor, so the rows can be prepared in place: one copy of the block, not two
+        return prepare_rows(read(selected), config.metric, copy=False)
 
     if config.similarity_source == "input":
-        return side(pair.input_module.weight)
+        return side(rows.read_input)
     if config.similarity_source == "output":
-        return side(pair.output_module.weight)
-    inputs = side(pair.input_module.weight)
-    outputs = side(pair.output_module.weight).to(inputs.device)
+        return side(rows.read_output)
+    inputs = side(rows.read_input)
+    outputs = side(rows.read_output).to(inputs.device)
     both = torch.cat([inputs, outputs], dim=1)
     if config.metric == "cosine":  # the cosine of the joined unit halves is the mean of the two cosines
         both /= math.sqrt(2.0)
@@ -362,7 +434,46 @@ def plan_token_merge(
         The plan; pass it to `apply_token_merge`.
     """
     pair = locate_embeddings(model, config)
-    vocab_size = pair.input_module.weight.shape[0]
+    model_config = getattr(model, "config", None)
+    return plan_from_rows(
+        EmbeddingRows.from_pair(pair),
+        config,
+        tokenizer=tokenizer,
+        protected_configs=(model_config, getattr(model, "generation_config", None)),
+        token_counts=token_counts,
+        labels=labels,
+        show_progress=show_progress,
+    )
+
+
+def plan_from_rows(
+    rows: EmbeddingRows,
+    config: TokenMergeConfig,
+    *,
+    tokenizer: Any = None,
+    protected_configs: tuple[Any, ...] = (),
+    token_counts: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergePlan:
+    """Compute a merge plan from the embedding and head rows alone, without a model.
+
+    `plan_token_merge` is this function over a loaded model's modules; the streaming compress calls it over readers
+    of a checkpoint's files. Both give the same plan for the same rows.
+
+    Args:
+        rows: The tables' rows (`EmbeddingRows.from_tensors` for bare tensors).
+        config: What to merge and how.
+        tokenizer: Needed for `token_pattern`/`preset`; its special tokens are protected.
+        protected_configs: Model and generation configs whose bos/eos/pad/decoder-start ids are protected.
+        token_counts: `(vocab_size,)` calibration counts (see `plan_token_merge`).
+        labels: Cluster of each selected id to use instead of clustering (see `plan_token_merge`).
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        The plan.
+    """
+    vocab_size = rows.vocab_size
     if token_counts is not None:
         token_counts = torch.as_tensor(token_counts).flatten().cpu()
         if token_counts.numel() != vocab_size:
@@ -386,15 +497,18 @@ def plan_token_merge(
             "token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
         )
 
-    selected = resolve_selection(model, config, tokenizer)
+    selected = select_token_ids(config, vocab_size, tokenizer, protected_token_ids(tokenizer, *protected_configs))
     n = selected.numel()
-    scan = scan_rows(pair, selected)
-    _refuse_non_finite(scan, config, pair)
-
-    rows = _similarity_rows(pair, config, selected)
+    scan = scan_rows(rows, selected)
+    _refuse_non_finite(scan, config, rows)
+    if rows.read_output is None and config.similarity_source != "input":
+        raise ValueError(
+            f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
+        )
+    similarity = _similarity_rows(rows, config, selected)
     selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
     if labels is None:
-        labels = cluster_rows(rows, config, counts=selected_counts, show_progress=show_progress).cpu()
+        labels = cluster_rows(similarity, config, counts=selected_counts, show_progress=show_progress).cpu()
     else:
         labels = torch.as_tensor(labels).flatten().cpu().long()
         if labels.numel() != n or (labels < 0).any():
@@ -433,9 +547,9 @@ def plan_token_merge(
     else:
         representatives = first_member
 
-    medoids = selected[_medoids(rows, labels.to(rows.device), k, config.metric, config.block_size).cpu()]
+    medoids = selected[_medoids(similarity, labels.to(similarity.device), k, config.metric, config.block_size).cpu()]
 
-    fit, fit_name = _fit_to_merged_row(rows, labels.to(rows.device), sizes.to(rows.device), config)
+    fit, fit_name = _fit_to_merged_row(similarity, labels.to(similarity.device), sizes.to(similarity.device), config)
     in_clusters = sizes[labels] > 1
     statistics = {
         "vocab_size": vocab_size,
@@ -459,7 +573,7 @@ def plan_token_merge(
     return MergePlan(
         config=config,
         vocab_size=vocab_size,
-        tied=pair.tied,
+        tied=rows.tied,
         selected_ids=selected,
         cluster_of_selected=labels,
         old_to_new=old_to_new,
