@@ -388,10 +388,18 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
         merged_config = SimpleNamespace(config=AutoConfig.from_pretrained(staging))
         card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config)
         card.save(staging / "README.md")
-    write_json(
-        output / "merge.json",
-        {**result.to_dict(), "streaming": True, "disk_bytes_before": disk_before, "disk_bytes_after": disk_after},
-    )
+    numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
+    report = {
+        **numbers,
+        "streaming": True,
+        "tensor_bytes_in_memory_before": result.bytes_before,
+        "tensor_bytes_in_memory_after": result.bytes_after,
+        "safetensors_bytes_on_disk_before": disk_before,
+        "safetensors_bytes_on_disk_after": disk_after,
+    }
+    from hf_token_merge.evaluation.runner import write_report
+
+    write_report(output, "merge", report, None, "predictions")
     if args.export_plain:
         export_plain_streaming(
             source,

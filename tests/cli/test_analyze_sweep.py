@@ -438,7 +438,7 @@ def test_compress_streaming_matches_the_in_memory_compress(saved_llama, tmp_path
     assert "merged 48 rows into 8" in capsys.readouterr().out
     memory, stream = (json.loads((tmp_path / run / "merge.json").read_text()) for run in ("memory", "stream"))
     assert stream["streaming"] is True
-    for key in ("clusters", "rows_after", "parameters_before", "parameters_after", "disk_bytes_before"):
+    for key in ("clusters", "rows_after", "parameters_before", "parameters_after", "safetensors_bytes_on_disk_before"):
         assert stream[key] == memory[key], key
     names = {p.name for p in (tmp_path / "stream" / "model").iterdir()}
     assert {"README.md", "model.safetensors", "token_merge_plan.safetensors", "tokenizer.json"} <= names
