@@ -104,6 +104,7 @@ def main(argv=None) -> int:
     parser.add_argument("--splits", default="test,librivox")
     parser.add_argument("--tasks", default="asr,tts")
     parser.add_argument("--limit", type=int, default=None, help="first N utterances of each split")
+    parser.add_argument("--tts-limit", type=int, default=None, help="TTS (and --oracle) on the first N only")
     parser.add_argument("--oracle", action="store_true", help="also the codec's resynthesis WER (TTS floor)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default=None, help="JSON file for the numbers")
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
         from hf_token_merge.reference import load_reference_speech_codec
 
         codec, asr = load_reference_speech_codec(), whisper_asr(features=True)
-    results = {"model": args.model or "bundled", "limit": args.limit, "splits": {}}
+    results = {"model": args.model or "bundled", "limit": args.limit, "tts_limit": args.tts_limit, "splits": {}}
     for split in args.splits.split(","):
         data = load_codec_corpus(split)
         if args.limit:
@@ -131,13 +132,14 @@ def main(argv=None) -> int:
         if "asr" in tasks:
             row["asr"] = asr_wer(model, tokenizer, data, where("asr"))
             print(split, "ASR", json.dumps(row["asr"]), flush=True)
+        tts_data = data.select(range(min(args.tts_limit, len(data)))) if args.tts_limit else data
         if "tts" in tasks:
-            row["tts"] = tts_wer(model, tokenizer, data, codec, asr, where("tts"))
+            row["tts"] = tts_wer(model, tokenizer, tts_data, codec, asr, where("tts"))
             print(split, "TTS", json.dumps(row["tts"]), flush=True)
         if args.oracle:
             from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel
 
-            row["oracle_tts"] = tts_wer(OracleSpeechModel(), tokenizer, data, codec, asr, where("oracle"))
+            row["oracle_tts"] = tts_wer(OracleSpeechModel(), tokenizer, tts_data, codec, asr, where("oracle"))
             print(split, "oracle TTS", json.dumps(row["oracle_tts"]), flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

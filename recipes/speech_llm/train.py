@@ -77,6 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="set the schedule's total steps from the speed of the first 30 steps so it ends at --stop-at",
     )
+    parser.add_argument("--pause-after", type=int, default=None, help="stop after N steps of this run (resumable)")
     parser.add_argument("--limit", type=int, default=None, help="first N train utterances only (smoke tests)")
     parser.add_argument("--resume", action="store_true")
     return parser.parse_args(argv)
@@ -275,6 +276,7 @@ def main(argv=None) -> int:
         sys.exit("--fit-to-stop-at needs --stop-at HH:MM.")
     fit_step, fit_started = (40 if step < 10 else -1), time.time()  # steps 10-40 time the speed; not on resume
     window = {name: [0.0, 0] for name in TASKS}
+    first_step = step
     last_checkpoint, started, stopped_early = time.time(), time.time() - elapsed, False
     batches = epoch_batches(lengths, args.batch_tokens, args.seed, epoch)
     while step < total_steps:
@@ -318,6 +320,10 @@ def main(argv=None) -> int:
         if time.time() - last_checkpoint > 60 * args.checkpoint_minutes:
             write_checkpoint()
             last_checkpoint = time.time()
+        if args.pause_after is not None and step - first_step >= args.pause_after and step < total_steps:
+            stopped_early = True
+            print(f"--pause-after {args.pause_after}: paused at step {step} of {total_steps}", flush=True)
+            break
         if deadline is not None and dt.datetime.now(dt.timezone.utc) >= deadline:
             stopped_early = step < total_steps
             print(f"--stop-at {args.stop_at} reached at step {step} of {total_steps}", flush=True)
