@@ -35,6 +35,30 @@ TTS_UTTERANCES = 25
 RECIPE = "reference_codec"
 
 
+def codec_tts_adapter(tokenizer) -> Any:
+    """The `reference` speech-token adapter of the codec speech-LLM: `<|s_N|>` → N, up to `<|SPEECH_GENERATION_END|>`.
+
+    Args:
+        tokenizer: The model's tokenizer.
+
+    Returns:
+        A `UnitAdapter` with `prompt(text)` set to the TTS prompt.
+    """
+    from hf_token_merge.evaluation.tts.adapters import UnitAdapter
+    from hf_token_merge.reference.codec_llm import SPEECH_GENERATION_END, SPEECH_GENERATION_START, CodecSequenceBuilder
+
+    builder = CodecSequenceBuilder(tokenizer)
+    adapter = UnitAdapter(
+        tokenizer,
+        builder.num_codes,
+        end_tokens=[SPEECH_GENERATION_END],
+        skip_tokens=[SPEECH_GENERATION_START],
+        frame_rate=50.0,
+    )
+    adapter.prompt = builder.tts_prompt  # type: ignore[attr-defined]  # evaluate_tts_wer's default prompt builder
+    return adapter
+
+
 def codec_eval_data(asr_limit: int = ASR_UTTERANCES, tts_limit: int = TTS_UTTERANCES):
     """The job's evaluation sets: the first `asr_limit` and the first `tts_limit` test utterances of the codec
     corpus (ids, texts, codes)."""
@@ -77,7 +101,6 @@ def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_
         TEXT_GENERATION_START,
         codec_decoder,
         normalize_text,
-        tts_adapter,
     )
 
     builder = unit_prompt_builder(
@@ -101,7 +124,7 @@ def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_
     tts_result = evaluate_tts_wer(
         model,
         tts_data,
-        adapter=tts_adapter(tokenizer),
+        adapter=codec_tts_adapter(tokenizer),
         decode=codec_decoder(codec),
         asr=asr,
         max_new_tokens=min(1500, 6 * longest + 50),

@@ -261,29 +261,6 @@ def transcribe_codes(
     return [texts[i] for i in range(len(code_sequences))]
 
 
-def tts_adapter(tokenizer: PreTrainedTokenizerFast):
-    """The `reference` speech-token adapter of this model: `<|s_N|>` → N, ending at `<|SPEECH_GENERATION_END|>`.
-
-    Args:
-        tokenizer: The model's tokenizer.
-
-    Returns:
-        A `UnitAdapter` with `prompt(text)` set to the TTS prompt.
-    """
-    from hf_token_merge.evaluation.tts.adapters import UnitAdapter
-
-    builder = CodecSequenceBuilder(tokenizer)
-    adapter = UnitAdapter(
-        tokenizer,
-        builder.num_codes,
-        end_tokens=[SPEECH_GENERATION_END],
-        skip_tokens=[SPEECH_GENERATION_START],
-        frame_rate=50.0,
-    )
-    adapter.prompt = builder.tts_prompt  # type: ignore[attr-defined]  # evaluate_tts_wer's default prompt builder
-    return adapter
-
-
 def codec_decoder(codec: Any) -> Callable[[Any], torch.Tensor]:
     """The codec as `evaluate_tts_wer`'s decode callable: `SpeechCodes` → Whisper's (80, 3000) log-mel input.
 

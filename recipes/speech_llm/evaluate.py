@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hf_token_merge.codec_job import codec_tts_adapter
 from hf_token_merge.evaluation.confidence import paired_bootstrap
 from hf_token_merge.reference.codec_corpus import load_codec_corpus
 from hf_token_merge.reference.codec_llm import (
@@ -32,7 +33,6 @@ from hf_token_merge.reference.codec_llm import (
     codec_decoder,
     load_codec_speech_llm,
     normalize_text,
-    tts_adapter,
 )
 
 
@@ -79,7 +79,7 @@ def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, 
     result = evaluate_tts_wer(
         model,
         data,
-        adapter=tts_adapter(tokenizer),
+        adapter=codec_tts_adapter(tokenizer),
         decode=codec_decoder(codec),
         asr=asr,
         max_new_tokens=min(1500, 6 * longest + 50),

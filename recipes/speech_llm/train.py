@@ -16,9 +16,10 @@ Outputs in `--output-dir`:
   the generation config: what `load_codec_speech_llm(path)` reads and what is committed to
   `hf_token_merge/reference/assets/codec_speech_llm/`.
 
-`--stop-at HH:MM` (UTC) ends training early at that time, still writing the checkpoint and `model/`; with
-`--fit-to-stop-at` the schedule's length is set after 30 steps from their speed (95 % of the time left), so the
-cosine decay completes by then (the chosen total is logged and kept in the checkpoint, so `--resume` keeps it).
+`--stop-at HH:MM` (UTC) ends training early at that time, still writing the checkpoint and `model/`. With
+`--fit-to-stop-at` the cosine decay runs over the wall-clock time left until a minute before `--stop-at` instead of
+over steps, and training ends there: on a shared CPU whose speed changes with its load, the schedule still completes
+(the step count then depends on the load, so such a run is seeded but not step-for-step reproducible).
 
     python recipes/speech_llm/train.py --output-dir runs/cpu --device cpu --threads 2 --epochs 3
     python recipes/speech_llm/train.py --output-dir runs/gpu --device cuda --amp --epochs 30 --batch-tokens 65536
@@ -75,7 +76,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--fit-to-stop-at",
         action="store_true",
-        help="set the schedule's total steps from the speed of the first 30 steps so it ends at --stop-at",
+        help="decay the learning rate over the wall-clock time to --stop-at (not over steps) and end there",
     )
     parser.add_argument("--pause-after", type=int, default=None, help="stop after N steps of this run (resumable)")
     parser.add_argument("--limit", type=int, default=None, help="first N train utterances only (smoke tests)")
@@ -203,6 +204,8 @@ def main(argv=None) -> int:
         deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
         if deadline < now:
             deadline += dt.timedelta(days=1)
+    if args.fit_to_stop_at and deadline is None:
+        sys.exit("--fit-to-stop-at needs --stop-at HH:MM.")
 
     codec_config = json.loads((reference_speech_codec_dir() / "config.json").read_text(encoding="utf-8"))
     tokenizer = build_codec_llm_tokenizer(int(codec_config["codebook_size"]))
@@ -227,10 +230,16 @@ def main(argv=None) -> int:
         betas=(0.9, 0.95),
     )
 
+    budget_start = time.time()
+
     def schedule(step: int) -> float:
         if step < args.warmup_steps:
             return (step + 1) / args.warmup_steps
-        progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+        if args.fit_to_stop_at:  # the decay follows the wall clock: the CPU's speed changes with its load
+            end = deadline.timestamp() - 60  # final dev loss and save
+            progress = min(1.0, max(0.0, (time.time() - budget_start) / max(1.0, end - budget_start)))
+        else:
+            progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -243,6 +252,7 @@ def main(argv=None) -> int:
         step, epoch, position = state["step"], state["epoch"], state["position"]
         tokens_seen, elapsed = state["tokens"], state["elapsed"]
         total_steps = state["total_steps"]
+        budget_start = state.get("budget_start", budget_start)
         print(f"resumed at step {step} (epoch {epoch}, batch {position})", flush=True)
     parameters = sum(p.numel() for p in model.parameters())
     settings = {**vars(args), "tasks": tasks, "parameters": parameters, "vocab_size": len(tokenizer)}
@@ -267,14 +277,12 @@ def main(argv=None) -> int:
             "tokens": tokens_seen,
             "elapsed": elapsed,
             "total_steps": total_steps,
+            "budget_start": budget_start,
             "settings": settings,
         }
         torch.save(state, checkpoint.with_suffix(".tmp"))
         os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
 
-    if args.fit_to_stop_at and deadline is None:
-        sys.exit("--fit-to-stop-at needs --stop-at HH:MM.")
-    fit_step, fit_started = (40 if step < 10 else -1), time.time()  # steps 10-40 time the speed; not on resume
     window = {name: [0.0, 0] for name in TASKS}
     first_step = step
     last_checkpoint, started, stopped_early = time.time(), time.time() - elapsed, False
@@ -308,15 +316,6 @@ def main(argv=None) -> int:
         if step % args.eval_every == 0 or step == total_steps:
             record = {"step": step, **dev_losses(model, dev, builder.pad, args.device, args.amp)}
             log(record)
-        if args.fit_to_stop_at and deadline is not None and step == fit_step:
-            per_step = (time.time() - fit_started) / (step - 10)
-            left = (deadline - dt.datetime.now(dt.timezone.utc)).total_seconds() - 60  # final dev loss + save
-            total_steps = max(step + 1, step + int(0.95 * left / per_step))
-            settings["total_steps"] = total_steps
-            print(f"--fit-to-stop-at: {per_step:.2f} s/step, total_steps = {total_steps}", flush=True)
-            log({"step": step, "seconds_per_step": per_step, "total_steps": total_steps})
-        if step == 10:
-            fit_started = time.time()
         if time.time() - last_checkpoint > 60 * args.checkpoint_minutes:
             write_checkpoint()
             last_checkpoint = time.time()
@@ -324,8 +323,8 @@ def main(argv=None) -> int:
             stopped_early = True
             print(f"--pause-after {args.pause_after}: paused at step {step} of {total_steps}", flush=True)
             break
-        if deadline is not None and dt.datetime.now(dt.timezone.utc) >= deadline:
-            stopped_early = step < total_steps
+        if deadline is not None and time.time() >= deadline.timestamp() - (60 if args.fit_to_stop_at else 0):
+            stopped_early = not args.fit_to_stop_at
             print(f"--stop-at {args.stop_at} reached at step {step} of {total_steps}", flush=True)
             break
     write_checkpoint()

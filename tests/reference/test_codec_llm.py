@@ -23,7 +23,6 @@ from hf_token_merge.reference.codec_llm import (
     codec_llama_config,
     load_codec_speech_llm,
     normalize_text,
-    tts_adapter,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,7 +94,9 @@ def test_sequences_of_both_tasks(tokenizer):
 
 
 def test_tts_adapter_reads_codes_up_to_the_end_marker(tokenizer):
-    adapter = tts_adapter(tokenizer)
+    from hf_token_merge.codec_job import codec_tts_adapter
+
+    adapter = codec_tts_adapter(tokenizer)
     ids = tokenizer.convert_tokens_to_ids([SPEECH_GENERATION_START, "<|s_9|>", "<|s_4374|>", SPEECH_GENERATION_END])
     codes = adapter.codes(ids + [50])
     assert codes.codes == {"codes": [9, 4374]} and codes.ended and codes.frames == 2
