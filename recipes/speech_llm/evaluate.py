@@ -35,6 +35,16 @@ from hf_token_merge.reference.codec_llm import (
     normalize_text,
 )
 
+CHECK_UTTERANCES = {"asr": 8, "tts": 4}  # the first utterances that tests/reference/test_codec_llm.py re-scores
+
+
+def subset_wer(records: list[dict], count: int) -> dict:
+    """Corpus WER of the first `count` records (dataset order): what the committed-model test recomputes."""
+    head = records[:count]
+    errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in head)
+    words = sum(r["substitutions"] + r["deletions"] + r["hits"] for r in head)
+    return {"utterances": len(head), "wer": errors / words if words else 0.0}
+
 
 def interval(records: list[dict]) -> dict:
     """Corpus WER of per-utterance records and its 95 % bootstrap interval (a paired bootstrap against zero)."""
@@ -67,7 +77,12 @@ def asr_wer(model, tokenizer, data, output_dir: Path | None = None, batch_size: 
         output_dir=output_dir,
         show_progress=False,
     )
-    return {**interval(result.predictions), "utterances": len(data), "seconds": time.perf_counter() - started}
+    return {
+        **interval(result.predictions),
+        "utterances": len(data),
+        "first": subset_wer(result.predictions, CHECK_UTTERANCES["asr"]),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, batch_size: int = 32) -> dict:
@@ -94,6 +109,7 @@ def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, 
         "invalid": result.invalid,
         "without_end_token": result.unended,
         "generated_seconds": result.generated_seconds,
+        "first": subset_wer(result.predictions, CHECK_UTTERANCES["tts"]),
         "seconds": time.perf_counter() - started,
     }
 

@@ -79,6 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="decay the learning rate over the wall-clock time to --stop-at (not over steps) and end there",
     )
     parser.add_argument("--pause-after", type=int, default=None, help="stop after N steps of this run (resumable)")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="SPLITS",
+        help="after training, run evaluate.py on these splits (e.g. test,librivox) into <output-dir>/results.json",
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N train utterances only (smoke tests)")
     parser.add_argument("--resume", action="store_true")
     return parser.parse_args(argv)
@@ -341,6 +347,12 @@ def main(argv=None) -> int:
     }
     save_model(model, tokenizer, builder, out / "model", meta)
     print(json.dumps(meta), flush=True)
+    if args.evaluate:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import evaluate
+
+        command = ["--model", str(out / "model"), "--splits", args.evaluate, "--oracle", "--threads", str(args.threads)]
+        evaluate.main([*command, "--output", str(out / "results.json"), "--predictions-dir", str(out / "predictions")])
     return 0
 
 
