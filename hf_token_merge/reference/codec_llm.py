@@ -211,56 +211,6 @@ class CodecSequenceBuilder:
         return "".join(chars).strip()
 
 
-def _pad_left(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(row) for row in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row) :] = torch.tensor(row, dtype=torch.long)
-        mask[i, width - len(row) :] = 1
-    return ids, mask
-
-
-@torch.inference_mode()
-def transcribe_codes(
-    model: LlamaForCausalLM,
-    tokenizer: PreTrainedTokenizerFast,
-    code_sequences: Sequence[Sequence[int]],
-    batch_size: int = 32,
-    max_new_tokens: int = 256,
-) -> list[str]:
-    """Greedy ASR: one transcript (normalised characters) per code sequence.
-
-    Args:
-        model: The codec speech-LLM (merged or not: logits come back in the original id space).
-        tokenizer: Its tokenizer.
-        code_sequences: Codec codes in `[0, K)`.
-        batch_size: Sequences per `generate` call (left-padded, sorted by length).
-        max_new_tokens: Cap on generated characters.
-
-    Returns:
-        The decoded transcripts, in input order.
-    """
-    builder = CodecSequenceBuilder(tokenizer)
-    order = sorted(range(len(code_sequences)), key=lambda i: len(code_sequences[i]))
-    texts: dict[int, str] = {}
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        ids, mask = _pad_left([builder.asr_prompt(code_sequences[i]) for i in chunk], builder.pad)
-        out = model.generate(
-            input_ids=ids.to(model.device),
-            attention_mask=mask.to(model.device),
-            do_sample=False,
-            num_beams=1,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=[builder.marker[TEXT_GENERATION_END], builder.eos],
-            pad_token_id=builder.pad,
-        )
-        for i, row in zip(chunk, out[:, ids.shape[1] :].tolist(), strict=True):
-            texts[i] = builder.decode_text(row)
-    return [texts[i] for i in range(len(code_sequences))]
-
-
 def codec_decoder(codec: Any) -> Callable[[Any], torch.Tensor]:
     """The codec as `evaluate_tts_wer`'s decode callable: `SpeechCodes` → Whisper's (80, 3000) log-mel input.
 

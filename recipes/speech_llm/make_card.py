@@ -124,11 +124,17 @@ codec corpus's train split only ({settings["train_examples"]:,} examples: 9,300 
 one TTS and one ASR example each). Settings were not tuned on dev (no time on this machine); dev loss is logged.
 
 ```python
-from hf_token_merge.reference import load_codec_speech_llm, load_codec_corpus
-from hf_token_merge.reference.codec_llm import transcribe_codes
+import torch
+from hf_token_merge.reference import load_codec_corpus, load_codec_speech_llm
+from hf_token_merge.reference.codec_llm import CodecSequenceBuilder
 model, tokenizer = load_codec_speech_llm()
-row = load_codec_corpus("test")[0]
-print(transcribe_codes(model, tokenizer, [row["codes"]]), row["text"])
+builder, row = CodecSequenceBuilder(tokenizer), load_codec_corpus("test")[0]
+prompt = torch.tensor([builder.asr_prompt(row["codes"])])  # ASR: codes -> text
+out = model.generate(prompt, max_new_tokens=200, do_sample=False,
+                     eos_token_id=tokenizer.convert_tokens_to_ids("<|TEXT_GENERATION_END|>"))
+print(builder.decode_text(out[0, prompt.shape[1]:].tolist()), "|", row["text"])
+prompt = torch.tensor([builder.tts_prompt(row["text"])])  # TTS: text -> codes (ends at <|SPEECH_GENERATION_END|>)
+out = model.generate(prompt, max_new_tokens=600, do_sample=False)  # generation_config ends at the end marker
 ```
 
 ## Training
