@@ -94,12 +94,12 @@ def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_
     """
     from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
     from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
+    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
     from hf_token_merge.reference.codec_llm import (
         SPEECH_UNDERSTANDING_END,
         SPEECH_UNDERSTANDING_START,
         TEXT_GENERATION_END,
         TEXT_GENERATION_START,
-        codec_decoder,
         normalize_text,
     )
 
@@ -125,7 +125,7 @@ def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_
         model,
         tts_data,
         adapter=codec_tts_adapter(tokenizer),
-        decode=codec_decoder(codec),
+        decode=codec_whisper_decoder(codec),
         asr=asr,
         max_new_tokens=min(1500, 6 * longest + 50),
         batch_size=TTS_UTTERANCES,

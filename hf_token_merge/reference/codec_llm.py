@@ -19,17 +19,17 @@ Two tasks, each one sequence (`<|bos|>` first), marked with Llasa's task tokens:
   text <|TEXT_GENERATION_END|>`; greedy decoding starts after `<|TEXT_GENERATION_START|>`.
 
 The loss covers only what follows the prompt (codes and end marker; text and end marker). The codes are the
-reference codec's (`load_reference_speech_codec`, 50 per second); `codec_decoder` turns generated codes into the
-log-mel Whisper reads. How the model was trained and what it scores is in its model card
+reference codec's (`load_reference_speech_codec`, 50 per second);
+`hf_token_merge.evaluation.tts.reference_codec.codec_whisper_decoder` turns generated codes into the log-mel
+Whisper reads. How the model was trained and what it scores is in its model card
 (`assets/codec_speech_llm/README.md`) and in `recipes/speech_llm/`.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -209,24 +209,6 @@ class CodecSequenceBuilder:
             if int(token_id) in self.char_of:
                 chars.append(self.char_of[int(token_id)])
         return "".join(chars).strip()
-
-
-def codec_decoder(codec: Any) -> Callable[[Any], torch.Tensor]:
-    """The codec as `evaluate_tts_wer`'s decode callable: `SpeechCodes` → Whisper's (80, 3000) log-mel input.
-
-    Args:
-        codec: A `SpeechCodec` (e.g. `load_reference_speech_codec()`).
-
-    Returns:
-        `decode(codes) -> features`; more than 30 s of codes is cut to 30 s (Whisper's window).
-    """
-    limit = int(30 * codec.frame_rate)
-
-    def decode(codes: Any) -> torch.Tensor:
-        return codec.to_whisper_features(codec.decode(list(codes.codes["codes"])[:limit]))
-
-    decode.__qualname__ = "SpeechCodec.decode"
-    return decode
 
 
 def codec_speech_llm_dir() -> Path:

@@ -30,7 +30,6 @@ from hf_token_merge.reference.codec_llm import (
     SPEECH_UNDERSTANDING_START,
     TEXT_GENERATION_END,
     TEXT_GENERATION_START,
-    codec_decoder,
     load_codec_speech_llm,
     normalize_text,
 )
@@ -88,6 +87,7 @@ def asr_wer(model, tokenizer, data, output_dir: Path | None = None, batch_size: 
 def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, batch_size: int = 32) -> dict:
     """TTS WER of the model (or an `OracleSpeechModel`) on a codec-corpus split."""
     from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
+    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
 
     longest = max(len(normalize_text(t)) for t in data["text"])
     started = time.perf_counter()
@@ -95,7 +95,7 @@ def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, 
         model,
         data,
         adapter=codec_tts_adapter(tokenizer),
-        decode=codec_decoder(codec),
+        decode=codec_whisper_decoder(codec),
         asr=asr,
         max_new_tokens=min(1500, 6 * longest + 50),
         batch_size=batch_size,
