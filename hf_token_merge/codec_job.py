@@ -267,8 +267,6 @@ def run_codec_job(
         "tts_invalid": {"before": before["tts"].invalid, "after": after["tts"].invalid},
         "provenance": record.to_dict(),
     }
-    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(numbers, handle, indent=2)
     report = (
         "# Codec speech-LLM: merge report\n\n"
         f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
@@ -278,10 +276,11 @@ def run_codec_job(
         + table
         + "\n"
         + record.markdown()
-        + "\nRedundancy analysis: [analysis/report.md](analysis/report.md).\n"
     )
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write(report)
+    from hf_token_merge.analysis.report_html import write_job_report
+
+    analysis_markdown = analysis.to_markdown(figure_folder="analysis")
+    write_job_report(output_dir, numbers, report, analysis_markdown, "Codec speech-LLM: merge report")
     print("\n" + table)
     print(f"report: {os.path.join(output_dir, 'report.md')}")
     return numbers

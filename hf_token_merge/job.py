@@ -82,7 +82,7 @@ def run_reference_job(
         The numbers of the report (also in `report.json`).
     """
     from hf_token_merge.analysis import analyze_redundancy
-    from hf_token_merge.analysis.report_html import render_html, shift_headings
+    from hf_token_merge.analysis.report_html import write_job_report
     from hf_token_merge.atomic import atomic_directory, check_target
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.recipes import load_recipe
@@ -148,22 +148,14 @@ def run_reference_job(
         "wer_difference": difference.to_dict(),
         "provenance": record.to_dict(),
     }
-    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as handle:
-        json.dump(numbers, handle, indent=2)
     report = (
         "# Reference speech-LLM: merge report\n\n"
         f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
         f"Evaluated on the {len(eval_set)}-utterance held-out synthetic test split (greedy ASR; unit perplexity "
-        "on the continuation task).\n\n" + table + "\n" + record.markdown() + "\nRedundancy analysis: "
-        "[analysis/report.md](analysis/report.md) (figures, also as [analysis/report.html](analysis/report.html)); "
-        "the whole report as one page: [report.html](report.html).\n"
+        "on the continuation task).\n\n" + table + "\n" + record.markdown()
     )
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
-        handle.write(report)
-    # one page to read: the before/after report, then the analysis with its figures, rendered from the Markdown
-    page = report + "\n" + shift_headings(analysis.to_markdown(figure_folder="analysis"))
-    with open(os.path.join(output_dir, "report.html"), "w", encoding="utf-8") as handle:
-        handle.write(render_html(page, "Reference speech-LLM: merge report", base_dir=output_dir))
+    analysis_markdown = analysis.to_markdown(figure_folder="analysis")
+    write_job_report(output_dir, numbers, report, analysis_markdown, "Reference speech-LLM: merge report")
     print("\n" + table)
     print(f"report: {os.path.join(output_dir, 'report.md')}")
     return numbers

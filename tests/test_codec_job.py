@@ -61,6 +61,9 @@ def test_codec_job_writes_the_before_after_report(tiny_codec_llm, tmp_path, caps
     asr = numbers["asr_difference"]
     assert f"95 % CI {asr['ci_low']:+.4f} to {asr['ci_high']:+.4f}" in report
     assert "| TTS WER (2 test) |" in capsys.readouterr().out
+    page = (tmp_path / "report.html").read_text()
+    assert "<pre>" not in page and page.count("<table>") >= 2  # the before/after table and the analysis tables
+    assert "<h1>Codec speech-LLM: merge report</h1>" in page and "<figcaption>" in page
 
 
 def test_run_defaults_to_the_codec_job_and_keeps_the_units_model_behind_a_flag(monkeypatch):

@@ -145,3 +145,29 @@ def _figure(parser, children: Sequence, base_dir: str | os.PathLike[str] | None,
         f'<figure><img src="{html.escape(source, quote=True)}" alt="{html.escape(alt, quote=True)}">'
         f"<figcaption>{caption}</figcaption></figure>\n"
     )
+
+
+def write_job_report(
+    output_dir: str | os.PathLike[str], numbers: dict, report: str, analysis_markdown: str, title: str
+) -> None:
+    """Write a built-in job's `report.json`, `report.md` and the one-page `report.html`.
+
+    Args:
+        output_dir: The job's folder; the analysis (and its figures) is in `analysis/` below it.
+        numbers: The report's numbers, written as `report.json`.
+        report: The before/after report in Markdown, written as `report.md`.
+        analysis_markdown: The redundancy analysis in Markdown (figures relative to `output_dir`).
+        title: The page title of `report.html`.
+    """
+    import json
+
+    folder = Path(output_dir)
+    (folder / "report.json").write_text(json.dumps(numbers, indent=2), encoding="utf-8")
+    report += (
+        "\nRedundancy analysis: [analysis/report.md](analysis/report.md) (figures, also as "
+        "[analysis/report.html](analysis/report.html)); the whole report as one page: [report.html](report.html).\n"
+    )
+    (folder / "report.md").write_text(report, encoding="utf-8")
+    # one page to read: the before/after report, then the analysis with its figures, rendered from the Markdown
+    page = report + "\n" + shift_headings(analysis_markdown)
+    (folder / "report.html").write_text(render_html(page, title, base_dir=folder), encoding="utf-8")
