@@ -128,6 +128,18 @@ BYTE_LABELS = {
 }
 
 
+def _merge_numbers(result, disk_before: int, disk_after: int) -> dict:
+    """The merge's numbers for merge.json, with its two byte counts labelled by what they count."""
+    numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
+    return {
+        **numbers,
+        "tensor_bytes_in_memory_before": result.bytes_before,
+        "tensor_bytes_in_memory_after": result.bytes_after,
+        "safetensors_bytes_on_disk_before": disk_before,
+        "safetensors_bytes_on_disk_after": disk_after,
+    }
+
+
 def _split(metrics: dict) -> tuple[dict, list | None, object]:
     """Metrics without the per-utterance records and the full result, the records, and the result (`WerResult`)."""
     metrics = dict(metrics)
@@ -282,13 +294,8 @@ def run(args: argparse.Namespace) -> int:
         disk_after = safetensors_bytes(staging)
         card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
         card.save(staging / "README.md")
-    numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
     report = {
-        **numbers,
-        "tensor_bytes_in_memory_before": result.bytes_before,
-        "tensor_bytes_in_memory_after": result.bytes_after,
-        "safetensors_bytes_on_disk_before": disk_before,
-        "safetensors_bytes_on_disk_after": disk_after,
+        **_merge_numbers(result, disk_before, disk_after),
         "eval_set": describe_evaluation(args.eval, options) if args.eval else None,
         "before": before,
         "after": after,
@@ -388,15 +395,7 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
         merged_config = SimpleNamespace(config=AutoConfig.from_pretrained(staging))
         card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config)
         card.save(staging / "README.md")
-    numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
-    report = {
-        **numbers,
-        "streaming": True,
-        "tensor_bytes_in_memory_before": result.bytes_before,
-        "tensor_bytes_in_memory_after": result.bytes_after,
-        "safetensors_bytes_on_disk_before": disk_before,
-        "safetensors_bytes_on_disk_after": disk_after,
-    }
+    report = {**_merge_numbers(result, disk_before, disk_after), "streaming": True}
     from hf_token_merge.evaluation.runner import write_report
 
     write_report(output, "merge", report, None, "predictions")
