@@ -130,7 +130,7 @@ def oracle_configs(
     """One single-stage oracle config per (mode, retention, layer).
 
     Args:
-        speech: The speech-token selection, e.g. `{"preset": "reference"}` or `{"speech_token_range": (a, b)}`.
+        speech: The speech-token selection, e.g. `{"preset": "reference"}` or `{"token_id_range": (a, b)}`.
         layers: Decoder layers (0 = the input).
         retentions: Shares of speech tokens kept.
         modes: Oracle modes.

@@ -17,17 +17,21 @@ attention across the gaps.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from hf_token_merge.config.selection_fields import has_selector
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.selection import PRESETS, match_vocabulary
+from hf_token_merge.selection import protected_token_ids, resolve_selection
 from hf_token_merge.sequence.config import SequenceMergeConfig
 from hf_token_merge.sequence.flops import prefill_flops
 from hf_token_merge.sequence.grouping import pool_groups, stage_groups
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -208,41 +212,34 @@ def locate_decoder(model: nn.Module) -> nn.Module:
 def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> torch.Tensor:
     """A bool table over input ids, True for speech tokens.
 
+    The config's selection is resolved like a `TokenMergeConfig`'s (`hf_token_merge.selection.resolve_selection`):
+    exclusions apply, and the tokenizer's special tokens and the model's bos/eos/pad ids are refused unless
+    `allow_special_tokens=True`. With no selector, the model config's audio placeholder id is the speech token.
+
     Args:
         model: The model (its input embedding gives the vocabulary size; its config may name an audio token).
         config: The speech-token selection.
-        tokenizer: Needed for `speech_token_pattern` / `preset`.
+        tokenizer: Needed for `token_pattern` / `preset` / `exclude_pattern`.
 
     Returns:
         `(vocab_size,)` bool tensor.
     """
     vocab_size = model.get_input_embeddings().weight.shape[0]
-    selectors = (config.speech_token_ids, config.speech_token_range, config.speech_token_pattern, config.preset)
-    if any(selector is not None for selector in selectors):
-        ids = set(config.speech_token_ids or [])
-        if config.speech_token_range is not None:
-            ids.update(range(*config.speech_token_range))
-        if config.speech_token_pattern is not None:
-            ids.update(match_vocabulary(config.speech_token_pattern, tokenizer, "speech_token_pattern"))
-        if config.preset is not None:
-            ids.update(match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
-        beyond = sorted(i for i in ids if i >= vocab_size)
-        if beyond:
-            raise ValueError(
-                f"Speech token ids {beyond[:5]} are beyond the embedding's {vocab_size} rows; fix the selection "
-                "(or pass the model's own tokenizer)."
-            )
-        ids = torch.tensor(sorted(ids), dtype=torch.long)
+    if has_selector(config):
+        protected = protected_token_ids(tokenizer, model.config, getattr(model, "generation_config", None))
+        ids = torch.tensor(sorted(resolve_selection(config, vocab_size, tokenizer, protected)), dtype=torch.long)
     else:
         audio_id = getattr(model.config, "audio_token_id", None)
         if audio_id is None:
             audio_id = getattr(model.config, "audio_token_index", None)
         if audio_id is None:
-            raise ValueError(
-                "No speech tokens selected and the model config names no audio_token_id: set speech_token_ids, "
-                "speech_token_range, speech_token_pattern or preset in SequenceMergeConfig."
+            raise TokenMergeError(
+                "No speech tokens selected and the model config names no audio_token_id: set token_ids, "
+                "token_id_range, token_pattern or preset in SequenceMergeConfig."
             )
+        # the model's own placeholder is a special token by construction; naming it is the model's decision
         ids = torch.tensor([int(audio_id)])
+    logger.info("sequence merge: %d speech token ids of %d", len(ids), vocab_size)
     lookup = torch.zeros(vocab_size, dtype=torch.bool)
     lookup[ids] = True
     return lookup
