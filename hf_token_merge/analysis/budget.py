@@ -212,7 +212,7 @@ def _budget_of(max_increase: dict[str, float]) -> Callable[[Metrics, Metrics], b
     def check(before: Metrics, after: Metrics) -> bool:
         for name, allowed in max_increase.items():
             if name not in after or name not in before:
-                raise KeyError(f"The evaluation returned no {name!r}; it returned {sorted(after)}.")
+                raise TokenMergeError(f"The evaluation returned no {name!r}; it returned {sorted(after)}.")
             # the upper-bound criterion puts the interval's upper end of the WER increase in "wer_ci_high"
             increase = after[f"{name}_ci_high"] if f"{name}_ci_high" in after else after[name] - before[name]
             if increase > allowed + 1e-12:
@@ -228,7 +228,7 @@ def budget_limits(
     """`metric -> allowed absolute increase` of a budget.
 
     Raises:
-        ValueError: Without any budget, or with a negative one.
+        TokenMergeError: Without any budget, or with a negative one.
     """
     budget = dict(max_increase or {})
     for argument, metric in BUDGET_KEYS.items():
@@ -236,9 +236,9 @@ def budget_limits(
         if value is not None:
             budget[metric] = value
     if not budget:
-        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
+        raise TokenMergeError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
     if any(allowed < 0 for allowed in budget.values()):
-        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
+        raise TokenMergeError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
     return budget
 
 
@@ -299,7 +299,7 @@ def compress_within_budget(
         raise TokenMergeError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")
     require_token_counts([strategy_config(config, method, 1, seed)], token_counts)
     if not 0 < min_ratio <= 1:
-        raise ValueError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
+        raise TokenMergeError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
     if criterion not in CRITERIA:
         raise TokenMergeError(f"Unknown criterion {criterion!r}. Fix: use one of {list(CRITERIA)}.")
     if criterion == "upper_bound" and set(budget) != {"wer"}:

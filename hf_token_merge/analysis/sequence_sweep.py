@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
 from hf_token_merge.tables import markdown_table
 
@@ -141,7 +142,7 @@ def oracle_configs(
     """
     unknown = sorted(set(modes) - set(ORACLE_MODES))
     if unknown:
-        raise ValueError(f"Unknown oracle modes {unknown}; choose from {ORACLE_MODES}.")
+        raise TokenMergeError(f"Unknown oracle modes {unknown}; choose from {ORACLE_MODES}.")
     return {
         f"{mode}@{retention:g}/L{layer}": SequenceMergeConfig(
             stages=[MergeStage(layer=layer, mode=mode, retention=retention)], seed=seed, **speech

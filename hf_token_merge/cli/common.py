@@ -86,8 +86,6 @@ def load_model(name: str):
     except (OSError, ValueError) as error:
         if local:
             raise _missing_file_error(name, path, error) from error
-        if isinstance(error, ValueError) and not isinstance(error, OSError):
-            raise
         raise TokenMergeError(
             f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
         ) from error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ EVALUATE_EXAMPLES = """examples:
       --manifest speech_sequences.jsonl --output-dir runs/kl
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
+VERBOSE_HELP = "log progress and decisions to stderr (-v); -vv adds debug detail"
 RUN_EXAMPLES = """examples:
   hf-token-merge run
   hf-token-merge run --output-dir runs/reference-job
@@ -175,6 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge near-duplicate speech-token rows of Hugging Face speech-LLMs through an index remap.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_evaluate(subparsers)
     analyze.add_parser(subparsers)
@@ -184,14 +187,57 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_parser(subparsers)
     _add_run(subparsers)
     _add_assets(subparsers)
+    for subparser in subparsers.choices.values():
+        # after the command too (`hf-token-merge compress -v ...`); SUPPRESS keeps a top-level -v when absent here
+        subparser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send the library's log records to stderr: warnings only by default, `-v` progress, `-vv` debug detail.
+
+    Args:
+        verbosity: How many times `-v`/`--verbose` was given.
+    """
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logger = logging.getLogger("hf_token_merge")
+    for handler in list(logger.handlers):
+        if getattr(handler, "hf_token_merge_cli", False):  # a previous main() in the same process
+            logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.hf_token_merge_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 def _read_jsonl(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
+    records = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TokenMergeError(
+                    f"{path}:{number} is not valid JSON ({error}). Fix: one JSON object a line."
+                ) from error
+    return records
 
 
 def _markdown(result) -> str:
@@ -211,23 +257,23 @@ def _load_callable(spec: str):
 
     module, _, name = spec.partition(":")
     if not module or not name:
-        raise ValueError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
+        raise TokenMergeError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
+        raise TokenMergeError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
 
 
 def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
     """`--task tts-wer` and `--task kl`."""
     if not args.manifest:
-        raise ValueError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
+        raise TokenMergeError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
     data = _read_jsonl(args.manifest)[: args.limit]
     if task == "kl":
         from hf_token_merge.evaluation.kl import evaluate_kl
 
         if not args.reference_model:
-            raise ValueError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
+            raise TokenMergeError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
         reference, _ = load_model(args.reference_model)
         return evaluate_kl(
             reference, model, data, tokenizer=helper, column=args.column, max_length=args.max_length,
@@ -237,10 +283,10 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel, evaluate_tts_wer, whisper_asr
 
     if args.family is None:
-        raise ValueError("--task tts-wer maps generated ids to codec codes by family. Fix: pass --family.")
+        raise TokenMergeError("--task tts-wer maps generated ids to codec codes by family. Fix: pass --family.")
     options = {"num_codes": args.num_codes} if args.num_codes and args.family in ("llasa", "reference") else {}
     if args.family == "reference" and not options:
-        raise ValueError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
+        raise TokenMergeError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
     if args.family == "reference" and args.frame_rate:
         options["frame_rate"] = args.frame_rate
     adapter = adapter_for(args.family, helper, **options)
@@ -249,7 +295,9 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     elif hasattr(adapter, "load_decoder"):
         decode = adapter.load_decoder(args.device or "cpu")
     else:
-        raise ValueError(f"The {args.family} codec has no built-in decoder here. Fix: pass --decode MODULE:FUNCTION.")
+        raise TokenMergeError(
+            f"The {args.family} codec has no built-in decoder here. Fix: pass --decode MODULE:FUNCTION."
+        )
     return evaluate_tts_wer(
         OracleSpeechModel(args.codes_column) if args.oracle else model,
         data,
@@ -361,11 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    configure_logging(args.verbose)
     try:
         _check_output_dir(getattr(args, "output_dir", None))
         return handler(args)
-    except (TokenMergeError, FileNotFoundError, ValueError) as error:
-        # ValueError: configs and a few harness functions still raise plain ValueErrors for bad input
+    except (TokenMergeError, FileNotFoundError) as error:
+        # only the library's own refusals (and missing inputs) are bad input; anything else is a bug and keeps
+        # its traceback
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"hf-token-merge {args.command}: error: {reason}", file=sys.stderr)
         return 2

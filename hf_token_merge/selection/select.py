@@ -130,7 +130,7 @@ def _exclude(selected: set[int], config: Any, tokenizer: Any) -> None:
         selected.difference_update(i for token, i in vocabulary_strings(tokenizer) if regex.fullmatch(token))
 
 
-def resolve_selection(
+def resolve_token_ids(
     config: Any,
     vocab_size: int,
     tokenizer: Any = None,
@@ -184,7 +184,7 @@ def select_token_ids(
     tokenizer: Any = None,
     protected_ids: set[int] | None = None,
 ) -> torch.Tensor:
-    """Resolve the rows a config allows to merge (see `resolve_selection`).
+    """Resolve the rows a config allows to merge (see `resolve_token_ids`).
 
     Args:
         config: The merge configuration.
@@ -196,9 +196,9 @@ def select_token_ids(
         A sorted int64 tensor of unique token ids.
 
     Raises:
-        TokenMergeError: As `resolve_selection`, and when `lm_head='drop'` would drop every id.
+        TokenMergeError: As `resolve_token_ids`, and when `lm_head='drop'` would drop every id.
     """
-    selected = resolve_selection(config, vocab_size, tokenizer, protected_ids)
+    selected = resolve_token_ids(config, vocab_size, tokenizer, protected_ids)
     if config.lm_head == "drop" and len(selected) == vocab_size:
         raise TokenMergeError(
             f"The selection covers all {vocab_size} ids, so lm_head='drop' would leave the model no token to "

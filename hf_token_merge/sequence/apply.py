@@ -26,7 +26,7 @@ from torch import nn
 
 from hf_token_merge.config.selection_fields import has_selector
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.selection import protected_token_ids, resolve_selection
+from hf_token_merge.selection import protected_token_ids, resolve_token_ids
 from hf_token_merge.sequence.config import SequenceMergeConfig
 from hf_token_merge.sequence.flops import prefill_flops
 from hf_token_merge.sequence.grouping import pool_groups, stage_groups
@@ -203,7 +203,7 @@ def locate_decoder(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(getattr(module, "layers", None), nn.ModuleList) and hasattr(module, "rotary_emb"):
             return module
-    raise ValueError(
+    raise TokenMergeError(
         f"{type(model).__name__} has no decoder with `layers` and `rotary_emb` (a Llama/Qwen2/Mistral-style "
         "decoder with rotary positions); sequence merging supports those decoders."
     )
@@ -212,7 +212,7 @@ def locate_decoder(model: nn.Module) -> nn.Module:
 def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> torch.Tensor:
     """A bool table over input ids, True for speech tokens.
 
-    The config's selection is resolved like a `TokenMergeConfig`'s (`hf_token_merge.selection.resolve_selection`):
+    The config's selection is resolved like a `TokenMergeConfig`'s (`hf_token_merge.selection.resolve_token_ids`):
     exclusions apply, and the tokenizer's special tokens and the model's bos/eos/pad ids are refused unless
     `allow_special_tokens=True`. With no selector, the model config's audio placeholder id is the speech token.
 
@@ -227,7 +227,7 @@ def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer
     vocab_size = model.get_input_embeddings().weight.shape[0]
     if has_selector(config):
         protected = protected_token_ids(tokenizer, model.config, getattr(model, "generation_config", None))
-        ids = torch.tensor(sorted(resolve_selection(config, vocab_size, tokenizer, protected)), dtype=torch.long)
+        ids = torch.tensor(sorted(resolve_token_ids(config, vocab_size, tokenizer, protected)), dtype=torch.long)
     else:
         audio_id = getattr(model.config, "audio_token_id", None)
         if audio_id is None:
@@ -269,7 +269,7 @@ class _State:
         self.step += 1
         self.called = True
         if cache is not None and getattr(cache, "is_compileable", False):
-            raise ValueError(
+            raise TokenMergeError(
                 "Sequence merging keeps KV caches of different lengths per layer and needs the default "
                 "DynamicCache; do not pass cache_implementation='static' (or a StaticCache)."
             )
@@ -277,7 +277,7 @@ class _State:
         self.prefill = past == 0
         if self.prefill:
             if input_ids is None:
-                raise ValueError(
+                raise TokenMergeError(
                     "Sequence merging finds the speech positions from input_ids; call the model with input_ids "
                     "(not inputs_embeds) for the prompt."
                 )
@@ -299,21 +299,21 @@ class _State:
         length = embeds.shape[1] if embeds is not None else ids.shape[1]
         device = embeds.device if embeds is not None else ids.device
         if length != self.input_length:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The decoder received {length} positions but input_ids has {self.input_length}; the model expands "
                 "placeholders inside forward (e.g. Qwen2-Audio's legacy single <|AUDIO|> token). Let the processor "
                 "expand the audio tokens in input_ids."
             )
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:
-            raise ValueError("Sequence merging needs a 2-D attention_mask (batch, length) or none.")
+            raise TokenMergeError("Sequence merging needs a 2-D attention_mask (batch, length) or none.")
         batch = self.speech.shape[0]
         valid = mask.bool() if mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
         positions = kwargs.get("position_ids")
         if positions is None:
             positions = torch.arange(length, device=device)[None].expand(batch, length)
         elif positions.dim() != 2:
-            raise ValueError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
+            raise TokenMergeError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
         # The last real position of every row is never merged, even when it is a speech token: its logits are the
         # ones generate() reads, and they must come from that token itself at its own position.
         last = valid & (valid.long().cumsum(1) == valid.sum(1, keepdim=True))
@@ -396,28 +396,28 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         A handle with per-stage statistics of the last prefill and `remove()`.
 
     Raises:
-        ValueError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
+        TokenMergeError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
             or a sequence merge is already installed. The model is left untouched.
     """
     if sequence_merge_handle(model) is not None:
-        raise ValueError("A sequence merge is already installed; call handle.remove() before applying another.")
+        raise TokenMergeError("A sequence merge is already installed; call handle.remove() before applying another.")
     decoder = locate_decoder(model)
     num_layers = len(decoder.layers)
     beyond = [stage.layer for stage in config.stages if stage.layer >= num_layers]
     if beyond:
-        raise ValueError(
+        raise TokenMergeError(
             f"Stage layers {beyond} do not exist: the decoder has {num_layers} layers "
             f"(valid layers 0..{num_layers - 1})."
         )
     attention = getattr(decoder.config, "_attn_implementation", None) or "eager"
     if attention not in SUPPORTED_ATTENTION:
-        raise ValueError(
+        raise TokenMergeError(
             f"attn_implementation={attention!r} is not supported; load the model with attn_implementation='sdpa' "
             "or 'eager' (sequence merging passes explicit masks)."
         )
     layer_types = getattr(decoder.config, "layer_types", None) or []
     if getattr(decoder.config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-        raise ValueError(
+        raise TokenMergeError(
             "The decoder uses sliding-window attention; sequence merging builds full causal masks. Fix: load it "
             "with use_sliding_window=False (and full attention in every layer) or use a full-attention model."
         )
@@ -440,7 +440,7 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
 
     def before_decoder(module, args, kwargs):
         if not state.called:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The decoder was called directly; call the model passed to apply_sequence_merge "
                 f"({type(model).__name__}), which reads the input ids that mark the speech positions."
             )

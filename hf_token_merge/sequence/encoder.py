@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence.apply import HookHandle, additive_mask
 from hf_token_merge.sequence.grouping import affinity_groups, pool_groups
 
@@ -68,16 +69,16 @@ def apply_encoder_merge(model: nn.Module, threshold: float, window: int = 1) -> 
         A handle with frame counts and `remove()`.
 
     Raises:
-        ValueError: On a model without an encoder and decoder layers, bad threshold/window, or a second merge.
+        TokenMergeError: On a model without an encoder and decoder layers, bad threshold/window, or a second merge.
     """
     if not -1.0 <= threshold <= 1.0 or window < 1:
-        raise ValueError(f"Need a cosine threshold in [-1, 1] and window >= 1, got {threshold!r} and {window!r}.")
+        raise TokenMergeError(f"Need a cosine threshold in [-1, 1] and window >= 1, got {threshold!r} and {window!r}.")
     if encoder_merge_handle(model) is not None:
-        raise ValueError("An encoder merge is already installed; call handle.remove() first.")
+        raise TokenMergeError("An encoder merge is already installed; call handle.remove() first.")
     get_encoder = getattr(model, "get_encoder", None)
     decoder = getattr(getattr(model, "model", None), "decoder", None)
     if get_encoder is None or decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ValueError(
+        raise TokenMergeError(
             f"{type(model).__name__} is not an encoder-decoder with `model.decoder.layers` (such as Whisper); "
             "for decoder-only speech-LLMs use apply_sequence_merge."
         )
