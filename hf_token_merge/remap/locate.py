@@ -71,22 +71,42 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
     Raises:
         TokenMergeError: When a module is missing, already merged, quantized or offloaded.
     """
-    from hf_token_merge.remap.modules import MergedEmbedding
-
-    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
-    if quantization is not None:
-        method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
-        method = getattr(method, "value", method)
-        from hf_token_merge.remap.record import QUANT_METHODS
-
-        if method in QUANT_METHODS:
-            raise TokenMergeError(
-                "This model is already token-merged; merging twice is not supported. Merge the original model "
-                "once with the final settings (a stronger target_ratio or threshold), or reload it first."
-            )
+    _refuse_quantized(model)
+    input_name, input_module = _input_embedding(model, config)
+    output_name, output_module = _output_embedding(model, config, input_name, input_module)
+    pair = EmbeddingPair(input_name, input_module, output_name, output_module)
+    if pair.tied and config.lm_head == "keep":
         raise TokenMergeError(
-            f"This model is quantized ({method}); merge the unquantized model first, then quantize it."
+            "lm_head='keep' needs untied embeddings, but this model ties its LM head to the input embedding; "
+            "use lm_head='merge' or 'drop', or untie the weights first."
         )
+    if config.similarity_source in ("output", "both") and output_module is None:
+        raise TokenMergeError(
+            f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
+        )
+    return pair
+
+
+def _refuse_quantized(model: nn.Module) -> None:
+    """Refuse a model with a quantization config: merged already (ours), or quantized by another method."""
+    quantization = getattr(getattr(model, "config", None), "quantization_config", None)
+    if quantization is None:
+        return
+    method = quantization.get("quant_method") if isinstance(quantization, dict) else quantization.quant_method
+    method = getattr(method, "value", method)
+    from hf_token_merge.remap.record import QUANT_METHODS
+
+    if method in QUANT_METHODS:
+        raise TokenMergeError(
+            "This model is already token-merged; merging twice is not supported. Merge the original model "
+            "once with the final settings (a stronger target_ratio or threshold), or reload it first."
+        )
+    raise TokenMergeError(f"This model is quantized ({method}); merge the unquantized model first, then quantize it.")
+
+
+def _input_embedding(model: nn.Module, config: TokenMergeConfig) -> tuple[str, nn.Embedding]:
+    """The input embedding and its path, refused when merged already, of another type, or shared at other paths."""
+    from hf_token_merge.remap.modules import MergedEmbedding
 
     if config.input_embedding_name is not None:
         input_name = config.input_embedding_name
@@ -120,7 +140,13 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
             "would not reload. Models that reuse one embedding at several paths (T5-style shared embeddings) "
             "are not supported."
         )
+    return input_name, input_module
 
+
+def _output_embedding(
+    model: nn.Module, config: TokenMergeConfig, input_name: str, input_module: nn.Embedding
+) -> tuple[str | None, nn.Linear | None]:
+    """The LM head and its path (None, None when there is none and lm_head='keep')."""
     if config.output_embedding_name is not None:
         output_name = config.output_embedding_name
         output_module = model.get_submodule(output_name)
@@ -140,17 +166,7 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
                 f"{output_name} has {output_module.weight.shape[0]} rows but {input_name} has "
                 f"{input_module.weight.shape[0]}; both must cover the same vocabulary."
             )
-    pair = EmbeddingPair(input_name, input_module, output_name, output_module)
-    if pair.tied and config.lm_head == "keep":
-        raise TokenMergeError(
-            "lm_head='keep' needs untied embeddings, but this model ties its LM head to the input embedding; "
-            "use lm_head='merge' or 'drop', or untie the weights first."
-        )
-    if config.similarity_source in ("output", "both") and output_module is None:
-        raise TokenMergeError(
-            f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
-        )
-    return pair
+    return output_name, output_module
 
 
 def swap_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:

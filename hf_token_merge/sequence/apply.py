@@ -401,6 +401,22 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
     """
     if sequence_merge_handle(model) is not None:
         raise TokenMergeError("A sequence merge is already installed; call handle.remove() before applying another.")
+    decoder, attention = _checked_decoder(model, config)
+    lookup = speech_token_lookup(model, config, tokenizer)
+
+    handle = SequenceMergeHandle(model, config, decoder)
+    hooks = _Hooks(_State(handle, lookup, decoder.rotary_emb, attention))
+    handle._hooks.append(model.register_forward_pre_hook(hooks.before_model, with_kwargs=True))
+    handle._hooks.append(decoder.register_forward_pre_hook(hooks.before_decoder, with_kwargs=True))
+    for index, layer in enumerate(decoder.layers):
+        handle._hooks.append(layer.register_forward_pre_hook(hooks.before_layer(index), with_kwargs=True))
+    model._sequence_merge_handle = handle
+    logger.info("sequence merge installed: stages at layers %s of %d", sorted(hooks.stages), len(decoder.layers))
+    return handle
+
+
+def _checked_decoder(model: nn.Module, config: SequenceMergeConfig) -> tuple[nn.Module, str]:
+    """The decoder of `model` and its attention implementation, refused when the merge cannot run on it."""
     decoder = locate_decoder(model)
     num_layers = len(decoder.layers)
     beyond = [stage.layer for stage in config.stages if stage.layer >= num_layers]
@@ -421,13 +437,17 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             "The decoder uses sliding-window attention; sequence merging builds full causal masks. Fix: load it "
             "with use_sliding_window=False (and full attention in every layer) or use a full-attention model."
         )
-    lookup = speech_token_lookup(model, config, tokenizer)
+    return decoder, attention
 
-    handle = SequenceMergeHandle(model, config, decoder)
-    state = _State(handle, lookup, decoder.rotary_emb, attention)
-    stages = {stage.layer: stage for stage in config.stages}
 
-    def before_model(module, args, kwargs):
+class _Hooks:
+    """The forward pre-hooks of one sequence merge: on the model, on its decoder, and on every decoder layer."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.stages = {stage.layer: stage for stage in state.handle.config.stages}
+
+    def before_model(self, module, args, kwargs):
         if kwargs.get("labels") is not None:
             raise TokenMergeError(
                 "A sequence-merged model returns logits for the shorter, merged sequence, so they cannot be scored "
@@ -436,13 +456,14 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        state.start_call(input_ids, kwargs.get("attention_mask"), cache)
+        self.state.start_call(input_ids, kwargs.get("attention_mask"), cache)
 
-    def before_decoder(module, args, kwargs):
+    def before_decoder(self, module, args, kwargs):
+        state = self.state
         if not state.called:
             raise TokenMergeError(
                 f"The decoder was called directly; call the model passed to apply_sequence_merge "
-                f"({type(model).__name__}), which reads the input ids that mark the speech positions."
+                f"({type(state.handle.model).__name__}), which reads the input ids that mark the speech positions."
             )
         state.called = False
         if state.prefill:
@@ -453,8 +474,10 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         kwargs["position_ids"] = None
         return args, kwargs
 
-    def layer_hook(layer_index: int):
-        def before_layer(module, args, kwargs):
+    def before_layer(self, layer_index: int):
+        state, stages = self.state, self.stages
+
+        def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if state.prefill:
                 if layer_index in stages:
@@ -470,11 +493,4 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             kwargs["hidden_states"] = hidden
             return args, kwargs
 
-        return before_layer
-
-    handle._hooks.append(model.register_forward_pre_hook(before_model, with_kwargs=True))
-    handle._hooks.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
-    for index, layer in enumerate(decoder.layers):
-        handle._hooks.append(layer.register_forward_pre_hook(layer_hook(index), with_kwargs=True))
-    model._sequence_merge_handle = handle
-    return handle
+        return hook

@@ -7,6 +7,7 @@ Pooling as published ("Dual") is one stage at layer 0 and one deep stage; `Seque
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -88,6 +89,14 @@ class MergeStage:
                 )
             if self.window < 1:
                 raise TokenMergeError(f"MergeStage.window must be an int >= 1, got {self.window!r}.")
+            if self.threshold <= 0.0:
+                warnings.warn(
+                    f"MergeStage(layer={self.layer}) has threshold={self.threshold}: every pair of consecutive speech "
+                    "tokens that is not anti-correlated merges, so whole speech spans collapse. The published "
+                    "thresholds are 0.7-0.9; use mode='uniform_merge' for a deliberate collapse.",
+                    UserWarning,
+                    stacklevel=3,
+                )
         else:
             if self.retention is None or not 0.0 < self.retention <= 1.0:
                 raise TokenMergeError(f"Mode {self.mode!r} needs retention in (0, 1], got {self.retention!r}.")

@@ -1,5 +1,7 @@
 """apply_sequence_merge on tiny Llama/Qwen2 decoders: logits, masks, positions, KV cache and generate()."""
 
+import warnings
+
 import pytest
 import torch
 
@@ -331,3 +333,11 @@ def test_deprecated_speech_token_names_still_select_with_a_warning(tmp_path):
         assert SequenceMergeConfig.from_pretrained(tmp_path).token_id_range == SPEECH
     with pytest.raises(TokenMergeError, match="got both speech_token_ids= and token_ids=.*pass only token_ids="):
         SequenceMergeConfig(stages=stage, speech_token_ids=[33], token_ids=[34])
+
+
+def test_a_non_positive_affinity_threshold_is_allowed_but_warns():
+    with pytest.warns(UserWarning, match=r"MergeStage\(layer=2\) has threshold=0.0: .*whole speech spans collapse"):
+        MergeStage(layer=2, threshold=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MergeStage(layer=2, threshold=0.1)  # low but positive: the CLI's deep-threshold sweep goes this far
