@@ -26,6 +26,8 @@ EVALUATE_EXAMPLES = """examples:
       --manifest speech_sequences.jsonl --output-dir runs/kl
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
+logger = logging.getLogger(__name__)
+
 VERBOSE_HELP = "log progress and decisions to stderr (-v); -vv adds debug detail"
 RUN_EXAMPLES = """examples:
   hf-token-merge run
@@ -317,9 +319,55 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     )
 
 
+def _evaluate_perplexity(args: argparse.Namespace, model, helper, common: dict):
+    """`--task perplexity`: token sequences (or text) of --manifest."""
+    from hf_token_merge.evaluation import evaluate_perplexity
+
+    if not args.manifest:
+        raise TokenMergeError("perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line.")
+    data = _read_jsonl(args.manifest)[: args.limit]
+    return evaluate_perplexity(
+        model, data, tokenizer=helper, column=args.column, max_length=args.max_length, stride=args.stride, **common
+    )
+
+
+def _evaluate_asr_wer(args: argparse.Namespace, model, helper, common: dict):
+    """`--task wer`: a Whisper-style encoder-decoder reads audio; a speech-LLM reads speech units."""
+    from hf_token_merge.evaluation import evaluate_wer, load_eval_dataset, unit_prompt_builder
+
+    source = args.dataset or args.audiofolder or args.manifest
+    is_llm = not getattr(model.config, "is_encoder_decoder", False)
+    if is_llm and args.manifest:
+        data = _read_jsonl(args.manifest)
+    else:
+        data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
+    if args.limit is not None:
+        data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
+    kwargs = {"processor": helper}
+    if is_llm:
+        prompt_builder = unit_prompt_builder(
+            helper,
+            units_column=args.units_column,
+            unit_format=args.unit_format,
+            prefix=args.prompt_prefix,
+            suffix=args.prompt_suffix,
+        )
+        kwargs = {"tokenizer": helper, "prompt_builder": prompt_builder, "max_new_tokens": args.max_new_tokens}
+        if args.eos_token:
+            kwargs["eos_token_id"] = helper.convert_tokens_to_ids(args.eos_token)
+    return evaluate_wer(
+        model,
+        data,
+        text_column=args.text_column,
+        batch_size=args.batch_size,
+        resample=not args.no_resample,
+        **kwargs,
+        **common,
+    )
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
-    from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
     from hf_token_merge.evaluation.runner import finish, get_accelerator
 
     if args.num_threads is not None:
@@ -328,6 +376,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     model, helper = load_model(args.model)
     task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+    logger.info("evaluate: task %s on %s", task, args.model)
     accelerator = get_accelerator(None, args.device)
     common = {
         "dtype": args.dtype,
@@ -338,53 +387,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if task in ("tts-wer", "kl"):
         result = _evaluate_tts_or_kl(args, task, model, helper, common)
     elif task == "perplexity":
-        if not args.manifest:
-            raise TokenMergeError(
-                "perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line."
-            )
-        data = _read_jsonl(args.manifest)[: args.limit]
-        result = evaluate_perplexity(
-            model,
-            data,
-            tokenizer=helper,
-            column=args.column,
-            max_length=args.max_length,
-            stride=args.stride,
-            **common,
-        )
+        result = _evaluate_perplexity(args, model, helper, common)
     else:
-        source = args.dataset or args.audiofolder or args.manifest
-        is_llm = not getattr(model.config, "is_encoder_decoder", False)
-        if is_llm and args.manifest:
-            data = _read_jsonl(args.manifest)
-        else:
-            data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
-        if args.limit is not None:
-            data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
-        kwargs = {}
-        if is_llm:
-            kwargs["tokenizer"] = helper
-            kwargs["prompt_builder"] = unit_prompt_builder(
-                helper,
-                units_column=args.units_column,
-                unit_format=args.unit_format,
-                prefix=args.prompt_prefix,
-                suffix=args.prompt_suffix,
-            )
-            kwargs["max_new_tokens"] = args.max_new_tokens
-            if args.eos_token:
-                kwargs["eos_token_id"] = helper.convert_tokens_to_ids(args.eos_token)
-        else:
-            kwargs["processor"] = helper
-        result = evaluate_wer(
-            model,
-            data,
-            text_column=args.text_column,
-            batch_size=args.batch_size,
-            resample=not args.no_resample,
-            **kwargs,
-            **common,
-        )
+        result = _evaluate_asr_wer(args, model, helper, common)
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         result.save(output)

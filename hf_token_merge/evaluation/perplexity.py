@@ -17,6 +17,7 @@ float32 and summed in float64 per sequence; the corpus NLL is the sum over seque
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -255,6 +256,15 @@ def prepare_sequences(
     return sequences, max_length, stride
 
 
+def _nll_records(model, sequences: list, max_length: int, stride: int, indices: list[int]) -> list[dict[str, Any]]:
+    """NLL sums of the sequences at `indices` (one process's shard)."""
+    out = []
+    for index in indices:
+        nll, count = sequence_nll(model, sequences[index], max_length, stride)
+        out.append({"index": index, "nll_sum": nll, "token_count": count})
+    return out
+
+
 def evaluate_perplexity(
     model,
     data,
@@ -311,13 +321,7 @@ def evaluate_perplexity(
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)
 
-    def process(indices: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for index in indices:
-            nll, count = sequence_nll(model, sequences[index], max_length, stride)
-            out.append({"index": index, "nll_sum": nll, "token_count": count})
-        return out
-
+    process = functools.partial(_nll_records, model, sequences, max_length, stride)
     records, timing = run_sharded(accelerator, len(sequences), 1, process, "perplexity", show_progress)
     nll_sum = 0.0
     for record in records:  # dataset order: the same float sum for any number of processes
