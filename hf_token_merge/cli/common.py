@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -222,11 +223,40 @@ def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeCon
     return calibration_counts(tokenizer, args.calibration_text, model.get_input_embeddings().num_embeddings)
 
 
-def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
-    """`(config, model, helper, tokenizer)` of a merging subcommand: the config is validated before loading."""
+@dataclass
+class MergeInputs:
+    """What a merging subcommand works on.
+
+    Attributes:
+        config: The merge config, validated before the model was loaded.
+        model: The loaded model.
+        processing_class: What transformers calls the model's `processing_class`: the processor of a Whisper-style
+            model (feature extractor + tokenizer), else the tokenizer. It is what is saved beside the model.
+    """
+
+    config: TokenMergeConfig
+    model: Any
+    processing_class: Any
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer (the processor's own for Whisper), which selects rows by pattern or preset."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+
+def load_for_merge(args: argparse.Namespace, require_stop: bool = True) -> MergeInputs:
+    """The config, model and processing class of a merging subcommand; the config is validated before loading.
+
+    Args:
+        args: The subcommand's parsed arguments.
+        require_stop: Whether the config needs a stopping option (a sweep sets its own).
+
+    Returns:
+        The `MergeInputs`.
+    """
     config = config_from_args(args, require_stop=require_stop)
-    model, helper = load_model(args.model)
-    return config, model, helper, getattr(helper, "tokenizer", helper)
+    model, processing_class = load_model(args.model)
+    return MergeInputs(config, model, processing_class)
 
 
 def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int]:
@@ -256,7 +286,7 @@ def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int
 
 def builtin_evaluation(
     name: str,
-    model_helper: Any,
+    processing_class: Any,
     show_progress: bool,
     *,
     split: tuple[str, float] | None = None,
@@ -268,7 +298,7 @@ def builtin_evaluation(
         name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity) or a built-in set of
             `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
             recipes/reference_model/synthesize.py).
-        model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
+        processing_class: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
         split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
         records: Also return the per-utterance records (key "records"), for confidence intervals.
@@ -298,10 +328,10 @@ def builtin_evaluation(
 
     def evaluate(model) -> dict[str, Any]:
         if name == "reference":
-            results = evaluate_reference(model, model_helper, data, show_progress=show_progress)
+            results = evaluate_reference(model, processing_class, data, show_progress=show_progress)
             wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
         else:
-            wer = evaluate_wer(model, data, processor=model_helper, show_progress=show_progress)
+            wer = evaluate_wer(model, data, processor=processing_class, show_progress=show_progress)
             metrics = {"wer": wer.wer}
         return with_records(wer, **metrics) if records else metrics
 

@@ -197,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
-    config, model, helper, tokenizer = load_for_merge(args)
+    inputs = load_for_merge(args)
+    config, model, processing_class, tokenizer = inputs.config, inputs.model, inputs.processing_class, inputs.tokenizer
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, records=True) if args.eval else None
+    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False, records=True) if args.eval else None
     before, before_records = _split(evaluate(model) if evaluate else {})
     disk_before = bytes_on_disk(model)
     result = apply_token_merge(model, config, tokenizer=tokenizer, token_counts=token_counts)
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     folder = output / "model"
     # one atomic save: the card needs the size of the saved weights, so it is written inside the same staging folder
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
-        stage_folder(staging, model, tokenizer=helper, plan=result.plan)
+        stage_folder(staging, model, tokenizer=processing_class, plan=result.plan)
         disk_after = safetensors_bytes(staging)
         card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference)
         card.save(staging / "README.md")
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
             model,
             result.plan,
             output / "plain",
-            tokenizer=helper,  # the processor for Whisper, so the plain folder has its feature extractor
+            tokenizer=processing_class,  # the processor for Whisper, so the plain folder has its feature extractor
             pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
             overwrite=args.overwrite,
         )

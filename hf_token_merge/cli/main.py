@@ -266,7 +266,7 @@ def _load_callable(spec: str):
         raise TokenMergeError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
 
 
-def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
+def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, processing_class, common: dict):
     """`--task tts-wer` and `--task kl`."""
     if not args.manifest:
         raise TokenMergeError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
@@ -278,7 +278,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
             raise TokenMergeError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
         reference, _ = load_model(args.reference_model)
         return evaluate_kl(
-            reference, model, data, tokenizer=helper, column=args.column, max_length=args.max_length,
+            reference, model, data, tokenizer=processing_class, column=args.column, max_length=args.max_length,
             stride=args.stride, **common,
         )  # fmt: skip
     from hf_token_merge.evaluation.tts import adapter_for
@@ -291,7 +291,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
         raise TokenMergeError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
     if args.family == "reference" and args.frame_rate:
         options["frame_rate"] = args.frame_rate
-    adapter = adapter_for(args.family, helper, **options)
+    adapter = adapter_for(args.family, processing_class, **options)
     if args.decode:
         decode = _load_callable(args.decode)
     elif hasattr(adapter, "load_decoder"):
@@ -319,7 +319,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
     )
 
 
-def _evaluate_perplexity(args: argparse.Namespace, model, helper, common: dict):
+def _evaluate_perplexity(args: argparse.Namespace, model, processing_class, common: dict):
     """`--task perplexity`: token sequences (or text) of --manifest."""
     from hf_token_merge.evaluation import evaluate_perplexity
 
@@ -327,11 +327,17 @@ def _evaluate_perplexity(args: argparse.Namespace, model, helper, common: dict):
         raise TokenMergeError("perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line.")
     data = _read_jsonl(args.manifest)[: args.limit]
     return evaluate_perplexity(
-        model, data, tokenizer=helper, column=args.column, max_length=args.max_length, stride=args.stride, **common
+        model,
+        data,
+        tokenizer=processing_class,
+        column=args.column,
+        max_length=args.max_length,
+        stride=args.stride,
+        **common,
     )
 
 
-def _evaluate_asr_wer(args: argparse.Namespace, model, helper, common: dict):
+def _evaluate_asr_wer(args: argparse.Namespace, model, processing_class, common: dict):
     """`--task wer`: a Whisper-style encoder-decoder reads audio; a speech-LLM reads speech units."""
     from hf_token_merge.evaluation import evaluate_wer, load_eval_dataset, unit_prompt_builder
 
@@ -343,18 +349,22 @@ def _evaluate_asr_wer(args: argparse.Namespace, model, helper, common: dict):
         data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
-    kwargs = {"processor": helper}
+    kwargs = {"processor": processing_class}
     if is_llm:
         prompt_builder = unit_prompt_builder(
-            helper,
+            processing_class,
             units_column=args.units_column,
             unit_format=args.unit_format,
             prefix=args.prompt_prefix,
             suffix=args.prompt_suffix,
         )
-        kwargs = {"tokenizer": helper, "prompt_builder": prompt_builder, "max_new_tokens": args.max_new_tokens}
+        kwargs = {
+            "tokenizer": processing_class,
+            "prompt_builder": prompt_builder,
+            "max_new_tokens": args.max_new_tokens,
+        }
         if args.eos_token:
-            kwargs["eos_token_id"] = helper.convert_tokens_to_ids(args.eos_token)
+            kwargs["eos_token_id"] = processing_class.convert_tokens_to_ids(args.eos_token)
     return evaluate_wer(
         model,
         data,
@@ -374,7 +384,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    model, helper = load_model(args.model)
+    model, processing_class = load_model(args.model)
     task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
     logger.info("evaluate: task %s on %s", task, args.model)
     accelerator = get_accelerator(None, args.device)
@@ -385,11 +395,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "show_progress": not args.no_progress,
     }
     if task in ("tts-wer", "kl"):
-        result = _evaluate_tts_or_kl(args, task, model, helper, common)
+        result = _evaluate_tts_or_kl(args, task, model, processing_class, common)
     elif task == "perplexity":
-        result = _evaluate_perplexity(args, model, helper, common)
+        result = _evaluate_perplexity(args, model, processing_class, common)
     else:
-        result = _evaluate_asr_wer(args, model, helper, common)
+        result = _evaluate_asr_wer(args, model, processing_class, common)
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         result.save(output)

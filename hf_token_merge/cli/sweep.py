@@ -122,10 +122,10 @@ def run(args: argparse.Namespace) -> int:
     check_calibration_args(args, config, *grid)  # before the model loads
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
-    model, helper = load_model(args.model)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    model, processing_class = load_model(args.model)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False)
+    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False)
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(
@@ -140,11 +140,11 @@ def run(args: argparse.Namespace) -> int:
         )
         print(sweep_markdown(points))
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
-        _run_budget(args, config, budget_strategy, model, helper, evaluate, token_counts)
+        _run_budget(args, config, budget_strategy, model, processing_class, evaluate, token_counts)
     return 0
 
 
-def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
+def _run_budget(args, config, strategy, model, processing_class, evaluate, token_counts) -> None:
     """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
     from hf_token_merge.analysis import compress_within_budget
     from hf_token_merge.atomic import atomic_directory
@@ -152,12 +152,12 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
-    tune = builtin_evaluation(args.eval, helper, show_progress=False, split=tune_split, records=True)
+    tune = builtin_evaluation(args.eval, processing_class, show_progress=False, split=tune_split, records=True)
     report = None
     if args.split_eval is not None:
-        report = builtin_evaluation(args.eval, helper, False, split=("report", args.split_eval), records=True)
+        report = builtin_evaluation(args.eval, processing_class, False, split=("report", args.split_eval), records=True)
     elif args.report_eval:
-        report = builtin_evaluation(args.report_eval, helper, show_progress=False, records=True)
+        report = builtin_evaluation(args.report_eval, processing_class, show_progress=False, records=True)
     result = compress_within_budget(
         model,
         config,
@@ -166,7 +166,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         criterion=args.criterion,
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
-        tokenizer=getattr(helper, "tokenizer", helper),
+        tokenizer=getattr(processing_class, "tokenizer", processing_class),
         token_counts=token_counts,
         min_ratio=args.min_ratio,
         tolerance=args.tolerance,
@@ -188,7 +188,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         card = _budget_card(args, result, tune, report, model)
         with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
             model.save_pretrained(folder)
-            helper.save_pretrained(folder)
+            processing_class.save_pretrained(folder)
             card.save(folder / "README.md")
     rows_after = model.get_input_embeddings().num_embeddings
     print(

@@ -1,4 +1,8 @@
-"""Grouping of selected rows by a registered method (threshold, kmeans, agglomerative, frequency, random)."""
+"""Grouping of selected rows: `cluster_rows` looks the config's method up in the registry (`registry.py`).
+
+The built-in methods (threshold, kmeans, agglomerative, frequency, random) register themselves in `methods.py`,
+imported here for that side effect; a new method registers with `register_grouping_method` the same way.
+"""
 
 from __future__ import annotations
 

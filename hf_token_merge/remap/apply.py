@@ -61,28 +61,6 @@ class MergeResult:
         )
 
 
-def count_tokens(token_ids: Any, vocab_size: int) -> torch.Tensor:
-    """Count how often every id occurs in calibration data.
-
-    Args:
-        token_ids: A tensor, or an iterable of sequences (lists or tensors) of ids.
-        vocab_size: Length of the returned counts.
-
-    Returns:
-        `(vocab_size,)` int64 counts.
-    """
-    counts = torch.zeros(vocab_size, dtype=torch.long)
-    sequences = [token_ids] if isinstance(token_ids, torch.Tensor) else token_ids
-    for sequence in sequences:
-        ids = torch.as_tensor(sequence).flatten().long()
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise TokenMergeError(
-                f"calibration ids must lie in [0, {vocab_size}); got {int(ids.min())}..{int(ids.max())}."
-            )
-        counts += torch.bincount(ids, minlength=vocab_size)
-    return counts
-
-
 def _unique_tensors(model: nn.Module):
     seen: dict[int, torch.Tensor] = {}
     for tensor in [*model.parameters(), *model.buffers()]:

@@ -1,4 +1,5 @@
-"""Calibration counts from text: how often a tokenizer emits each id on (weighted) English text.
+"""Calibration counts: how often each id occurs in id sequences (`count_tokens`) or in what a tokenizer makes of
+(weighted) English text (`count_text_tokens`, `calibration_counts`).
 
 `plan_token_merge(token_counts=...)` and the `frequency` method (sweep strategy) rank rows by these counts. A
 calibration file is plain UTF-8 text, one example per line, used verbatim (a leading space is kept, which
@@ -16,6 +17,28 @@ from typing import Any
 import torch
 
 from hf_token_merge.errors import TokenMergeError
+
+
+def count_tokens(token_ids: Any, vocab_size: int) -> torch.Tensor:
+    """Count how often every id occurs in calibration data.
+
+    Args:
+        token_ids: A tensor, or an iterable of sequences (lists or tensors) of ids.
+        vocab_size: Length of the returned counts.
+
+    Returns:
+        `(vocab_size,)` int64 counts.
+    """
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    sequences = [token_ids] if isinstance(token_ids, torch.Tensor) else token_ids
+    for sequence in sequences:
+        ids = torch.as_tensor(sequence).flatten().long()
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise TokenMergeError(
+                f"calibration ids must lie in [0, {vocab_size}); got {int(ids.min())}..{int(ids.max())}."
+            )
+        counts += torch.bincount(ids, minlength=vocab_size)
+    return counts
 
 
 def read_calibration_text(path: str | os.PathLike[str]) -> tuple[list[str], list[float]]:
