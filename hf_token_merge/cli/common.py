@@ -147,7 +147,7 @@ def config_from_args(
     if getattr(args, "recipe_variant", None) and not getattr(args, "recipe", None):
         raise TokenMergeError("--recipe-variant needs a recipe. Fix: add --recipe NAME.")
     if getattr(args, "recipe", None):
-        from hf_token_merge.recipes import load_recipe
+        from hf_token_merge.families import load_recipe
 
         base = load_recipe(args.recipe, variant=getattr(args, "recipe_variant", None)).config.to_dict()
     elif args.config:

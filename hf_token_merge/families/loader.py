@@ -38,7 +38,7 @@ RECIPE_KEYS = ("family", "description", "model", "layout", "protected", "merge",
 _REQUIRED_KEYS = ("family", "description", "model", "merge")
 MODEL_KEYS = ("architecture", "tied", "checkpoints", "remote_code")
 VARIANT_KEYS = ("description", "merge")
-_PACKAGE = "hf_token_merge.recipes"
+_PACKAGE = "hf_token_merge.families"
 
 
 @dataclass
