@@ -15,6 +15,7 @@ import time
 
 import torch
 from llasa_shape import SPEECH_RANGE, VOCAB_SIZE, build_llasa_shaped_model
+from transformers import DynamicCache
 
 from hf_token_merge import TokenMergeConfig, apply_token_merge
 
@@ -24,12 +25,13 @@ def decode_latency(model, prompt: torch.Tensor, steps: int, repeats: int) -> flo
     """Median seconds per decoded token (prefill excluded) over `repeats` runs of `steps` tokens."""
     timings = []
     for _ in range(repeats):
-        output = model(prompt, use_cache=True)
-        cache, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
+        cache = DynamicCache(config=model.config)  # `cache=`: transformers 5 deprecates `past_key_values=`
+        output = model(prompt, cache=cache, use_cache=True)
+        token = output.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(steps):
-            output = model(token, past_key_values=cache, use_cache=True)
-            cache, token = output.past_key_values, output.logits[:, -1:].argmax(-1)
+            output = model(token, cache=cache, use_cache=True)
+            token = output.logits[:, -1:].argmax(-1)
         timings.append((time.perf_counter() - start) / steps)
     return statistics.median(timings)
 

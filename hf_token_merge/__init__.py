@@ -22,7 +22,13 @@ from hf_token_merge.remap import (
     read_calibration_text,
 )
 from hf_token_merge.selection import PRESETS
-from hf_token_merge.serialization import TokenMergeQuantizationConfig, export_plain, register
+from hf_token_merge.serialization import (
+    TokenMergeQuantizationConfig,
+    compress_streaming,
+    export_plain,
+    export_plain_streaming,
+    register,
+)
 
 __version__ = "0.1.0.dev0"
 
@@ -41,7 +47,9 @@ __all__ = [
     "calibration_counts",
     "count_text_tokens",
     "count_tokens",
+    "compress_streaming",
     "export_plain",
+    "export_plain_streaming",
     "list_recipes",
     "load_recipe",
     "plan_token_merge",

@@ -135,7 +135,8 @@ def run_reference_job(
 def _write_reports(
     output_dir, config, model, merged, result, before, after, difference, record, analysis, eval_set
 ) -> dict[str, Any]:
-    """The before/after table, `report.json` and `report.md` of the job (printed too); returns the numbers."""
+    """The before/after table, `report.json`, `.md` and `.html` of the job (printed too); returns the numbers."""
+    from hf_token_merge.analysis.report_html import render_html, shift_headings
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.tables import ChangeRow, change_table
 
@@ -164,10 +165,15 @@ def _write_reports(
         f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
         f"Evaluated on the {len(eval_set)}-utterance held-out synthetic test split (greedy ASR; unit perplexity "
         "on the continuation task).\n\n" + table + "\n" + record.markdown() + "\nRedundancy analysis: "
-        "[analysis/report.md](analysis/report.md) (figures, also as [analysis/report.html](analysis/report.html)).\n"
+        "[analysis/report.md](analysis/report.md) (figures, also as [analysis/report.html](analysis/report.html)); "
+        "the whole report as one page: [report.html](report.html).\n"
     )
     with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as handle:
         handle.write(report)
+    # one page to read: the before/after report, then the analysis with its figures, rendered from the Markdown
+    page = report + "\n" + shift_headings(analysis.to_markdown(figure_folder="analysis"))
+    with open(os.path.join(output_dir, "report.html"), "w", encoding="utf-8") as handle:
+        handle.write(render_html(page, "Reference speech-LLM: merge report", base_dir=output_dir))
     print("\n" + table)
     print(f"report: {os.path.join(output_dir, 'report.md')}")
     return numbers

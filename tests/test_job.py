@@ -31,3 +31,12 @@ def test_job_writes_the_before_after_report(tmp_path, capsys):
     assert f"95 % CI {difference['ci_low']:+.4f} to {difference['ci_high']:+.4f}" in report
     assert "- data: reference speech-LLM synthetic test split, split test\n- size: 6 examples" in report
     assert numbers["provenance"]["versions"]["torch"] is not None
+    # report.html: one readable page, the before/after table rendered as a table and the analysis below it
+    from tests.analysis.test_report_html import Page
+
+    page = Page((tmp_path / "report.html").read_text())
+    assert "pre" not in page.tags and page.text["h1"] == ["Reference speech-LLM: merge report"]
+    assert page.text["th"][:4] == ["metric", "before", "after", "change"]
+    assert "WER (test split)" in page.text["td"] and "safetensors bytes" in page.text["td"]
+    assert "Redundancy report" in page.text["h2"] and page.tags.count("figure") == 6  # no maps: 4 + 2 layer figures
+    assert all(image["src"].startswith("data:image/png;base64,") for image in page.images)

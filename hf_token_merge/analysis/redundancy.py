@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ from hf_token_merge.analysis import layers as layer_stats
 from hf_token_merge.analysis import plots
 from hf_token_merge.analysis import rows as row_stats
 from hf_token_merge.analysis.maps import two_d_map
+from hf_token_merge.analysis.report_html import figure_markdown, render_html
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap.locate import locate_embeddings
 from hf_token_merge.remap.plan import plan_token_merge
@@ -69,8 +69,15 @@ class RedundancyReport:
         """JSON-serialisable numbers."""
         return asdict(self)
 
-    def to_markdown(self) -> str:
-        """The report as Markdown, figures linked by file name (next to the report)."""
+    def to_markdown(self, figure_folder: str = "") -> str:
+        """The report as Markdown, figures linked by file name (next to the report).
+
+        Args:
+            figure_folder: Prefix of the figure links, for a report that lives elsewhere (e.g. `analysis`).
+
+        Returns:
+            Headings, the tables, and one captioned figure paragraph per figure.
+        """
         value = "similarity" if self.metric == "cosine" else "distance"
         measures = [
             (f"median pairwise {value} ({self.pair_sample_rows} rows sampled)", f"{self.pairwise['median']:.4f}"),
@@ -97,30 +104,18 @@ class RedundancyReport:
             cosines = [(i, f"{c:.4f}") for i, c in enumerate(self.layer_adjacent_cosine)]
             parts.append("## Adjacent speech-token similarity by layer\n")
             parts.append(markdown_table(("layer", "mean cosine"), cosines, "rr"))
-        figures = "".join(f"![{name}]({os.path.basename(path)})\n" for name, path in self.figures.items())
-        return "\n".join(parts) + "\n" + figures
+        if self.figures:
+            parts.append("## Figures\n")
+            parts += [
+                figure_markdown(number, name, os.path.join(figure_folder, os.path.basename(path)), self.metric)
+                for number, (name, path) in enumerate(self.figures.items(), 1)
+            ]
+        return "\n".join(parts)
 
     def to_html(self) -> str:
-        """A self-contained HTML page: the Markdown tables plus the figures embedded as base64 PNG."""
-        body = []
-        for line in self.to_markdown().splitlines():
-            if line.startswith("!["):
-                continue
-            body.append(line)
-        images = []
-        for name, path in self.figures.items():
-            with open(path, "rb") as handle:
-                data = base64.b64encode(handle.read()).decode("ascii")
-            images.append(
-                f'<figure><img alt="{name}" src="data:image/png;base64,{data}"><figcaption>{name}</figcaption></figure>'
-            )
-        text = "\n".join(body).replace("&", "&amp;").replace("<", "&lt;")
-        return (
-            "<!doctype html><html><head><meta charset='utf-8'><title>Redundancy report</title>"
-            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}pre{white-space:pre-wrap}"
-            "img{max-width:100%}</style></head><body>"
-            f"<pre>{text}</pre>{''.join(images)}</body></html>\n"
-        )
+        """A self-contained HTML page rendered from `to_markdown` (tables, headings, captioned base64 figures)."""
+        folders = {os.path.dirname(os.path.abspath(path)) for path in self.figures.values()}
+        return render_html(self.to_markdown(), "Redundancy report", folders.pop() if len(folders) == 1 else None)
 
     def save(self, output_dir: str) -> dict[str, str]:
         """Write `report.json`, `report.md` and `report.html` into `output_dir` (figures are already there)."""

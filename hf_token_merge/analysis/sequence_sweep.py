@@ -98,6 +98,8 @@ def evaluate_encoder_merges(
     *,
     window: int = 1,
     show_progress: bool = True,
+    proportional_attention: bool = False,
+    split_at_audio_end: bool = False,
 ) -> list[SequencePoint]:
     """The encoder-decoder analogue: evaluate without and with encoder-frame pooling at each threshold.
 
@@ -107,6 +109,8 @@ def evaluate_encoder_merges(
         evaluate: `evaluate(model) -> {"wer": ...}`.
         window: Frames of the open group compared.
         show_progress: Show a tqdm bar.
+        proportional_attention: Passed to `apply_encoder_merge` (log-size bias in cross-attention).
+        split_at_audio_end: Passed to `apply_encoder_merge` (no group spans the end of the real audio).
 
     Returns:
         The baseline point first, then one per threshold (`retention` = encoder frames kept).
@@ -115,9 +119,12 @@ def evaluate_encoder_merges(
 
     points = [SequencePoint("baseline", 1.0, None, dict(evaluate(model)))]
     for tau in tqdm(thresholds, desc="encoder merges", disable=not show_progress):
-        with apply_encoder_merge(model, tau, window) as handle:
+        options = {"proportional_attention": proportional_attention, "split_at_audio_end": split_at_audio_end}
+        with apply_encoder_merge(model, tau, window, **options) as handle:
             metrics = dict(evaluate(model))
-            points.append(SequencePoint(f"encoder frames tau {tau:g} window {window}", handle.retention, None, metrics))
+            form = "".join(f", {name.replace('_', ' ')}" for name, on in options.items() if on)
+            label = f"encoder frames tau {tau:g} window {window}{form}"
+            points.append(SequencePoint(label, handle.retention, None, metrics))
     return points
 
 

@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from hf_token_merge.config import STOPPING_FIELDS, TokenMergeConfig, replace_stop
+from hf_token_merge.config.json_config import looks_like_hub_id
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference")
-# --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, then the built-in sets.
+TTS_EVAL = "tts-wer"
+TTS_FAMILIES = ("llasa", "orpheus", "spark_tts", "outetts", "reference")
+REFERENCE_CODEC = "reference-codec"
+# `evaluate --model` name of the oracle TTS model of the reference codec (it emits the corpus's ground-truth codes)
+REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
+# --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, the built-in sets, TTS.
 BUILTIN_EVALUATIONS = {
     "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
     **{name: f"{dataset.description} (greedy ASR WER)" for name, dataset in BUILTIN_DATASETS.items()},
+    TTS_EVAL: "the reference codec corpus's test sentences, spoken by the model (greedy), decoded by the codec of "
+    "--tts-decode and transcribed by Whisper tiny.en (TTS WER)",
 }
 
 
@@ -30,20 +38,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer; pass 1 or more")
     return value
-
-
-def _hub_id(name: str) -> bool:
-    """Whether `name` reads as a Hub id (org/name) rather than a path: a path-like string is never sent to the Hub."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    if name.count("/") != 1 or name.startswith((".", "~")):
-        return False
-    try:
-        validate_repo_id(name)
-    except HFValidationError:
-        return False
-    return True
 
 
 def load_model(name: str):
@@ -64,7 +58,7 @@ def load_model(name: str):
     path = Path(name).expanduser()
     local = (path / "config.json").is_file()
     fix = f"Fix: pass a folder saved with save_pretrained, a Hub id (org/name), or one of {list(BUILTIN_MODELS)}."
-    if not local and not path.exists() and not _hub_id(name):
+    if not local and not path.exists() and not looks_like_hub_id(name):
         raise FileNotFoundError(f"--model {name}: no such folder, so no config.json there. {fix}")
     if not local and path.exists():
         raise TokenMergeError(f"--model {name}: no config.json there. {fix}")
@@ -90,6 +84,22 @@ def load_model(name: str):
         raise TokenMergeError(
             f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
         ) from error
+
+
+def load_text_helper(path: Path):
+    """The tokenizer (the processor, for an encoder-decoder) of a saved checkpoint folder, without loading the model.
+
+    Raises:
+        TokenMergeError: Naming the file the folder lacks.
+    """
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    try:
+        if getattr(AutoConfig.from_pretrained(path), "is_encoder_decoder", False):
+            return AutoProcessor.from_pretrained(path)
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise _missing_file_error(str(path), Path(path), error) from error
 
 
 def _missing_file_error(name: str, path: Path, error: Exception) -> TokenMergeError:
@@ -259,6 +269,113 @@ def load_for_merge(args: argparse.Namespace, require_stop: bool = True) -> Merge
     return MergeInputs(config, model, processing_class)
 
 
+def load_callable(spec: str, flag: str = "--decode") -> Callable:
+    """`module:function` → the function (a user's codec decoder).
+
+    Raises:
+        TokenMergeError: For a malformed spec or one that does not import, naming the flag and the fix.
+    """
+    import importlib
+
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise TokenMergeError(f"{flag} {spec!r}: expected MODULE:FUNCTION. Fix: e.g. {flag} my_codec:decode.")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as error:
+        raise TokenMergeError(f"{flag} {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
+
+
+def add_tts_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `--eval tts-wer` (family adapter, codec, sentences, generation limit)."""
+    group = parser.add_argument_group(f"TTS evaluation (--eval {TTS_EVAL})")
+    group.add_argument(
+        "--tts-family", choices=TTS_FAMILIES, help="the adapter (default: --preset/--recipe when it names a family)"
+    )
+    group.add_argument(
+        "--tts-decode",
+        metavar="MODULE:FUNCTION",
+        help=f"the codec: MODULE:FUNCTION (codes -> 16 kHz waveform), or '{REFERENCE_CODEC}' (the bundled codec, "
+        "<|s_N|> read as its code N); default: the family's codec (X-codec2 for llasa, SNAC for orpheus)",
+    )
+    group.add_argument("--tts-num-codes", type=positive_int, help="codebook size for llasa (default 65,536)")
+    group.add_argument(
+        "--tts-limit", type=positive_int, default=100, help="the first N of the 600 test sentences (default 100)"
+    )
+    group.add_argument("--tts-max-new-tokens", type=positive_int, default=1024, help="generation limit (default 1024)")
+
+
+def tts_options(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The TTS evaluation options when `--eval` or `--report-eval` is tts-wer (None otherwise), checked before loading.
+
+    Raises:
+        TokenMergeError: Without a family (neither --tts-family nor a family --preset/--recipe).
+    """
+    if TTS_EVAL not in (getattr(args, "eval", None), getattr(args, "report_eval", None)):
+        return None
+    family = args.tts_family
+    for name in (getattr(args, "preset", None), getattr(args, "recipe", None)):
+        family = family or (name if name in TTS_FAMILIES else None)
+    if family is None:
+        raise TokenMergeError(
+            f"--eval {TTS_EVAL} maps generated ids to codec codes by family. Fix: pass --tts-family "
+            f"({', '.join(TTS_FAMILIES)}), or a family --recipe/--preset."
+        )
+    return {
+        "family": family,
+        "decode": args.tts_decode,
+        "num_codes": args.tts_num_codes,
+        "limit": args.tts_limit,
+        "max_new_tokens": args.tts_max_new_tokens,
+    }
+
+
+def tts_generation(tts: dict[str, Any]) -> dict[str, Any]:
+    """The generation settings of a TTS evaluation, for provenance."""
+    codec = tts["decode"] or f"the {tts['family']} codec"
+    return {"decoding": "greedy", "max_new_tokens": tts["max_new_tokens"], "family": tts["family"], "codec": codec}
+
+
+def _tts_evaluator(processing_class: Any, tts: dict[str, Any]) -> Callable[[Any, Any], Any]:
+    """`(model, data) -> TtsWerResult` for the options of `tts_options` (adapter, decoder and ASR built once)."""
+    from hf_token_merge.evaluation.tts import adapter_for
+    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer, whisper_asr
+
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    family, spec = tts["family"], tts["decode"]
+    codec = None
+    if spec == REFERENCE_CODEC or (spec is None and family == "reference"):
+        from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
+        from hf_token_merge.reference.speech_codec import load_reference_speech_codec
+
+        codec = load_reference_speech_codec()
+    options: dict[str, Any] = {}
+    if family == "llasa" and tts["num_codes"]:
+        options["num_codes"] = tts["num_codes"]
+    if family == "reference":
+        options = {"num_codes": codec.codebook_size, "frame_rate": codec.frame_rate}
+    adapter = adapter_for(family, tokenizer, **options)
+    if codec is not None:
+        decode, asr = codec_whisper_decoder(codec), whisper_asr(features=True)
+    elif spec is not None:
+        decode, asr = load_callable(spec, "--tts-decode"), whisper_asr()
+    elif hasattr(adapter, "load_decoder"):
+        decode = adapter.load_decoder("cpu")
+        asr = whisper_asr(sampling_rate=24000 if family == "orpheus" else 16000)
+    else:
+        raise TokenMergeError(
+            f"The {family} codec has no built-in decoder here. Fix: pass --tts-decode MODULE:FUNCTION."
+        )
+
+    def evaluate(model, data):
+        return evaluate_tts_wer(
+            model, data, adapter=adapter, decode=decode, asr=asr, max_new_tokens=tts["max_new_tokens"],
+            show_progress=False,
+        )  # fmt: skip
+
+    return evaluate
+
+
 def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int]:
     """A seeded split of `n` examples: the first `round(fraction * n)` of a permutation tune, the rest report.
 
@@ -284,6 +401,56 @@ def split_indices(n: int, fraction: float, part: str, seed: int = 0) -> list[int
     return sorted(order[:cut] if part == "tune" else order[cut:])
 
 
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--split`, `--dataset-config`, `--audio-column`, `--text-column`: how to read a `datasets` dataset."""
+    group = parser.add_argument_group("a datasets dataset (a save_to_disk folder or a Hub id)")
+    group.add_argument("--split", help="its split (needed for a Hub id; e.g. test)")
+    group.add_argument("--dataset-config", help="its configuration, for a Hub dataset with several (e.g. clean)")
+    group.add_argument(
+        "--audio-column", default="audio", help="its audio column, or a manifest's field (default: audio)"
+    )
+    group.add_argument("--text-column", default="text", help="its transcript column/field (default: text)")
+
+
+def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `load_eval_dataset` that `add_dataset_arguments` sets."""
+    return {
+        "split": getattr(args, "split", None),
+        "config_name": getattr(args, "dataset_config", None),
+        "audio_column": getattr(args, "audio_column", "audio"),
+        "text_column": getattr(args, "text_column", "text"),
+    }
+
+
+def describe_evaluation(name: str, options: dict[str, Any] | None = None) -> str:
+    """What `--eval NAME` measures, in words, for reports and model cards."""
+    if name in BUILTIN_EVALUATIONS:
+        return BUILTIN_EVALUATIONS[name]
+    options = options or {}
+    named = (("config", options.get("config_name")), ("split", options.get("split")))
+    detail = ", ".join(f"{what} {value}" for what, value in named if value)
+    return f"{name}{f' ({detail})' if detail else ''} (greedy ASR WER)"
+
+
+def load_evaluation_data(name: str, options: dict[str, Any] | None = None):
+    """The examples of `--eval NAME`: the reference split, a built-in set, or a dataset `load_eval_dataset` reads.
+
+    Call it before loading the model, so that a missing column or split fails before any work.
+
+    Raises:
+        TokenMergeError: Naming the fix, for data that cannot be used (FileNotFoundError for a missing path).
+    """
+    if name == TTS_EVAL:
+        return None  # the codec corpus's sentences, loaded with the TTS options by `builtin_evaluation`
+    if name == "reference":
+        from hf_token_merge.reference.speech_llm import load_reference_eval_set
+
+        return load_reference_eval_set()
+    from hf_token_merge.evaluation import load_eval_dataset
+
+    return load_eval_dataset(name, **(options or {}))
+
+
 def builtin_evaluation(
     name: str,
     processing_class: Any,
@@ -291,17 +458,27 @@ def builtin_evaluation(
     *,
     split: tuple[str, float] | None = None,
     records: bool = False,
+    tts: dict[str, Any] | None = None,
+    reports: bool = False,
+    data: Any = None,
+    options: dict[str, Any] | None = None,
 ) -> Callable[[Any], dict[str, Any]]:
-    """`model -> metrics` on a built-in evaluation set (or one part of it).
+    """`model -> metrics` on an evaluation set (or one part of it): a built-in one or any `datasets` dataset.
 
     Args:
-        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity) or a built-in set of
+        name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), a built-in set of
             `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
-            recipes/reference_model/synthesize.py).
+            recipes/reference_model/synthesize.py), 'tts-wer' (TTS WER and the invalid generations on the
+            codec corpus's test sentences; needs `tts`), or any source `load_eval_dataset` reads (a save_to_disk
+            folder, a Hub dataset id, an audiofolder, a manifest: WER of an encoder-decoder ASR model).
         processing_class: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
         split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
         records: Also return the per-utterance records (key "records"), for confidence intervals.
+        tts: The options of `tts_options` (for 'tts-wer').
+        reports: Also return the full `WerResult` (key "report"): counts, timing and predictions.
+        data: The examples, when already loaded with `load_evaluation_data`.
+        options: `load_eval_dataset` keywords for a dataset (see `dataset_options`).
 
     Returns:
         A function `model -> {"wer": ...}` (plus "perplexity" for 'reference'), labelled with its set
@@ -309,17 +486,23 @@ def builtin_evaluation(
     """
     from hf_token_merge.analysis.budget import describe_eval_set, with_records
 
-    if name == "reference":
-        from hf_token_merge.job import evaluate_reference
-        from hf_token_merge.reference.speech_llm import load_reference_eval_set
+    if name == TTS_EVAL:
+        from hf_token_merge.evaluation.tts.reference_codec import load_oracle_data
 
-        data = load_reference_eval_set()
-    elif name in BUILTIN_DATASETS:
-        from hf_token_merge.evaluation import evaluate_wer
-
-        data = BUILTIN_DATASETS[name].load(None)
+        if tts is None:
+            raise TokenMergeError(f"--eval {TTS_EVAL} needs its options. Fix: pass --tts-family (see --help).")
+        evaluate_tts = _tts_evaluator(processing_class, tts)
+        data = load_oracle_data("test", tts["limit"]) if data is None else data
     else:
-        raise TokenMergeError(f"--eval {name}: unknown. Fix: choose one of {list(BUILTIN_EVALUATIONS)}.")
+        if name != "reference" and name not in BUILTIN_DATASETS and not hasattr(processing_class, "feature_extractor"):
+            raise TokenMergeError(
+                f"--eval {name}: a dataset is scored as the ASR WER of an encoder-decoder reading its audio "
+                "(Whisper), but this model is a causal LM. Fix: use --eval reference for the reference speech-LLM, "
+                f"--eval {TTS_EVAL} for a TTS model, or evaluate a speech-LLM before and after with "
+                "`hf-token-merge evaluate --manifest` (unit prompts)."
+            )
+        if data is None:
+            data = load_evaluation_data(name, options)
     label = name
     if split is not None:
         indices = split_indices(len(data), split[1], split[0])
@@ -328,12 +511,20 @@ def builtin_evaluation(
 
     def evaluate(model) -> dict[str, Any]:
         if name == "reference":
+            from hf_token_merge.job import evaluate_reference
+
             results = evaluate_reference(model, processing_class, data, show_progress=show_progress)
             wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
+        elif name == TTS_EVAL:
+            wer = evaluate_tts(model, data)
+            metrics = {"wer": wer.wer, "invalid_generations": wer.invalid}
         else:
+            from hf_token_merge.evaluation import evaluate_wer
+
             wer = evaluate_wer(model, data, processor=processing_class, show_progress=show_progress)
             metrics = {"wer": wer.wer}
-        return with_records(wer, **metrics) if records else metrics
+        metrics = with_records(wer, **metrics) if records else metrics
+        return {**metrics, "report": wer} if reports else metrics
 
     return describe_eval_set(evaluate, label, data)
 

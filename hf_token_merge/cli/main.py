@@ -12,18 +12,32 @@ from pathlib import Path
 
 from hf_token_merge import __version__
 from hf_token_merge.cli import analyze, compress, push, sequence, sweep
-from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.cli.common import (
+    REFERENCE_CODEC_ORACLE,
+    TTS_FAMILIES,
+    add_dataset_arguments,
+    dataset_options,
+    load_callable,
+    load_model,
+    positive_int,
+)
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model whisper-tiny-en --dataset librivox --output-dir runs/whisper
+  hf-token-merge evaluate --model runs/whisper/plain --dataset openslr/librispeech_asr --dataset-config clean \
+      --split test --output-dir runs/ls            # any Hub dataset (datasets.load_dataset(id, config, split=))
+  hf-token-merge evaluate --model runs/whisper/plain --dataset my_set_saved_to_disk --text-column sentence \
+      --output-dir runs/mine                       # a Dataset.save_to_disk folder
   hf-token-merge evaluate --model runs/ref/model --manifest eval.jsonl --eos-token '<|text_end|>' --output-dir runs/asr
   hf-token-merge evaluate --model runs/ref/model --task perplexity --manifest seqs.jsonl --output-dir runs/ppl
   hf-token-merge evaluate --model runs/llasa/model --task tts-wer --family llasa --manifest texts.jsonl \
       --output-dir runs/tts                       # decodes with X-codec2 (pip install xcodec2), Whisper tiny.en
   hf-token-merge evaluate --model runs/llasa/model --task kl --reference-model HKUSTAudio/Llasa-1B \
       --manifest speech_sequences.jsonl --output-dir runs/kl
+  hf-token-merge evaluate --model reference-codec-oracle --task tts-wer --split test --limit 20 \
+      --output-dir runs/oracle                    # the reference codec's resynthesis WER through the TTS path
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
 logger = logging.getLogger(__name__)
@@ -46,18 +60,26 @@ def _add_evaluate(subparsers) -> None:
         epilog=EVALUATE_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or the built-in 'whisper-tiny-en'")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="saved model folder, the built-in 'whisper-tiny-en', or 'reference-codec-oracle' (--task tts-wer: the "
+        "reference codec's ground-truth codes of a codec-corpus split, decoded and heard by Whisper tiny.en)",
+    )
     parser.add_argument(
         "--task",
         choices=["wer", "perplexity", "tts-wer", "kl"],
         help="default: wer for encoder-decoders, else perplexity; tts-wer: synthesize, decode, transcribe, score; "
         "kl: per-token KL of --model (merged) from --reference-model (unmerged)",
     )
-    data = parser.add_mutually_exclusive_group(required=True)
+    # required for every model but reference-codec-oracle, which reads the codec corpus (checked in run_evaluate)
+    data = parser.add_mutually_exclusive_group()
     data.add_argument(
         "--dataset",
-        choices=list(BUILTIN_DATASETS),
-        help="built-in data: " + "; ".join(f"{name}: {data.description}" for name, data in BUILTIN_DATASETS.items()),
+        metavar="NAME_OR_PATH",
+        help="a datasets dataset: a folder written by save_to_disk, or a Hub dataset id (org/name, needs --split), "
+        "with --audio-column/--text-column naming its columns; or built-in data: "
+        + "; ".join(f"{name}: {data.description}" for name, data in BUILTIN_DATASETS.items()),
     )
     data.add_argument("--manifest", help="JSONL: audio path + text per line (WER), or input_ids/text (perplexity)")
     data.add_argument("--audiofolder", help="folder of audio files with metadata.jsonl/csv (file_name, text)")
@@ -66,11 +88,10 @@ def _add_evaluate(subparsers) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="default: the model's")
     parser.add_argument("--device", help="'cpu' forces CPU; default: accelerate's device")
     parser.add_argument("--limit", type=positive_int, help="evaluate only the first N examples")
-    parser.add_argument("--audio-column", default="audio", help="audio field of a manifest (default: audio)")
-    parser.add_argument("--text-column", default="text", help="transcript field (default: text)")
     parser.add_argument("--no-resample", action="store_true", help="refuse audio that is not 16 kHz")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("--num-threads", type=positive_int, help="torch CPU threads per process (default: torch's)")
+    add_dataset_arguments(parser)
     llm = parser.add_argument_group("speech-LLM WER (causal LMs)")
     llm.add_argument("--units-column", default="units", help="field with unit ids or unit-token strings")
     llm.add_argument("--unit-format", default="<|s_{}|>", help="token of unit N (default: <|s_{}|>)")
@@ -83,7 +104,7 @@ def _add_evaluate(subparsers) -> None:
     ppl.add_argument("--stride", type=int, help="targets per window after the first (default: max_length // 2)")
     ppl.add_argument("--column", help="manifest field with input_ids or text (default: input_ids, else text)")
     tts = parser.add_argument_group("TTS WER (causal TTS speech-LLMs; --manifest with text, and codes for --oracle)")
-    tts.add_argument("--family", choices=["llasa", "orpheus", "spark_tts", "outetts", "reference"])
+    tts.add_argument("--family", choices=TTS_FAMILIES)
     tts.add_argument("--num-codes", type=int, help="codebook size for --family reference/llasa (llasa: 65536)")
     tts.add_argument(
         "--decode",
@@ -225,6 +246,18 @@ def configure_logging(verbosity: int) -> None:
     logger.setLevel(level)
 
 
+ORACLE_SPLITS = ("test", "dev", "train", "librivox")
+
+
+def _oracle_split(split: str | None) -> str:
+    """`--split` for `--model reference-codec-oracle`: a codec-corpus split, test by default."""
+    if split is None:
+        return "test"
+    if split not in ORACLE_SPLITS:
+        raise TokenMergeError(f"--split {split}: not a codec-corpus split. Fix: use one of {', '.join(ORACLE_SPLITS)}.")
+    return split
+
+
 def _read_jsonl(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
@@ -251,19 +284,6 @@ def _markdown(result) -> str:
         for key, value in rows.items()
     ]
     return markdown_table(("metric", "value"), cells, align="ll")
-
-
-def _load_callable(spec: str):
-    """`module:function` → the function (the user's codec decoder)."""
-    import importlib
-
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise TokenMergeError(f"--decode {spec!r}: expected MODULE:FUNCTION. Fix: e.g. --decode my_codec:decode.")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as error:
-        raise TokenMergeError(f"--decode {spec!r}: {error}. Fix: put the module on PYTHONPATH.") from error
 
 
 def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, processing_class, common: dict):
@@ -293,7 +313,7 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, processing_c
         options["frame_rate"] = args.frame_rate
     adapter = adapter_for(args.family, processing_class, **options)
     if args.decode:
-        decode = _load_callable(args.decode)
+        decode = load_callable(args.decode)
     elif hasattr(adapter, "load_decoder"):
         decode = adapter.load_decoder(args.device or "cpu")
     else:
@@ -343,10 +363,14 @@ def _evaluate_asr_wer(args: argparse.Namespace, model, processing_class, common:
 
     source = args.dataset or args.audiofolder or args.manifest
     is_llm = not getattr(model.config, "is_encoder_decoder", False)
+    text_column = args.text_column
     if is_llm and args.manifest:
         data = _read_jsonl(args.manifest)
     else:
-        data = load_eval_dataset(source, audio_column=args.audio_column, text_column=args.text_column)
+        # a speech-LLM reads unit prompts, not audio; every loaded dataset names its transcript column `text`
+        options = {**dataset_options(args), "audio_column": None if is_llm else args.audio_column}
+        data = load_eval_dataset(source, **options)
+        text_column = "text"
     if args.limit is not None:
         data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
     kwargs = {"processor": processing_class}
@@ -368,11 +392,46 @@ def _evaluate_asr_wer(args: argparse.Namespace, model, processing_class, common:
     return evaluate_wer(
         model,
         data,
-        text_column=args.text_column,
+        text_column=text_column,
         batch_size=args.batch_size,
         resample=not args.no_resample,
         **kwargs,
         **common,
+    )
+
+
+def _check_oracle_arguments(args: argparse.Namespace) -> str:
+    """The task of `--model reference-codec-oracle` (tts-wer), after refusing options it cannot use."""
+    if args.task not in (None, "tts-wer"):
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} is a stand-in TTS model; it has no --task {args.task}. "
+            "Fix: use --task tts-wer."
+        )
+    if args.dataset or args.audiofolder:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} reads ground-truth codes, not audio. Fix: drop --dataset/--audiofolder; "
+            "pick a codec-corpus split with --split, or pass --manifest with text and codes of the reference codec."
+        )
+    if args.family not in (None, "reference") or args.decode or args.oracle:
+        raise TokenMergeError(
+            f"--model {REFERENCE_CODEC_ORACLE} fixes the family (reference), the decoder (the reference codec) and "
+            "the oracle. Fix: drop --family/--decode/--oracle."
+        )
+    return "tts-wer"
+
+
+def _evaluate_codec_oracle(args: argparse.Namespace, common: dict):
+    """`--model reference-codec-oracle`: the oracle TTS WER of the reference codec (its resynthesis WER)."""
+    from hf_token_merge.evaluation.tts.reference_codec import evaluate_reference_codec_oracle, load_oracle_data
+
+    data = (
+        _read_jsonl(args.manifest)[: args.limit]
+        if args.manifest
+        else load_oracle_data(_oracle_split(args.split), args.limit)
+    )
+    common = {key: value for key, value in common.items() if key != "dtype"}  # the oracle runs no model
+    return evaluate_reference_codec_oracle(
+        data, text_column=args.text_column, metric=args.metric, batch_size=args.batch_size, **common
     )
 
 
@@ -384,9 +443,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
-    model, processing_class = load_model(args.model)
-    task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
-    logger.info("evaluate: task %s on %s", task, args.model)
+    if args.model == REFERENCE_CODEC_ORACLE:
+        task = _check_oracle_arguments(args)
+        model = processing_class = None
+    else:
+        if not (args.dataset or args.manifest or args.audiofolder):
+            raise TokenMergeError("evaluate needs data. Fix: pass one of --dataset, --manifest or --audiofolder.")
+        model, processing_class = load_model(args.model)
+        task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+        logger.info("evaluate: task %s on %s", task, args.model)
     accelerator = get_accelerator(None, args.device)
     common = {
         "dtype": args.dtype,
@@ -394,7 +459,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "accelerator": accelerator,
         "show_progress": not args.no_progress,
     }
-    if task in ("tts-wer", "kl"):
+    if model is None:
+        result = _evaluate_codec_oracle(args, common)
+    elif task in ("tts-wer", "kl"):
         result = _evaluate_tts_or_kl(args, task, model, processing_class, common)
     elif task == "perplexity":
         result = _evaluate_perplexity(args, model, processing_class, common)

@@ -67,6 +67,14 @@ def add_parser(subparsers) -> None:
     encoder = parser.add_argument_group("encoder-decoder analogue (Whisper: pool encoder frames)")
     encoder.add_argument("--encoder-thresholds", nargs="*", type=float, default=[], help="cosine thresholds tau")
     encoder.add_argument("--encoder-window", type=int, default=1, help="frames of the open group compared")
+    encoder.add_argument(
+        "--encoder-proportional-attention",
+        action="store_true",
+        help="add log(frames pooled) to each pooled frame's cross-attention score (keeps the attention mass)",
+    )
+    encoder.add_argument(
+        "--encoder-split-at-audio-end", action="store_true", help="never pool across the end of the real audio"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -141,7 +149,14 @@ def run(args: argparse.Namespace) -> int:
         def evaluate(model) -> dict[str, float]:
             return {"wer": evaluate_wer(model, data, processor=processor, batch_size=4, show_progress=False).wer}
 
-        points = evaluate_encoder_merges(model, args.encoder_thresholds, evaluate, window=args.encoder_window)
+        points = evaluate_encoder_merges(
+            model,
+            args.encoder_thresholds,
+            evaluate,
+            window=args.encoder_window,
+            proportional_attention=args.encoder_proportional_attention,
+            split_at_audio_end=args.encoder_split_at_audio_end,
+        )
     else:
         from hf_token_merge.job import evaluate_reference_wer
         from hf_token_merge.reference.speech_llm import load_reference_eval_set

@@ -8,12 +8,18 @@ from pathlib import Path
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
     add_calibration_argument,
+    add_dataset_arguments,
     add_merge_arguments,
+    add_tts_eval_arguments,
     builtin_evaluation,
     calibration_counts_from_args,
     check_calibration_args,
     config_from_args,
+    dataset_options,
+    load_evaluation_data,
     load_model,
+    tts_generation,
+    tts_options,
     write_json,
 )
 from hf_token_merge.clustering import grouping_methods
@@ -31,6 +37,8 @@ EXAMPLES = """examples:
   hf-token-merge sweep --model whisper-tiny-en --token-id-range 256 50256 --eval librivox \\
       --calibration-text calibration.txt --budget-only --budget-strategy frequency \\
       --max-wer-increase 0.005 --output-dir runs/whisper-budget
+  hf-token-merge sweep --model path/to/llasa --recipe llasa --eval tts-wer --tts-limit 100 --budget-only \
+      --split-eval 0.5 --criterion upper_bound --max-wer-increase 0.01 --output-dir runs/llasa-budget
 """
 
 
@@ -48,7 +56,13 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
-    parser.add_argument("--eval", required=True, choices=BUILTIN_EVALUATIONS, help="built-in evaluation set")
+    parser.add_argument(
+        "--eval",
+        required=True,
+        metavar="NAME_OR_PATH",
+        help="a built-in set (" + ", ".join(BUILTIN_EVALUATIONS) + "), or for an encoder-decoder ASR model any "
+        "datasets dataset (a save_to_disk folder, a Hub id with --split, an audiofolder, a .jsonl manifest)",
+    )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--ratios", nargs="+", type=float, default=[0.5, 0.25, 0.125])
     parser.add_argument(
@@ -82,8 +96,8 @@ def add_parser(subparsers) -> None:
     )
     budget.add_argument(
         "--report-eval",
-        choices=BUILTIN_EVALUATIONS,
-        help="a separate built-in set the budgeted merge is reported on (--eval then only tunes)",
+        metavar="NAME_OR_PATH",
+        help="a separate set (as --eval) the budgeted merge is reported on (--eval then only tunes)",
     )
     budget.add_argument(
         "--split-eval",
@@ -97,6 +111,8 @@ def add_parser(subparsers) -> None:
         default="estimate",
         help="upper_bound: the 95 %% bootstrap upper bound of the WER increase must fit the budget",
     )
+    add_tts_eval_arguments(parser)
+    add_dataset_arguments(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
 
@@ -114,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.tolerance < 1:
         raise TokenMergeError(f"--tolerance {args.tolerance}: must lie in [0, 1). Fix: pass e.g. 0.005.")
     config = config_from_args(args, require_stop=False)
+    args.tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     strategies = [resolve_strategy(s) for s in args.strategies]
     grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
     budget_strategy = None if args.budget_strategy is None else resolve_strategy(args.budget_strategy)
@@ -122,10 +139,12 @@ def run(args: argparse.Namespace) -> int:
     check_calibration_args(args, config, *grid)  # before the model loads
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
+    # the evaluation data first: a missing column, split or path fails before the model is loaded
+    data = load_evaluation_data(args.eval, dataset_options(args))
     model, processing_class = load_model(args.model)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False)
+    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False, data=data, tts=args.tts)
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(
@@ -152,12 +171,20 @@ def _run_budget(args, config, strategy, model, processing_class, evaluate, token
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
     tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
-    tune = builtin_evaluation(args.eval, processing_class, show_progress=False, split=tune_split, records=True)
+    options = dataset_options(args)
+    tune = builtin_evaluation(
+        args.eval, processing_class, False, split=tune_split, records=True, options=options, tts=args.tts
+    )
     report = None
     if args.split_eval is not None:
-        report = builtin_evaluation(args.eval, processing_class, False, split=("report", args.split_eval), records=True)
+        split = ("report", args.split_eval)
+        report = builtin_evaluation(
+            args.eval, processing_class, False, split=split, records=True, options=options, tts=args.tts
+        )
     elif args.report_eval:
-        report = builtin_evaluation(args.report_eval, processing_class, show_progress=False, records=True)
+        report = builtin_evaluation(
+            args.report_eval, processing_class, False, records=True, options=options, tts=args.tts
+        )
     result = compress_within_budget(
         model,
         config,
@@ -232,7 +259,9 @@ def _budget_card(args: argparse.Namespace, result, tune, report, model):
         notes.append("**The row count was chosen on the same set these numbers report (no separate report set).**")
     else:
         notes.append("The row count was chosen on the tuning set only; the report set is held out.")
-    record = provenance_of(dataset_name=args.eval, generation={"decoding": "greedy"}, criterion=result.criterion)
+    tts = getattr(args, "tts", None)
+    generation = tts_generation(tts) if tts else {"decoding": "greedy"}
+    record = provenance_of(dataset_name=args.eval, generation=generation, criterion=result.criterion)
     record.model = args.model
     note = " ".join(notes) + "\n\n" + record.markdown()
     return build_model_card(

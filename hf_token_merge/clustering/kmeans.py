@@ -3,6 +3,13 @@
 At Llasa scale (65,536 rows of width 2,048 into 8,192 clusters) one full-space assignment costs about
 2 TFLOP. Searching in a 256-dimensional PCA projection makes each iteration 8x cheaper; a final
 assignment in the full space then puts every row with its nearest centroid under the configured metric.
+
+Large problems (n * k * width >= `LARGE_WORK`) go faster two ways. The PCA axes come from a seeded sample of
+`PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment). And where bfloat16
+matrix products are faster than float32 ones on the device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the
+products of the Lloyd search in the projection run in bfloat16: they only rank centroids, and a row whose two best
+centroids score within bfloat16 rounding of each other may pick the second, which the next iteration and the final
+full-space assignment (float32, exact) correct. Small problems stay in float32, exactly as before.
 """
 
 from __future__ import annotations
@@ -12,22 +19,57 @@ from tqdm.auto import tqdm
 
 from hf_token_merge.clustering.similarity import blocks, scores, squared_distances
 
+LARGE_WORK = 2**32  # n * k * width from which the PCA sample and bfloat16 ranking products apply
+PCA_SAMPLE = 16_384  # rows the PCA axes of a large problem are estimated from
+_FAST_BF16: dict[str, bool] = {}
 
-def pca_project(rows: torch.Tensor, dim: int, block_size: int) -> torch.Tensor:
+
+def bfloat16_is_faster(device: torch.device) -> bool:
+    """Whether a bfloat16 matrix product beats a float32 one on `device` (CUDA: yes; CPU: timed once per process)."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    if "cpu" not in _FAST_BF16:
+        import time
+
+        a = torch.randn(512, 512, generator=torch.Generator().manual_seed(0))  # not the global RNG
+        timings = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x = a.to(dtype)
+            x @ x  # warm-up: the first call picks kernels
+            start = time.perf_counter()
+            for _ in range(4):
+                x @ x
+            timings[dtype] = time.perf_counter() - start
+        _FAST_BF16["cpu"] = timings[torch.bfloat16] < 0.7 * timings[torch.float32]
+    return _FAST_BF16["cpu"]
+
+
+def pca_project(
+    rows: torch.Tensor, dim: int, block_size: int, generator: torch.Generator | None = None, sample: int | None = None
+) -> torch.Tensor:
     """Project centred rows on their top `dim` principal axes.
 
     Args:
         rows: `(n, d)` float32 rows.
         dim: Number of principal axes kept (`dim < d`).
         block_size: Rows per block when accumulating the covariance.
+        generator: Draws the sample the axes are estimated from.
+        sample: Estimate the mean and axes from this many rows drawn without replacement (None or >= n: all rows),
+            so the covariance costs `sample * d^2` instead of `n * d^2`.
 
     Returns:
         `(n, dim)` projected rows.
     """
-    mean = rows.mean(dim=0)
+    fit = rows
+    if sample is not None and sample < rows.shape[0]:
+        chosen = torch.randperm(rows.shape[0], generator=generator)[:sample].sort().values
+        fit = rows[chosen.to(rows.device)]
+    mean = fit.mean(dim=0)
     covariance = torch.zeros(rows.shape[1], rows.shape[1], dtype=rows.dtype, device=rows.device)
-    for part in blocks(rows.shape[0], block_size):
-        centred = rows[part] - mean
+    for part in blocks(fit.shape[0], block_size):
+        centred = fit[part] - mean
         covariance.addmm_(centred.T, centred)
     _, eigenvectors = torch.linalg.eigh(covariance)
     axes = eigenvectors[:, -dim:].flip(1)
@@ -75,17 +117,34 @@ def _squared_gap(rows: torch.Tensor, centroids: torch.Tensor, metric: str) -> to
     return squared_distances(rows, centroids).amin(dim=1)
 
 
-def assign(rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int):
+def assign(
+    rows: torch.Tensor,
+    centroids: torch.Tensor,
+    metric: str,
+    block_size: int,
+    product_dtype: torch.dtype | None = None,
+):
     """Assign each row to its best-scoring centroid.
+
+    Args:
+        rows: `(n, d)` prepared rows.
+        centroids: `(k, d)` centroids.
+        metric: "cosine" or "euclidean" (see `scores`).
+        block_size: Rows per block.
+        product_dtype: Score in this dtype (bfloat16 ranks as well, faster where the device has it); None: the rows'.
 
     Returns:
         `(labels, best_scores)`, both of length n.
     """
     sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
+    if product_dtype is not None:
+        centroids = centroids.to(product_dtype)
+        sq_norm = sq_norm.to(product_dtype) if sq_norm is not None else None
     labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
     best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
     for part in blocks(rows.shape[0], block_size):
-        best[part], labels[part] = scores(rows[part], centroids, metric, sq_norm).max(dim=1)
+        queries = rows[part] if product_dtype is None else rows[part].to(product_dtype)
+        best[part], labels[part] = scores(queries, centroids, metric, sq_norm).max(dim=1)
     return labels, best
 
 
@@ -153,17 +212,22 @@ def kmeans(
     n, width = rows.shape
     generator = torch.Generator().manual_seed(seed)
 
+    large = n * k * width >= LARGE_WORK
+    rank_dtype = torch.bfloat16 if large and bfloat16_is_faster(rows.device) else None
     projected = projection_dim is not None and width > projection_dim and n > k
-    search_rows = pca_project(rows, projection_dim, block_size) if projected else rows
+    search_rows = (
+        pca_project(rows, projection_dim, block_size, generator, PCA_SAMPLE if large else None) if projected else rows
+    )
     # In the projection, rows are no longer unit-norm: search with Euclidean distance, which on unit-norm
     # rows orders neighbours exactly like cosine similarity.
     search_metric = "euclidean" if projected else metric
 
-    centroids = search_rows[kmeans_plus_plus(search_rows, k, search_metric, generator)].clone()
+    initial = kmeans_plus_plus(search_rows, k, search_metric, generator)
+    centroids = search_rows[initial].clone()
     labels = torch.full((n,), -1, dtype=torch.long, device=rows.device)
     progress = tqdm(range(max_iter), desc=f"k-means (k={k})", disable=not show_progress, leave=False)
     for _ in progress:
-        new_labels, best = assign(search_rows, centroids, search_metric, block_size)
+        new_labels, best = assign(search_rows, centroids, search_metric, block_size, rank_dtype)
         new_labels = fill_empty_clusters(new_labels, best, k)
         changed = int((new_labels != labels).sum())
         labels = new_labels

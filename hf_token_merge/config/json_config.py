@@ -11,6 +11,30 @@ from typing import Any, ClassVar
 from hf_token_merge.errors import TokenMergeError
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """Whether `name` reads as a Hub repo id (`org/name`) rather than a path.
+
+    A path-like string (`./x`, `~/x`, `a/b/c`) is never sent to the Hub, so a mistyped folder fails as a missing
+    path instead of as an unreachable repository.
+
+    Args:
+        name: A model or dataset name as the user typed it.
+
+    Returns:
+        True for exactly one `/` and a name `huggingface_hub.utils.validate_repo_id` accepts.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if name.count("/") != 1 or name.startswith((".", "~")):
+        return False
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return False
+    return True
+
+
 class JsonConfigMixin:
     """`to_dict`/`from_dict` and `save_pretrained`/`from_pretrained` for a config dataclass.
 

@@ -115,17 +115,33 @@ def run_sharded(
 
 
 def write_report(
-    output_dir: str | os.PathLike[str], prefix: str, report: dict[str, Any], records: list[dict], records_name: str
+    output_dir: str | os.PathLike[str],
+    prefix: str,
+    report: dict[str, Any],
+    records: list[dict] | None,
+    records_name: str,
 ) -> dict[str, Path]:
     """Write `{prefix}.json` (the report) and `{prefix}_{records_name}.jsonl` (one line per example).
 
+    The one writer of evaluation reports: `wer.json` (`WerResult.save`), `perplexity.json`, and `merge.json` of
+    `hf-token-merge compress` go through it, so they carry the same detail in the same layout.
+
+    Args:
+        output_dir: The folder (created).
+        prefix: The report's name, e.g. `wer`.
+        report: JSON-serialisable numbers (other values are written with `str`).
+        records: One dict per example, or None for a report without per-example lines.
+        records_name: What the records are, e.g. `predictions`.
+
     Returns:
-        `{"report": path, records_name: path}`.
+        `{"report": path}`, plus `{records_name: path}` when there are records.
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
     report_path, lines_path = folder / f"{prefix}.json", folder / f"{prefix}_{records_name}.jsonl"
-    report_path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    if records is None:
+        return {"report": report_path}
     with open(lines_path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -10,9 +10,9 @@ the rest, the same for every front end:
 * count, gather and report: per-utterance counts are gathered in dataset order and summed (never averaged), so
   the metrics are identical under 1 and N processes; `WerResult` holds them with the timing and the predictions.
 
-Front ends today: encoder-decoder ASR (Whisper) and causal speech-LLM ASR from unit prompts (`asr.py`). A TTS front
-end (text -> generated speech codes -> decoded audio -> ASR transcript) is one more: it yields the sentence as the
-reference, the ASR transcript as the hypothesis and the generated seconds as `duration`.
+Front ends: encoder-decoder ASR (Whisper) and causal speech-LLM ASR from unit prompts (`asr.py`), and TTS
+(`tts/evaluate.py`: text -> generated speech codes -> decoded audio -> ASR transcript), which yields the sentence as
+the reference, the ASR transcript as the hypothesis and the generated seconds as `duration`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.runner import run_sharded, write_report
-from hf_token_merge.evaluation.text import ErrorCounts, error_counts, normalize_transcript
+from hf_token_merge.evaluation.text import ErrorCounts, character_error_counts, error_counts, normalize_transcript
+
+METRICS = ("wer", "cer")
 
 
 @dataclass(frozen=True)
@@ -54,7 +57,7 @@ class FrontEnd(Protocol):
 
 
 def transcript_record(
-    transcript: Transcript, normalize: bool = True, spelling: Mapping[str, str] | None = None
+    transcript: Transcript, normalize: bool = True, spelling: Mapping[str, str] | None = None, metric: str = "wer"
 ) -> dict[str, Any]:
     """The per-utterance record of a transcript: texts, normalised texts, alignment counts, then the extras.
 
@@ -62,19 +65,27 @@ def transcript_record(
         transcript: A front end's output for one example.
         normalize: Score normalised texts (Whisper's English normaliser).
         spelling: The normaliser's British-to-American spelling map (`text.spelling_map_of(asr_tokenizer)`).
+        metric: `"wer"` (words) or `"cer"` (characters of the normalised texts, spaces included; the counts then
+            count characters).
 
     Returns:
         A JSON-serialisable dict (one line of `wer_predictions.jsonl`).
     """
     reference, hypothesis = transcript.reference, transcript.hypothesis
+    reference_normalized = normalize_transcript(reference, spelling) if normalize else reference
+    hypothesis_normalized = normalize_transcript(hypothesis, spelling) if normalize else hypothesis
+    if metric == "wer":
+        counts = error_counts(reference, hypothesis, normalize, spelling)
+    else:
+        counts = character_error_counts(reference_normalized, hypothesis_normalized)
     return {
         "index": transcript.index,
         "id": transcript.id,
         "reference": reference,
         "prediction": hypothesis,
-        "reference_normalized": normalize_transcript(reference, spelling) if normalize else reference,
-        "prediction_normalized": normalize_transcript(hypothesis, spelling) if normalize else hypothesis,
-        **error_counts(reference, hypothesis, normalize, spelling).to_dict(),
+        "reference_normalized": reference_normalized,
+        "prediction_normalized": hypothesis_normalized,
+        **counts.to_dict(),
         **transcript.extra,
     }
 
@@ -156,6 +167,38 @@ class WerResult:
         )
 
 
+# Per-utterance fields that do not depend on the model; `paired_predictions` writes them once.
+SHARED_FIELDS = ("index", "id", "reference", "reference_normalized", "duration")
+
+
+def paired_predictions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One record per utterance with both models' predictions and error counts side by side.
+
+    Args:
+        before: `WerResult.predictions` of the original model.
+        after: `WerResult.predictions` of the merged model, on the same data.
+
+    Returns:
+        Dicts with the shared fields (`index`, `id`, `reference`, ...) once and every other field twice,
+        suffixed `_before` and `_after` (`prediction_before`, `substitutions_after`, ...).
+
+    Raises:
+        TokenMergeError: When the two lists are not the same utterances in the same order.
+    """
+    if [r.get("id") for r in before] != [r.get("id") for r in after]:
+        raise TokenMergeError(
+            "paired_predictions needs both evaluations on the same utterances, in the same order. Fix: evaluate "
+            "the model before and after the merge on the same data."
+        )
+    paired = []
+    for old, new in zip(before, after, strict=True):
+        record = {key: old[key] for key in SHARED_FIELDS if key in old}
+        for side, values in (("before", old), ("after", new)):
+            record.update({f"{key}_{side}": value for key, value in values.items() if key not in SHARED_FIELDS})
+        paired.append(record)
+    return paired
+
+
 def score_transcripts(
     front_end: FrontEnd,
     num_examples: int,
@@ -167,6 +210,7 @@ def score_transcripts(
     output_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
     desc: str = "WER",
+    metric: str = "wer",
 ) -> WerResult:
     """Run a front end over every example, sharded over the processes, and score its transcripts.
 
@@ -180,16 +224,19 @@ def score_transcripts(
         output_dir: Write `wer.json` and `wer_predictions.jsonl` there (main process).
         show_progress: tqdm bar on the main process.
         desc: Progress bar label.
+        metric: `"wer"`, or `"cer"` (character counts of the normalised texts, e.g. for Chinese).
 
     Returns:
         A `WerResult` (the same on every process).
     """
+    if metric not in METRICS:
+        raise TokenMergeError(f"metric must be one of {list(METRICS)}, got {metric!r}. Fix: pass 'wer' or 'cer'.")
 
     def score_batch(indices: list[int]) -> list[dict[str, Any]]:
         transcripts = front_end(indices)
         if [t.index for t in transcripts] != indices:
             raise RuntimeError("A front end must return one transcript per index, in order; this is a bug.")
-        return [transcript_record(t, normalize, spelling) for t in transcripts]
+        return [transcript_record(t, normalize, spelling, metric) for t in transcripts]
 
     records, timing = run_sharded(accelerator, num_examples, batch_size, score_batch, desc, show_progress)
     result = WerResult(

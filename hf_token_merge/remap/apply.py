@@ -57,7 +57,7 @@ class MergeResult:
             f"merged {stats['selected_rows']} rows into {stats['clusters']} "
             f"({stats['vocab_size']} -> {stats['rows_after']} rows); parameters "
             f"{self.parameters_before:,} -> {self.parameters_after:,}; "
-            f"bytes {self.bytes_before:,} -> {self.bytes_after:,}"
+            f"tensor bytes in memory {self.bytes_before:,} -> {self.bytes_after:,}"
         )
 
 
@@ -75,48 +75,81 @@ def model_size(model: nn.Module) -> tuple[int, int]:
     return parameters, size
 
 
-def _merged_rows(
-    weight: torch.Tensor, plan: MergePlan, start: int, source_ids: torch.Tensor | None = None, block_size: int = 8192
+def merged_rows(
+    read: Callable[[torch.Tensor], torch.Tensor],
+    plan: MergePlan,
+    *,
+    dtype: torch.dtype,
+    row_shape: tuple[int, ...],
+    device: torch.device | str = "cpu",
+    start: int = 0,
+    source_ids: torch.Tensor | None = None,
+    block_size: int = 8192,
 ) -> torch.Tensor:
-    """Rows `[start, end)` of the merged table for one side (input rows, output rows or a bias).
+    """Rows `[start, end)` of the merged table for one side (input rows, output rows or a bias), from a row reader.
 
-    Rows are copied and summed block by block, so the only large allocation is the result itself.
+    Rows are read, copied and summed block by block, so the only large allocation is the result itself: the
+    reader may be an index of a loaded table or a reader of a checkpoint file (the streaming compress).
 
     Args:
-        weight: The original table.
+        read: `ids -> rows` of the original table, a new tensor in the order of `ids`.
         plan: The merge plan.
+        dtype: Dtype of the original table (the result keeps it).
+        row_shape: Shape of one row (`(d,)` for a weight, `()` for a bias).
+        device: Where the result is built.
         start: First merged row to build; rows before it equal the original rows at the same index.
         source_ids: For an untied dropped head, the original id behind each head row.
         block_size: Rows per block.
+
+    Returns:
+        The `(rows - start, *row_shape)` merged rows.
     """
-    device = weight.device
     if source_ids is not None:  # untied dropped head: the unselected rows, in order
-        return weight[source_ids[start:].to(device)].clone()
-    merged = torch.empty((plan.num_rows - start, *weight.shape[1:]), dtype=weight.dtype, device=device)
+        ids = source_ids[start:]
+        merged = torch.empty((ids.numel(), *row_shape), dtype=dtype, device=device)
+        for part in range(0, ids.numel(), block_size):
+            merged[part : part + block_size] = read(ids[part : part + block_size])
+        return merged
+    merged = torch.empty((plan.num_rows - start, *row_shape), dtype=dtype, device=device)
     unselected = torch.ones(plan.vocab_size, dtype=torch.bool)
     unselected[plan.selected_ids] = False
     unselected[:start] = False
     keep = unselected.nonzero().flatten()
     for part in range(0, keep.numel(), block_size):
         ids = keep[part : part + block_size]
-        merged[(plan.old_to_new[ids] - start).to(device)] = weight[ids.to(device)]
+        merged[(plan.old_to_new[ids] - start).to(device)] = read(ids).to(device)
 
     cluster_rows = (plan.cluster_rows - start).to(device)
     rule = plan.config.merge_rule
     if rule == "medoid":
-        merged[cluster_rows] = weight[plan.medoid_ids.to(device)]
+        merged[cluster_rows] = read(plan.medoid_ids).to(device)
         return merged
     labels = plan.cluster_of_selected.to(device)
     shares = plan.member_weights if rule == "weighted_mean" else 1.0 / plan.cluster_sizes[plan.cluster_of_selected]
     shares = shares.to(device=device, dtype=torch.float32)
-    shape = (-1,) + (1,) * (weight.dim() - 1)
-    sums = torch.zeros((plan.num_clusters, *weight.shape[1:]), dtype=torch.float32, device=device)
+    shape = (-1,) + (1,) * len(row_shape)
+    sums = torch.zeros((plan.num_clusters, *row_shape), dtype=torch.float32, device=device)
     for part in range(0, plan.selected_ids.numel(), block_size):
-        ids = plan.selected_ids[part : part + block_size].to(device)
-        rows = weight[ids].to(torch.float32).mul_(shares[part : part + block_size].view(shape))
-        sums.index_add_(0, labels[part : part + block_size], rows)
-    merged[cluster_rows] = sums.to(weight.dtype)
+        rows = read(plan.selected_ids[part : part + block_size]).to(device=device, dtype=torch.float32)
+        sums.index_add_(0, labels[part : part + block_size], rows.mul_(shares[part : part + block_size].view(shape)))
+    merged[cluster_rows] = sums.to(dtype)
     return merged
+
+
+def _merged_rows(
+    weight: torch.Tensor, plan: MergePlan, start: int, source_ids: torch.Tensor | None = None, block_size: int = 8192
+) -> torch.Tensor:
+    """`merged_rows` of a loaded table."""
+    return merged_rows(
+        lambda ids: weight[ids.to(weight.device)],
+        plan,
+        dtype=weight.dtype,
+        row_shape=tuple(weight.shape[1:]),
+        device=weight.device,
+        start=start,
+        source_ids=source_ids,
+        block_size=block_size,
+    )
 
 
 @dataclass
@@ -144,6 +177,49 @@ def _merged_table(
         weight[start:rows].copy_(tail)
 
     return _Table(weight[:rows], finish)
+
+
+def merged_embedding(plan: MergePlan, weight: torch.Tensor, padding_idx: int | None) -> MergedEmbedding:
+    """The `MergedEmbedding` of a plan around its merged table.
+
+    Args:
+        plan: The merge plan.
+        weight: The `(plan.num_rows, d)` merged table (used as is, not copied).
+        padding_idx: The original embedding's padding id, or None.
+
+    Returns:
+        The module, its index map filled.
+    """
+    module = MergedEmbedding(
+        plan.num_rows,
+        weight.shape[1],
+        plan.vocab_size,
+        padding_idx=int(plan.old_to_new[padding_idx]) if padding_idx is not None else None,
+        weight=weight,
+    )
+    module.index_map.copy_(plan.old_to_new)
+    return module
+
+
+def merged_head(plan: MergePlan, weight: torch.Tensor, bias: torch.Tensor | None = None) -> MergedLMHead:
+    """The `MergedLMHead` of a plan around its merged rows.
+
+    Args:
+        plan: The merge plan.
+        weight: The merged head rows (`plan.head_layout()[0]` of them); a Parameter stays shared (tied heads).
+        bias: The merged bias, or None.
+
+    Returns:
+        The module, its index map and logit offset filled.
+    """
+    rows, index, offset = plan.head_layout()
+    module = MergedLMHead(
+        rows, weight.shape[1], plan.vocab_size, compact_logits=plan.config.compact_logits, weight=weight, bias=bias
+    )
+    module.index_map.copy_(index)
+    with torch.no_grad():
+        module.logit_offset.copy_(offset)
+    return module
 
 
 def _check_plan_fits(plan: MergePlan, pair: EmbeddingPair) -> None:
@@ -257,14 +333,7 @@ def _build_embedding(pair: EmbeddingPair, plan: MergePlan, reuse_storage: bool) 
     padding_idx = old_embedding.padding_idx
     with torch.no_grad():
         table = _merged_table(old_embedding.weight.detach(), plan, plan.num_rows, reuse_storage)
-    new_embedding = MergedEmbedding(
-        plan.num_rows,
-        old_embedding.embedding_dim,
-        plan.vocab_size,
-        padding_idx=int(plan.old_to_new[padding_idx]) if padding_idx is not None else None,
-        weight=table.tensor,
-    )
-    new_embedding.index_map.copy_(plan.old_to_new)
+    new_embedding = merged_embedding(plan, table.tensor, padding_idx)
     new_embedding.weight.requires_grad_(old_embedding.weight.requires_grad)
     return new_embedding, table
 
@@ -276,10 +345,10 @@ def _build_head(
     if plan.config.lm_head == "keep" or pair.output_module is None:
         return None, None
     old_head = pair.output_module
-    head_rows, head_index, head_offset = plan.head_layout()
     source_ids = plan.head_source_ids()
     head_weight, table = new_embedding.weight, None
     if not pair.tied:
+        head_rows = plan.head_layout()[0]
         with torch.no_grad():
             table = _merged_table(old_head.weight.detach(), plan, head_rows, reuse_storage, source_ids)
         head_weight = nn.Parameter(table.tensor, requires_grad=old_head.weight.requires_grad)
@@ -287,18 +356,7 @@ def _build_head(
     if old_head.bias is not None:  # small: always a new tensor
         with torch.no_grad():
             bias = _merged_rows(old_head.bias.detach(), plan, 0, source_ids)
-    new_head = MergedLMHead(
-        head_rows,
-        old_head.in_features,
-        plan.vocab_size,
-        compact_logits=plan.config.compact_logits,
-        weight=head_weight,
-        bias=bias,
-    )
-    new_head.index_map.copy_(head_index)
-    with torch.no_grad():
-        new_head.logit_offset.copy_(head_offset)
-    return new_head, table
+    return merged_head(plan, head_weight, bias), table
 
 
 def _install(

@@ -39,7 +39,7 @@ def _name_of(model: nn.Module, module: nn.Module) -> str:
     raise TokenMergeError(f"{type(module).__name__} returned by the model is not one of its submodules.")
 
 
-def _check_module(module: nn.Module, name: str, expected: type[nn.Module]) -> None:
+def _check_module(module: nn.Module, name: str, expected: type[nn.Module], on_meta: bool = False) -> None:
     # Subclasses that keep the base forward (e.g. transformers' own nn.Embedding subclasses without extra
     # behaviour) merge fine; a custom forward (bitsandbytes, scaled embeddings) would be silently bypassed.
     if not isinstance(module, expected) or type(module).forward is not expected.forward:
@@ -51,19 +51,21 @@ def _check_module(module: nn.Module, name: str, expected: type[nn.Module]) -> No
     weight = module.weight
     if not weight.dtype.is_floating_point:
         raise TokenMergeError(f"{name}.weight has dtype {weight.dtype}; merge the unquantized model, then quantize it.")
-    if weight.device.type == "meta":
+    if weight.device.type == "meta" and not on_meta:
         raise TokenMergeError(
             f"{name}.weight is on the meta device (offloaded by accelerate or not loaded); load the model "
             "with its embeddings in memory (no disk/CPU offload of embed_tokens and lm_head) to merge it."
         )
 
 
-def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPair:
+def locate_embeddings(model: nn.Module, config: TokenMergeConfig, *, on_meta: bool = False) -> EmbeddingPair:
     """Find and validate the input embedding and LM head of `model`.
 
     Args:
         model: A transformers model, or any module with `get_input_embeddings`.
         config: Supplies `input_embedding_name`/`output_embedding_name` for custom layer names.
+        on_meta: The model is a skeleton on the meta device whose rows are read from its files (the streaming
+            compress): meta weights are expected, not refused.
 
     Returns:
         The located modules.
@@ -72,8 +74,8 @@ def locate_embeddings(model: nn.Module, config: TokenMergeConfig) -> EmbeddingPa
         TokenMergeError: When a module is missing, already merged, quantized or offloaded.
     """
     _refuse_quantized(model)
-    input_name, input_module = _input_embedding(model, config)
-    output_name, output_module = _output_embedding(model, config, input_name, input_module)
+    input_name, input_module = _input_embedding(model, config, on_meta)
+    output_name, output_module = _output_embedding(model, config, input_name, input_module, on_meta)
     pair = EmbeddingPair(input_name, input_module, output_name, output_module)
     if pair.tied and config.lm_head == "keep":
         raise TokenMergeError(
@@ -104,7 +106,7 @@ def _refuse_quantized(model: nn.Module) -> None:
     raise TokenMergeError(f"This model is quantized ({method}); merge the unquantized model first, then quantize it.")
 
 
-def _input_embedding(model: nn.Module, config: TokenMergeConfig) -> tuple[str, nn.Embedding]:
+def _input_embedding(model: nn.Module, config: TokenMergeConfig, on_meta: bool) -> tuple[str, nn.Embedding]:
     """The input embedding and its path, refused when merged already, of another type, or shared at other paths."""
     from hf_token_merge.remap.modules import MergedEmbedding
 
@@ -125,7 +127,7 @@ def _input_embedding(model: nn.Module, config: TokenMergeConfig) -> tuple[str, n
             "This model is already token-merged; merging twice is not supported. Merge the original model once "
             "with the final settings, or reload it first."
         )
-    _check_module(input_module, input_name, nn.Embedding)
+    _check_module(input_module, input_name, nn.Embedding, on_meta)
     aliases = [
         name
         for name, module in model.named_modules(remove_duplicate=False)
@@ -144,7 +146,7 @@ def _input_embedding(model: nn.Module, config: TokenMergeConfig) -> tuple[str, n
 
 
 def _output_embedding(
-    model: nn.Module, config: TokenMergeConfig, input_name: str, input_module: nn.Embedding
+    model: nn.Module, config: TokenMergeConfig, input_name: str, input_module: nn.Embedding, on_meta: bool
 ) -> tuple[str | None, nn.Linear | None]:
     """The LM head and its path (None, None when there is none and lm_head='keep')."""
     if config.output_embedding_name is not None:
@@ -160,7 +162,7 @@ def _output_embedding(
             "apply; set output_embedding_name to the head's module path, or lm_head='keep' to merge inputs only."
         )
     if output_module is not None:
-        _check_module(output_module, output_name, nn.Linear)
+        _check_module(output_module, output_name, nn.Linear, on_meta)
         if output_module.weight.shape[0] != input_module.weight.shape[0]:
             raise TokenMergeError(
                 f"{output_name} has {output_module.weight.shape[0]} rows but {input_name} has "

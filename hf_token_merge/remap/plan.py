@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,11 +190,81 @@ class RowScan:
     non_finite_output: list[int]
 
 
-def _scan_table(weight: torch.Tensor, selected: torch.Tensor, digest, block_size: int) -> list[int]:
+@dataclass
+class EmbeddingRows:
+    """The rows a plan is made from, read on demand: the planner never needs more than the tables' selected rows.
+
+    A loaded model gives them through its modules (`from_pair`); a checkpoint on disk through readers of its
+    safetensors files (`hf_token_merge.serialization.streaming`), so a plan never needs the model in memory.
+
+    Attributes:
+        input_name: Dotted path of the input embedding (for messages and the merge record).
+        output_name: Dotted path of the LM head, or None when there is none.
+        vocab_size: Rows of the input embedding.
+        tied: Whether the LM head shares the input embedding's weight.
+        read_input: `ids -> rows` of the input embedding: a new `(len(ids), d)` tensor, in the order of `ids`.
+        read_output: The same for the LM head, or None when there is none.
+    """
+
+    input_name: str
+    output_name: str | None
+    vocab_size: int
+    tied: bool
+    read_input: Callable[[torch.Tensor], torch.Tensor]
+    read_output: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def from_pair(cls, pair: EmbeddingPair) -> EmbeddingRows:
+        """The rows of a located embedding pair (an index of the modules' weights)."""
+        return cls.from_tensors(
+            pair.input_module.weight,
+            pair.output_module.weight if pair.output_module is not None else None,
+            input_name=pair.input_name,
+            output_name=pair.output_name,
+            tied=pair.tied,
+        )
+
+    @classmethod
+    def from_tensors(
+        cls,
+        input_weight: torch.Tensor,
+        output_weight: torch.Tensor | None = None,
+        *,
+        input_name: str = "input_embedding",
+        output_name: str | None = "lm_head",
+        tied: bool | None = None,
+    ) -> EmbeddingRows:
+        """The rows of bare tables.
+
+        Args:
+            input_weight: `(vocab, d)` input embedding.
+            output_weight: `(vocab, d)` LM head, or None.
+            input_name: Name of the input table in messages.
+            output_name: Name of the head in messages.
+            tied: Whether the head is the embedding (default: whether the two are the same tensor).
+
+        Returns:
+            The rows.
+        """
+
+        def reader(weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+            return lambda ids: weight.detach()[ids.to(weight.device)]
+
+        return cls(
+            input_name=input_name,
+            output_name=output_name if output_weight is not None else None,
+            vocab_size=int(input_weight.shape[0]),
+            tied=(output_weight is input_weight) if tied is None else tied,
+            read_input=reader(input_weight),
+            read_output=reader(output_weight) if output_weight is not None else None,
+        )
+
+
+def _scan_table(read: Callable[[torch.Tensor], torch.Tensor], selected: torch.Tensor, digest, block_size: int):
     bad: list[int] = []
     for part in range(0, selected.numel(), block_size):
         ids = selected[part : part + block_size]
-        rows = weight[ids.to(weight.device)].detach()
+        rows = read(ids)
         finite = torch.isfinite(rows).flatten(1).all(dim=1).cpu()
         if not bool(finite.all()):
             bad.extend(ids[~finite].tolist())
@@ -202,29 +273,30 @@ def _scan_table(weight: torch.Tensor, selected: torch.Tensor, digest, block_size
     return bad
 
 
-def scan_rows(pair: EmbeddingPair, selected: torch.Tensor, block_size: int = 8192) -> RowScan:
+def scan_rows(pair: EmbeddingPair | EmbeddingRows, selected: torch.Tensor, block_size: int = 8192) -> RowScan:
     """Fingerprint the selected rows and find those holding NaN or inf, in one blockwise pass.
 
     The fingerprint is the sha256 of the selected ids (int64), then the selected input rows and, for an untied
     model, the selected output rows, each rounded to bfloat16. It costs one read of the selected block.
 
     Args:
-        pair: The model's embeddings.
+        pair: The model's embeddings, or their `EmbeddingRows`.
         selected: Sorted selected ids.
         block_size: Rows read at a time.
 
     Returns:
         The `RowScan`.
     """
+    rows = pair if isinstance(pair, EmbeddingRows) else EmbeddingRows.from_pair(pair)
     digest = hashlib.sha256(selected.to(torch.int64).cpu().contiguous().numpy().tobytes())
-    bad_input = _scan_table(pair.input_module.weight, selected, digest, block_size)
+    bad_input = _scan_table(rows.read_input, selected, digest, block_size)
     bad_output: list[int] = []
-    if pair.output_module is not None and not pair.tied:
-        bad_output = _scan_table(pair.output_module.weight, selected, digest, block_size)
+    if rows.read_output is not None and not rows.tied:
+        bad_output = _scan_table(rows.read_output, selected, digest, block_size)
     return RowScan(f"sha256:{digest.hexdigest()}", bad_input, bad_output)
 
 
-def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingPair) -> None:
+def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingPair | EmbeddingRows) -> None:
     uses_output = config.lm_head == "merge" or config.similarity_source != "input"
     for name, bad in ((pair.input_name, scan.non_finite_input), (pair.output_name, scan.non_finite_output)):
         if bad and (name == pair.input_name or uses_output):
@@ -235,12 +307,12 @@ def _refuse_non_finite(scan: RowScan, config: TokenMergeConfig, pair: EmbeddingP
             )
 
 
-def check_plan_rows(plan: MergePlan, pair: EmbeddingPair) -> None:
+def check_plan_rows(plan: MergePlan, pair: EmbeddingPair | EmbeddingRows) -> None:
     """Refuse to apply `plan` to rows other than those it was made from, or to rows holding NaN or inf.
 
     Args:
         plan: The plan about to be applied.
-        pair: The embeddings of the model it is applied to.
+        pair: The embeddings of the model it is applied to (or their `EmbeddingRows`).
 
     Raises:
         TokenMergeError: When the fingerprint differs or a used row is not finite. A plan without a fingerprint
@@ -264,17 +336,17 @@ def check_plan_rows(plan: MergePlan, pair: EmbeddingPair) -> None:
     _refuse_non_finite(scan, plan.config, pair)
 
 
-def _similarity_rows(pair, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
-    def side(weight: torch.Tensor) -> torch.Tensor:
-        # indexing already copies, so the rows can be prepared in place: one copy of the block, not two
-        return prepare_rows(weight[selected.to(weight.device)], config.metric, copy=False)
+def _similarity_rows(rows: EmbeddingRows, config: TokenMergeConfig, selected: torch.Tensor) -> torch.Tensor:
+    def side(read: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        # a read returns a new tensor, so the rows can be prepared in place: one copy of the block, not two
+        return prepare_rows(read(selected), config.metric, copy=False)
 
     if config.similarity_source == "input":
-        return side(pair.input_module.weight)
+        return side(rows.read_input)
     if config.similarity_source == "output":
-        return side(pair.output_module.weight)
-    inputs = side(pair.input_module.weight)
-    outputs = side(pair.output_module.weight).to(inputs.device)
+        return side(rows.read_output)
+    inputs = side(rows.read_input)
+    outputs = side(rows.read_output).to(inputs.device)
     both = torch.cat([inputs, outputs], dim=1)
     if config.metric == "cosine":  # the cosine of the joined unit halves is the mean of the two cosines
         both /= math.sqrt(2.0)
@@ -322,10 +394,14 @@ def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, bloc
     return medoids
 
 
-def _select(model: torch.nn.Module, pair: EmbeddingPair, config: TokenMergeConfig, tokenizer: Any) -> torch.Tensor:
-    model_config = getattr(model, "config", None)
-    protected = protected_token_ids(tokenizer, model_config, getattr(model, "generation_config", None))
-    selected = select_token_ids(config, pair.input_module.weight.shape[0], tokenizer, protected)
+def _model_configs(model: torch.nn.Module) -> tuple[Any, ...]:
+    """The model's config and generation config, whose special ids are protected from merging."""
+    return getattr(model, "config", None), getattr(model, "generation_config", None)
+
+
+def _select(vocab_size: int, config: TokenMergeConfig, tokenizer: Any, protected_configs: tuple[Any, ...]):
+    protected = protected_token_ids(tokenizer, *protected_configs)
+    selected = select_token_ids(config, vocab_size, tokenizer, protected)
     if config.allow_special_tokens:
         merged_special = sorted(set(selected.tolist()) & protected)
         if merged_special:
@@ -349,7 +425,8 @@ def resolve_selection(model: torch.nn.Module, config: TokenMergeConfig, tokenize
     Returns:
         Sorted int64 ids, in the order `MergePlan.selected_ids` and `plan_token_merge(labels=...)` use.
     """
-    return _select(model, locate_embeddings(model, config), config, tokenizer)
+    pair = locate_embeddings(model, config)
+    return _select(pair.input_module.weight.shape[0], config, tokenizer, _model_configs(model))
 
 
 def _checked_counts(
@@ -503,24 +580,65 @@ def plan_located(
     show_progress: bool = True,
 ) -> MergePlan:
     """`plan_token_merge` on embeddings the caller has already located (so `apply_token_merge` locates once)."""
-    vocab_size = pair.input_module.weight.shape[0]
-    token_counts = _checked_counts(token_counts, vocab_size, config)
-    selected = _select(model, pair, config, tokenizer)
-    scan = scan_rows(pair, selected)
-    _refuse_non_finite(scan, config, pair)
+    return plan_from_rows(
+        EmbeddingRows.from_pair(pair),
+        config,
+        tokenizer=tokenizer,
+        protected_configs=_model_configs(model),
+        token_counts=token_counts,
+        labels=labels,
+        show_progress=show_progress,
+    )
 
-    rows = _similarity_rows(pair, config, selected)
+
+def plan_from_rows(
+    rows: EmbeddingRows,
+    config: TokenMergeConfig,
+    *,
+    tokenizer: Any = None,
+    protected_configs: tuple[Any, ...] = (),
+    token_counts: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergePlan:
+    """Compute a merge plan from the embedding and head rows alone, without a model.
+
+    `plan_token_merge` is this function over a loaded model's modules; the streaming compress calls it over readers
+    of a checkpoint's files. Both give the same plan for the same rows.
+
+    Args:
+        rows: The tables' rows (`EmbeddingRows.from_tensors` for bare tensors).
+        config: What to merge and how.
+        tokenizer: Needed for `token_pattern`/`preset`; its special tokens are protected.
+        protected_configs: Model and generation configs whose bos/eos/pad/decoder-start ids are protected.
+        token_counts: `(vocab_size,)` calibration counts (see `plan_token_merge`).
+        labels: Cluster of each selected id to use instead of clustering (see `plan_token_merge`).
+        show_progress: Show tqdm progress bars.
+
+    Returns:
+        The plan.
+    """
+    vocab_size = rows.vocab_size
+    token_counts = _checked_counts(token_counts, vocab_size, config)
+    selected = _select(vocab_size, config, tokenizer, protected_configs)
+    scan = scan_rows(rows, selected)
+    _refuse_non_finite(scan, config, rows)
+    if rows.read_output is None and config.similarity_source != "input":
+        raise TokenMergeError(
+            f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
+        )
+    similarity = _similarity_rows(rows, config, selected)
     selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
     if labels is None:
         logger.info("clustering %d selected rows with method=%r", selected.numel(), config.method)
-        labels = cluster_rows(rows, config, counts=selected_counts, show_progress=show_progress).cpu()
+        labels = cluster_rows(similarity, config, counts=selected_counts, show_progress=show_progress).cpu()
     else:
         labels = _given_labels(labels, selected.numel())
     sizes = torch.bincount(labels)
     k = sizes.numel()
     old_to_new, cluster_row, first_member = _compact_order(labels, selected, k, vocab_size)
     shares = _member_shares(labels, selected, selected_counts, sizes, first_member, vocab_size, config.logit_correction)
-    statistics = _plan_statistics(rows, labels, sizes, config, vocab_size)
+    statistics = _plan_statistics(similarity, labels, sizes, config, vocab_size)
     logger.info(
         "plan: %d selected rows -> %d merged rows (%d -> %d embedding rows)",
         selected.numel(),
@@ -531,13 +649,15 @@ def plan_located(
     return MergePlan(
         config=config,
         vocab_size=vocab_size,
-        tied=pair.tied,
+        tied=rows.tied,
         selected_ids=selected,
         cluster_of_selected=labels,
         old_to_new=old_to_new,
         cluster_rows=cluster_row,
         representative_ids=shares.representatives,
-        medoid_ids=selected[_medoids(rows, labels.to(rows.device), k, config.metric, config.block_size).cpu()],
+        medoid_ids=selected[
+            _medoids(similarity, labels.to(similarity.device), k, config.metric, config.block_size).cpu()
+        ],
         member_weights=shares.member_weights,
         member_log_share=shares.member_log_share,
         statistics=statistics,

@@ -102,6 +102,23 @@ def oracle_groups(
     return _number_groups(valid & ~removed, joins)
 
 
+def split_groups_at(group: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+    """Cut every group that spans position `ends[row]` in two, so no group holds frames on both sides.
+
+    Args:
+        group: `(batch, length)` groups from a grouping function (no removed positions).
+        ends: `(batch,)` first position after the cut.
+
+    Returns:
+        `(batch, length)` renumbered groups.
+    """
+    length = group.shape[1]
+    joins = torch.zeros_like(group, dtype=torch.bool)
+    joins[:, 1:] = group[:, 1:] == group[:, :-1]
+    joins &= torch.arange(length, device=group.device)[None] != ends.to(group.device)[:, None]
+    return _number_groups(group >= 0, joins)
+
+
 def stage_groups(
     stage: MergeStage,
     hidden: torch.Tensor,

@@ -389,6 +389,118 @@ def export_plain(
     embedding_name, embedding, head_name, head = _merged_modules(model)
     if not torch.equal(embedding.index_map.cpu().long(), plan.old_to_new):
         raise TokenMergeError("The plan does not match the model's merged embedding; pass result.plan of this merge.")
+    parts = plain_parts(
+        plan,
+        model.config,
+        getattr(model, "generation_config", None),
+        tokenizer,
+        pad_vocab_to_multiple_of,
+        has_head=head is not None,
+    )
+    check_target(save_directory, overwrite=overwrite)
+    state = {
+        name: tensor
+        for name, tensor in model.state_dict().items()
+        if not name.endswith((".index_map", ".logit_offset"))
+    }
+    row_names = [f"{embedding_name}.weight"]
+    if head is not None:
+        row_names += [f"{head_name}.weight"] + ([f"{head_name}.bias"] if head.bias is not None else [])
+    for name in row_names:
+        if name in state:
+            state[name] = parts.plain_rows(plan, state[name].detach())
+
+    with torch.device("meta"):
+        plain = type(model)(parts.config)
+    plain.load_state_dict(state, strict=False, assign=True)
+    plain.tie_weights()
+    missing = [name for name, p in plain.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise RuntimeError(f"export_plain could not fill {missing[:5]}; please report this model class.")
+    if parts.generation_config is not None:
+        plain.generation_config = parts.generation_config
+
+    with atomic_directory(save_directory, overwrite=overwrite) as staging:
+        plain.save_pretrained(staging)
+        parts.save_tokenizer(staging)
+    return os.fspath(save_directory)
+
+
+@dataclass
+class PlainParts:
+    """Everything of a plain export but the tensors: numbering, config, generation config and tokenizer.
+
+    Attributes:
+        layout: The plain numbering.
+        config: The plain model config (renumbered ids, smaller vocabulary, no quantization record).
+        generation_config: The plain generation config (padding and dropped merged rows suppressed), or None.
+        tokenizer: The renumbered tokenizer, or None.
+        processor: The processor holding it (Whisper), or None.
+    """
+
+    layout: PlainLayout
+    config: Any
+    generation_config: Any
+    tokenizer: Any
+    processor: Any
+
+    def plain_rows(self, plan: MergePlan, rows: torch.Tensor) -> torch.Tensor:
+        """The plain table (or bias) of a merged one: kept rows in plain-id order, then zero padding rows.
+
+        Args:
+            plan: The applied plan.
+            rows: A merged table with `plan.num_rows` rows, or an untied dropped head's rows (one per kept id),
+                which is first padded to the merged rows with zero rows for the merged ids.
+
+        Returns:
+            `(layout.vocab_size, ...)` rows.
+        """
+        if rows.shape[0] != plan.num_rows:  # untied dropped head: pad to the merged vocabulary
+            padded = rows.new_zeros(plan.num_rows, *rows.shape[1:])
+            padded[plan.old_to_new[plan.head_source_ids()].to(padded.device)] = rows
+            rows = padded
+        layout = self.layout
+        kept = rows.index_select(0, layout.kept_rows.to(rows.device))
+        padding = layout.vocab_size - int(layout.kept_rows.numel())
+        return torch.cat([kept, kept.new_zeros((padding, *kept.shape[1:]))]) if padding else kept
+
+    def save_tokenizer(self, staging: str | os.PathLike) -> None:
+        """Save the renumbered tokenizer (or processor) into the export folder."""
+        if self.processor is not None:
+            self.processor.save_pretrained(staging)
+            if getattr(self.processor, "feature_extractor", None) is not None:
+                # transformers 5 nests it in processor_config.json; tools that read the classic file need it too
+                self.processor.feature_extractor.save_pretrained(staging)
+        elif self.tokenizer is not None:
+            self.tokenizer.save_pretrained(staging)
+
+
+def plain_parts(
+    plan: MergePlan,
+    model_config: Any,
+    generation_config: Any = None,
+    tokenizer: Any = None,
+    pad_vocab_to_multiple_of: int | None = None,
+    *,
+    has_head: bool = True,
+) -> PlainParts:
+    """Work out a plain export's numbering, config, generation config and tokenizer, refusing what cannot export.
+
+    Args:
+        plan: The applied plan.
+        model_config: The merged (or original) model's config.
+        generation_config: Its generation config, or None.
+        tokenizer: The original fast tokenizer, or a processor holding one.
+        pad_vocab_to_multiple_of: See `export_plain`.
+        has_head: Whether the model has an LM head (dropped merged rows are then suppressed).
+
+    Returns:
+        The `PlainParts`.
+
+    Raises:
+        TokenMergeError: For an `lm_head="keep"` merge, a bad padding multiple, or a merge that removes a token the
+            config needs or the BPE alphabet.
+    """
     if plan.config.lm_head == "keep":
         raise TokenMergeError(
             "export_plain cannot renumber an lm_head='keep' merge: its LM head still has one row per original id, "
@@ -399,43 +511,18 @@ def export_plain(
     text_tokenizer = processor.tokenizer if processor is not None else tokenizer
     layout = plain_layout(plan, text_tokenizer, pad_vocab_to_multiple_of)
     plain_tokenizer = rewrite_tokenizer(text_tokenizer, plan, layout) if text_tokenizer is not None else None
+    plain_processor = None
     if processor is not None:
         plain_processor = copy.copy(processor)
         plain_processor.tokenizer = plain_tokenizer
-    check_target(save_directory, overwrite=overwrite)
-    num_rows = plan.num_rows
-    old_to_new = plan.old_to_new
     old_to_plain = layout.old_to_plain
-    config_dict = remap_token_ids(model.config.to_dict(), old_to_plain)  # refuses a removed config id up front
-    generation_config = getattr(model, "generation_config", None)
+    config_dict = remap_token_ids(model_config.to_dict(), old_to_plain)  # refuses a removed config id up front
     generation_dict = (
         remap_token_ids(generation_config.to_dict(), old_to_plain) if generation_config is not None else None
     )
-
-    state = {
-        name: tensor
-        for name, tensor in model.state_dict().items()
-        if not name.endswith((".index_map", ".logit_offset"))
-    }
-    row_names = [f"{embedding_name}.weight"]
-    if head is not None and head.out_features != num_rows:  # untied dropped head: pad to the merged vocabulary
-        padded = head.weight.new_zeros(num_rows, head.in_features)
-        source = plan.head_source_ids()
-        padded[old_to_new[source].to(padded.device)] = head.weight.detach()
-        state[f"{head_name}.weight"] = padded
-        if head.bias is not None:
-            bias = head.bias.new_zeros(num_rows)
-            bias[old_to_new[source].to(bias.device)] = head.bias.detach()
-            state[f"{head_name}.bias"] = bias
-    if head is not None:
-        row_names += [f"{head_name}.weight"] + ([f"{head_name}.bias"] if head.bias is not None else [])
-    padding = layout.vocab_size - int(layout.kept_rows.numel())
-    for name in row_names:  # keep the surviving rows in plain-id order, then the zero padding rows
-        rows = state[name].detach().index_select(0, layout.kept_rows.to(state[name].device))
-        state[name] = torch.cat([rows, rows.new_zeros((padding, *rows.shape[1:]))]) if padding else rows
     suppressed = list(layout.padding_ids)
-    if head is not None and plan.config.lm_head == "drop":
-        row_to_plain = torch.full((num_rows,), -1, dtype=torch.long)
+    if has_head and plan.config.lm_head == "drop":
+        row_to_plain = torch.full((plan.num_rows,), -1, dtype=torch.long)
         row_to_plain[layout.kept_rows] = torch.arange(layout.kept_rows.numel())
         suppressed += [i for i in row_to_plain[plan.cluster_rows].tolist() if i >= 0]
 
@@ -444,30 +531,12 @@ def export_plain(
     for key in ("text_config", "decoder"):
         if isinstance(config_dict.get(key), dict) and "vocab_size" in config_dict[key]:
             config_dict[key]["vocab_size"] = layout.vocab_size
-    plain_config = type(model.config).from_dict(config_dict)
-
-    with torch.device("meta"):
-        plain = type(model)(plain_config)
-    plain.load_state_dict(state, strict=False, assign=True)
-    plain.tie_weights()
-    missing = [name for name, p in plain.named_parameters() if p.device.type == "meta"]
-    if missing:
-        raise RuntimeError(f"export_plain could not fill {missing[:5]}; please report this model class.")
-
+    plain_config = type(model_config).from_dict(config_dict)
+    plain_generation = None
     if generation_dict is not None:
         if suppressed:
             generation_dict["suppress_tokens"] = sorted(
                 set(generation_dict.get("suppress_tokens") or []) | set(suppressed)
             )
-        plain.generation_config = type(generation_config).from_dict(generation_dict)
-
-    with atomic_directory(save_directory, overwrite=overwrite) as staging:
-        plain.save_pretrained(staging)
-        if processor is not None:
-            plain_processor.save_pretrained(staging)
-            if getattr(processor, "feature_extractor", None) is not None:
-                # transformers 5 nests it in processor_config.json; tools that read the classic file need it too
-                plain_processor.feature_extractor.save_pretrained(staging)
-        elif plain_tokenizer is not None:
-            plain_tokenizer.save_pretrained(staging)
-    return os.fspath(save_directory)
+        plain_generation = type(generation_config).from_dict(generation_dict)
+    return PlainParts(layout, plain_config, plain_generation, plain_tokenizer, plain_processor)

@@ -13,6 +13,16 @@ The weights are scaled so that each source holds the same total token mass (as `
 The file is one text per line, TAB, weight: the format `hf-token-merge sweep --calibration-text` reads.
 
     PYTHONPATH=. python recipes/whisper_vocabulary/make_calibration.py --wordfreq 200000 --output /tmp/calibration.txt
+
+With `--tiers T` (issue 16: the ranking that protects whole everyday words) the file holds no KJV text: the
+wordfreq spellings plus numbers (`rankings.word_list`) are sorted by frequency x spelling weight and cut into T
+tiers of equal size (under 25,000 each), and every spelling of tier t weighs 10^(5 (T - 1 - t)). A token's summed
+count is then decided by the best tier that holds it (the lower tiers together never outweigh one spelling of a
+higher tier): keeping the k most counted tokens keeps whole words, most frequent first, and the tokens no word
+needs keep count 0 and follow by id (GPT-2's merge order), as the `frequency` method breaks ties.
+
+    PYTHONPATH=. python recipes/whisper_vocabulary/make_calibration.py --wordfreq 200000 --tiers 60 \
+        --output calibration-words.txt
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ import sys
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent.parent
-FORMS = ((" {}", 1.0), (" {}", 0.3), ("{}", 0.1), ("{}", 0.03))  # lower, Capitalised, bare lower, bare Capitalised
+sys.path.insert(0, str(RECIPES / "whisper_vocabulary"))
+from rankings import spellings, word_list  # noqa: E402  (the four spellings and their weights live there)
 
 
 def kjv_train_sentences() -> list[str]:
@@ -42,20 +53,35 @@ def word_forms(top: int) -> tuple[list[str], list[float]]:
     except ImportError as error:
         raise SystemExit("--wordfreq needs the dev-only package: pip install wordfreq") from error
     words = sorted(get_frequency_dict("en", "best").items(), key=lambda item: -item[1])[:top]
-    texts, weights = [], []
-    for index, (pattern, weight) in enumerate(FORMS):
-        for word, frequency in words:
-            spelled = word[:1].upper() + word[1:] if index in (1, 3) else word
-            texts.append(pattern.format(spelled))
-            weights.append(frequency * weight)
-    return texts, weights
+    texts, weights = spellings(words)
+    return texts, weights.tolist()
+
+
+def tiered_lines(top: int, tiers: int) -> tuple[list[str], list[float]]:
+    """The wordfreq spellings (with numbers) in `tiers` equal tiers, weighted 10^(5 (tiers - 1 - tier))."""
+    if not 1 <= tiers <= 61:
+        raise SystemExit("--tiers must lie in 1..61 (10^(5 x 60) is near the largest float64).")
+    texts, weights = spellings(word_list(top))
+    order = sorted(range(len(texts)), key=lambda i: (-weights[i], i))
+    size = -(-len(order) // tiers)
+    if 4 * size >= 10**5:  # a word repeats a token at most a few times
+        raise SystemExit(f"{len(order)} spellings in {tiers} tiers is {size} a tier; pass more tiers.")
+    return [texts[i] for i in order], [10.0 ** (5 * (tiers - 1 - rank // size)) for rank in range(len(order))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="calibration file to write")
     parser.add_argument("--wordfreq", type=int, default=0, help="also the N most frequent English words (wordfreq)")
+    parser.add_argument("--tiers", type=int, default=0, help="whole-word tiers of the wordfreq words only (issue 16)")
     args = parser.parse_args()
+    if args.tiers:
+        if not args.wordfreq:
+            raise SystemExit("--tiers ranks the wordfreq words: pass --wordfreq N too.")
+        texts, weights = tiered_lines(args.wordfreq, args.tiers)
+        Path(args.output).write_text("".join(f"{t}\t{w:.0e}\n" for t, w in zip(texts, weights, strict=True)))
+        print(f"{len(texts)} lines in {args.tiers} tiers -> {args.output}")
+        return
 
     from hf_token_merge.reference import load_whisper_tiny_en
     from hf_token_merge.remap import count_text_tokens

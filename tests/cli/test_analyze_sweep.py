@@ -98,7 +98,8 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
     )
     assert status == 0
     merge = json.loads((out / "merge.json").read_text())
-    assert merge["clusters"] == 8 and merge["disk_bytes_after"] < merge["disk_bytes_before"]
+    assert merge["clusters"] == 8
+    assert merge["safetensors_bytes_on_disk_after"] < merge["safetensors_bytes_on_disk_before"]
     names = {p.name for p in (out / "model").iterdir()}
     assert {"README.md", "model.safetensors", "token_merge_plan.safetensors", "tokenizer.json"} <= names
     assert 'from_pretrained("me/llama-merged")' in (out / "model" / "README.md").read_text()
@@ -362,7 +363,7 @@ def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path,
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     calls = []
 
-    def fake(name, helper, show_progress, split=None, records=False):
+    def fake(name, helper, show_progress, split=None, records=False, **kwargs):
         calls.append((name, split, records))
         part = split[0] if split else "all"
         examples = [{"id": f"{part}{i}"} for i in range(3)]
@@ -426,3 +427,44 @@ def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_pa
     low, high = merge["wer_difference"]["ci_low"], merge["wer_difference"]["ci_high"]
     assert f"| wer | 0 | 0.05 | +0.05; 95 % CI {low:+.4f} to {high:+.4f} |" in card
     assert "WER change: +5.00 points" in card and "- size: 40 words" in card and "- versions: torch " in card
+
+
+def test_compress_streaming_matches_the_in_memory_compress(saved_llama, tmp_path, capsys):
+    from transformers import AutoModelForCausalLM
+
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8", "--export-plain"]
+    assert main([*argv, "--output-dir", str(tmp_path / "memory")]) == 0
+    assert main([*argv, "--streaming", "--output-dir", str(tmp_path / "stream")]) == 0
+    assert "merged 48 rows into 8" in capsys.readouterr().out
+    memory, stream = (json.loads((tmp_path / run / "merge.json").read_text()) for run in ("memory", "stream"))
+    assert stream["streaming"] is True
+    for key in ("clusters", "rows_after", "parameters_before", "parameters_after", "safetensors_bytes_on_disk_before"):
+        assert stream[key] == memory[key], key
+    names = {p.name for p in (tmp_path / "stream" / "model").iterdir()}
+    assert {"README.md", "model.safetensors", "token_merge_plan.safetensors", "tokenizer.json"} <= names
+    ids = torch.arange(20).view(2, 10)  # valid in the plain vocabulary too
+    for part in ("model", "plain"):
+        a = AutoModelForCausalLM.from_pretrained(tmp_path / "memory" / part)
+        b = AutoModelForCausalLM.from_pretrained(tmp_path / "stream" / part)
+        with torch.no_grad():
+            assert torch.equal(a(ids).logits, b(ids).logits), part
+
+
+def test_compress_streams_when_the_weights_do_not_fit(saved_llama, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("hf_token_merge.serialization.streaming.available_memory", lambda: 4096)
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8"]
+    assert main([*argv, "--output-dir", str(tmp_path / "run")]) == 0
+    assert "would not fit in the 0.0 GiB of available memory; merging tensor by tensor" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "merge.json").read_text())["streaming"] is True
+
+
+def test_compress_streaming_refusals_are_one_line(saved_llama, tmp_path, capsys):
+    argv = ["compress", "--recipe", "llasa", "--n-clusters", "8", "--streaming", "--output-dir", str(tmp_path / "o")]
+    assert main([*argv, "--model", "reference"]) == 2
+    assert "--streaming reads a saved checkpoint folder, and reference is not one" in capsys.readouterr().err
+    assert main([*argv, "--model", str(saved_llama), "--eval", "librivox"]) == 2
+    assert "--eval runs the model before and after, which --streaming never loads" in capsys.readouterr().err
+    (saved_llama / "model.safetensors").write_bytes(b"\x10\x00")
+    assert main([*argv, "--model", str(saved_llama)]) == 2
+    assert "model.safetensors is damaged" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "model").exists()

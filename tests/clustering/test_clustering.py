@@ -76,9 +76,9 @@ def test_kmeans_projection_is_used_when_rows_are_wider(monkeypatch):
     calls = []
     original = module.pca_project
 
-    def spy(rows, dim, block_size):
+    def spy(rows, dim, block_size, *args, **kwargs):
         calls.append((rows.shape, dim))
-        return original(rows, dim, block_size)
+        return original(rows, dim, block_size, *args, **kwargs)
 
     monkeypatch.setattr(module, "pca_project", spy)
     rows, expected = shuffled_planted(width=32)
@@ -333,3 +333,42 @@ def test_partition_shares_of_n_clusters_are_proportional_and_exact():
     assert _share_clusters(3, [1, 1, 100]) == [1, 1, 1]
     with pytest.raises(ValueError, match="fewer than the 3 partitions"):
         _share_clusters(2, [4, 4, 4])
+
+
+@pytest.mark.parametrize("fast_bfloat16", [False, True])
+def test_large_kmeans_path_recovers_planted_clusters(monkeypatch, fast_bfloat16):
+    """The large-problem path (PCA sample, bfloat16 search where faster) still finds planted clusters exactly."""
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    monkeypatch.setattr(module, "LARGE_WORK", 1)
+    monkeypatch.setattr(module, "PCA_SAMPLE", 40)
+    monkeypatch.setattr(module, "bfloat16_is_faster", lambda device: fast_bfloat16)
+    sampled = []
+    original = module.pca_project
+    monkeypatch.setattr(
+        module,
+        "pca_project",
+        lambda *args: sampled.append(args[4]) or original(*args),  # (rows, dim, block, gen, n)
+    )
+    rows, expected = shuffled_planted(width=32)
+    labels = kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=8, block_size=7, show_progress=False)
+    assert sampled == [40]
+    assert torch.equal(canonical_labels(labels), expected)
+
+
+def test_pca_sample_of_every_row_is_the_full_pca():
+    rows, _ = planted(n=48, width=16)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.allclose(pca_project(rows, 4, 10, generator, 48), pca_project(rows, 4, 10), atol=1e-5)
+    assert torch.allclose(pca_project(rows, 4, 10, generator, 1000), pca_project(rows, 4, 10), atol=1e-5)
+
+
+def test_bfloat16_assignment_ranks_like_float32():
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    rows, labels = planted(n=48, k=8, width=32)
+    centroids = module.centroids_of(rows, labels, 8, "euclidean")
+    for metric in ("cosine", "euclidean"):
+        exact, _ = module.assign(rows, centroids, metric, 5)
+        ranked, best = module.assign(rows, centroids, metric, 5, torch.bfloat16)
+        assert torch.equal(ranked, exact) and best.dtype == torch.float32
+    assert isinstance(module.bfloat16_is_faster(torch.device("cpu")), bool)
+    assert module.bfloat16_is_faster(torch.device("meta")) is False

@@ -4,11 +4,6 @@ merge, and identical metrics from 1 and 2 processes (`accelerate launch`, CPU, g
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +11,8 @@ from hf_token_merge import TokenMergeConfig, apply_token_merge
 from hf_token_merge.evaluation import compare_before_after
 from hf_token_merge.evaluation.compare import TABLE_COLUMNS
 from hf_token_merge.reference.whisper import NUM_TIMESTAMP_TOKENS
-from tests.evaluation.dist_eval import WHISPER_BATCH, run_llama, run_tts_and_kl
+from tests.evaluation.dist_eval import WHISPER_BATCH, launch_two_processes, run_llama, run_tts_and_kl
 
-REPO = Path(__file__).resolve().parents[2]
 # Measured (transformers 5.24, torch 2.13 CPU, float32, greedy, 12 utterances): WER 0.098
 # (25 sub + 8 del + 2 ins / 357 words). The bound leaves room for BLAS rounding differences.
 WER_BOUND = 0.14
@@ -81,23 +75,10 @@ def test_merging_unused_timestamp_tokens_keeps_wer_and_shrinks_the_model(compari
     assert [row["metric"] for row in saved["rows"]] == [row["metric"] for row in result.rows]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_one_and_two_processes_give_identical_metrics(comparison, reference_cache, tmp_path):
     """12 utterances in batches of 5 (5, 5, 2): the two processes get 10 and 2; 7 Llama sequences: 4 and 3."""
     out = tmp_path / "two.json"
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO / "recipes/launch/accelerate_cpu_2proc.yaml"),
-        "--num_processes", "2", "--main_process_port", str(_free_port()),
-        str(REPO / "tests/evaluation/dist_eval.py"), str(out), str(reference_cache),
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    done = launch_two_processes(out, reference_cache)
     assert done.returncode == 0, done.stderr[-3000:]
     two = json.loads(out.read_text())
     assert two["num_processes"] == 2

@@ -4,6 +4,8 @@ import pytest
 import torch
 
 from hf_token_merge.sequence import apply_encoder_merge, encoder_merge_handle
+from hf_token_merge.sequence.encoder import audio_end_frames
+from hf_token_merge.sequence.grouping import split_groups_at
 from tests.models import build_speech_decoder, build_whisper, whisper_inputs
 
 
@@ -66,3 +68,67 @@ def test_bad_input():
         assert encoder_merge_handle(model) is handle
         apply_encoder_merge(model, 0.9)
     assert encoder_merge_handle(model) is None and not hasattr(model, "_encoder_merge_handle")
+
+
+def _planted_frames(model, frames: torch.Tensor):
+    """Replace the encoder's output with `frames` (registered before the merge, so the merge pools these)."""
+
+    def hook(module, args, output):
+        output.last_hidden_state = frames.expand(output.last_hidden_state.shape[0], -1, -1).clone()
+        return output
+
+    return model.get_encoder().register_forward_hook(hook)
+
+
+def test_proportional_attention_makes_pooling_duplicates_exact():
+    model = build_whisper().model
+    features, decoder_ids = whisper_inputs(batch=1)
+    generator = torch.Generator().manual_seed(5)
+    a, b, c = torch.randn(3, 1, model.config.d_model, generator=generator)
+    frames = torch.cat([a, a, a, b, c, c, c, c])[None]  # runs of 3, 1 and 4 identical frames
+    with torch.no_grad():
+        planted = _planted_frames(model, frames)
+        before = model(input_features=features, decoder_input_ids=decoder_ids).logits
+        with apply_encoder_merge(model, threshold=0.999, proportional_attention=True) as handle:
+            exact = model(input_features=features, decoder_input_ids=decoder_ids).logits
+            assert handle.frames_out == 3 and handle.sizes.tolist() == [[3.0, 1.0, 4.0]]
+        with apply_encoder_merge(model, threshold=0.999):
+            plain = model(input_features=features, decoder_input_ids=decoder_ids).logits
+        planted.remove()
+    torch.testing.assert_close(exact, before, atol=1e-5, rtol=1e-5)
+    assert (plain - before).abs().max() > 1e-3  # without the log-size bias the 3 frames draw a third of their mass
+
+
+def test_split_at_audio_end_never_pools_speech_into_padding():
+    model = build_whisper().model
+    features, decoder_ids = whisper_inputs(batch=2)
+    frames = torch.ones(1, 8, model.config.d_model)  # all identical: plain pooling keeps one frame
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, 9:] = 0  # 9 real mel frames -> 5 encoder frames (rounded up); row 1 is all audio
+    split = [[5.0, 3.0], [0.0, 8.0]]
+    with torch.no_grad():
+        planted = _planted_frames(model, frames)
+        with apply_encoder_merge(model, threshold=0.999, split_at_audio_end=True) as handle:
+            model.generate(features, attention_mask=mask, max_new_tokens=2, do_sample=False)  # mask -> encoder
+            assert handle.sizes.tolist() == split
+            assert handle.valid.tolist() == [[True, True], [False, True]]
+            # a plain forward does not hand the mask to the encoder: the zero padding's floor gives the end
+            padded = features.clone()
+            padded[0, :, 9:] = padded[0].min()
+            model(input_features=padded, decoder_input_ids=decoder_ids)
+            assert handle.sizes.tolist() == split
+        with apply_encoder_merge(model, threshold=0.999) as handle:
+            model.generate(features, attention_mask=mask, max_new_tokens=2, do_sample=False)
+            assert handle.sizes.tolist() == [[8.0], [8.0]]
+        planted.remove()
+
+
+def test_audio_end_from_mask_or_from_the_padding_floor():
+    features = torch.randn(2, 4, 16, generator=torch.Generator().manual_seed(1))
+    features[0, :, 11:] = features[0].min()  # Whisper's zero padding: every bin at the row's floor
+    assert audio_end_frames(features, None, 8).tolist() == [6, 8]
+    mask = torch.zeros(2, 16, dtype=torch.long)
+    mask[0, :3], mask[1, :16] = 1, 1
+    assert audio_end_frames(features, mask, 8).tolist() == [2, 8]
+    group = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 1, 1]])
+    assert split_groups_at(group, torch.tensor([2, 5])).tolist() == [[0, 0, 1, 2, 2], [0, 1, 1, 1, 1]]

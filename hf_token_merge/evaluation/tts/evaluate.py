@@ -5,7 +5,9 @@ or sampled with the seed `seed + index` so that 1 and N processes give identical
 maps the ids to codec codes, strictly (an id that is no valid code for its slot makes the generation *invalid*);
 a user-supplied `decode` callable turns the codes into audio (or log-mel features); a pluggable ASR transcribes
 them (Whisper by default); the transcript is scored against the text as WER (or CER) with the evaluator's
-normaliser. Invalid and undecodable generations are counted and scored as empty transcripts (every reference
+normaliser. The scoring is the shared core's (`scoring.score_transcripts`, as for ASR): the same normaliser, word
+counts, per-utterance records (which `confidence.compare_records` pairs) and sharding. Invalid and undecodable
+generations are counted and scored as empty transcripts (every reference
 word deleted), and generations that never emit the end token are counted. Timing gives the generated seconds and
 real-time factors (compute seconds per generated second).
 
@@ -27,14 +29,9 @@ import torch
 
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.data import check_columns
-from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
-from hf_token_merge.evaluation.text import (
-    ErrorCounts,
-    character_error_counts,
-    error_counts,
-    normalize_transcript,
-    spelling_map_of,
-)
+from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, write_report
+from hf_token_merge.evaluation.scoring import METRICS, Transcript, WerResult, score_transcripts
+from hf_token_merge.evaluation.text import ErrorCounts, spelling_map_of
 from hf_token_merge.evaluation.tts.adapters import InvalidSpeechTokenError, SpeechCodes, SpeechTokenAdapter
 
 Decoded = Any  # a waveform (1-D array/tensor) or log-mel features, whatever `decode` returns and `asr` takes
@@ -179,7 +176,8 @@ class TtsWerResult:
         invalid: Generations with an id that is no valid code for its slot.
         undecodable: Generations whose codes the decode callable rejected.
         unended: Generations that never emitted the end token.
-        generated_seconds: Seconds of speech generated (codec frames / frame rate), valid generations.
+        generated_seconds: Seconds of speech generated (codec frames / frame rate), valid generations (the sum of
+            the records' `duration`).
         timing: Compute seconds of generation, decoding and ASR (slowest process) and real-time factors.
         settings: Generation settings.
         speaker_similarity: Mean speaker similarity (None without a callable).
@@ -235,11 +233,109 @@ class TtsWerResult:
         return write_report(output_dir, prefix, self.to_dict(), self.predictions, "predictions")
 
     def __str__(self) -> str:
+        c, unit = self.counts, "words" if self.metric == "wer" else "characters"
+        rtf = self.timing.get("rtf_total")
         return (
-            f"TTS {self.metric.upper()} {self.wer:.4f} over {self.num_utterances} utterances "
-            f"({self.invalid} invalid, {self.undecodable} undecodable, {self.unended} without end token; "
-            f"{self.generated_seconds:.1f} s generated)"
+            f"TTS {self.metric.upper()} {self.wer:.4f} ({c.substitutions} sub + {c.deletions} del + {c.insertions} ins "
+            f"/ {c.reference_words} {unit}, {self.num_utterances} utterances; {self.invalid} invalid, "
+            f"{self.undecodable} undecodable, {self.unended} without end token; {self.generated_seconds:.1f} s "
+            f"generated" + (f", RTF {rtf:.3g}" if rtf is not None else "") + ")"
         )
+
+
+class TtsFrontEnd:
+    """The TTS front end of the scoring core: example indices → `Transcript`s (text → ids → codes → decoded → ASR).
+
+    Each transcript's `extra` holds `generated_tokens`, `status` (`ok`, `invalid`, `undecodable`), `error`, `ended`,
+    `frames`, `duration` (generated seconds) and, with a speaker-similarity callable, `speaker_similarity`.
+    Invalid and undecodable generations get an empty hypothesis. `seconds` accumulates this process's compute
+    time of generation, decoding and ASR.
+
+    Args:
+        model: The TTS speech-LLM, or an `OracleSpeechModel`.
+        data: The examples.
+        adapter: The family adapter.
+        decode: `SpeechCodes -> decoded`.
+        asr: `list of decoded -> transcripts`.
+        prompt_builder: `example -> prompt ids` (unused by the oracle).
+        text_column: Reference text column.
+        id_column: Utterance id column (the index when absent).
+        generation: Keyword arguments of `generate_speech_ids` besides prompts and seeds.
+        seed: Base seed of sampling (`seed + index` per utterance).
+        speaker_similarity: Optional `(decoded, example) -> similarity`.
+    """
+
+    def __init__(
+        self,
+        model,
+        data,
+        *,
+        adapter: SpeechTokenAdapter,
+        decode: Callable[[SpeechCodes], Decoded],
+        asr: Callable[[list[Decoded]], list[str]],
+        prompt_builder: Callable[[dict[str, Any]], Sequence[int]] | None,
+        text_column: str,
+        id_column: str,
+        generation: dict[str, Any],
+        seed: int,
+        speaker_similarity: Callable[[Decoded, dict[str, Any]], float] | None = None,
+    ) -> None:
+        self.model, self.data, self.adapter, self.decode, self.asr = model, data, adapter, decode, asr
+        self.prompt_builder, self.text_column, self.id_column = prompt_builder, text_column, id_column
+        self.generation, self.seed, self.speaker_similarity = generation, seed, speaker_similarity
+        self.oracle = isinstance(model, OracleSpeechModel)
+        self.has_ids = id_column in (data.column_names if hasattr(data, "column_names") else data[0])
+        self.seconds = {"generation": 0.0, "decode": 0.0, "asr": 0.0}
+
+    def _generate(self, indices: list[int], examples: list[dict[str, Any]]) -> tuple[list[list[int]], list[list[int]]]:
+        if self.oracle:
+            return [[] for _ in examples], [self.model.ids(self.adapter, example) for example in examples]
+        prompts = [list(self.prompt_builder(example)) for example in examples]  # type: ignore[misc]
+        seeds = [self.seed + i for i in indices]
+        return prompts, generate_speech_ids(self.model, prompts, seeds=seeds, **self.generation)
+
+    def __call__(self, indices: list[int]) -> list[Transcript]:
+        examples = [self.data[i] for i in indices]
+        started = time.perf_counter()
+        prompts, generated = self._generate(indices, examples)
+        self.seconds["generation"] += time.perf_counter() - started
+        extras, decoded, decoded_rows = [], [], []
+        end_ids = self.adapter.end_token_ids
+        for row, (prompt, ids) in enumerate(zip(prompts, generated, strict=True)):
+            extra: dict[str, Any] = {"generated_tokens": len(ids), "status": "ok", "error": None}
+            extras.append(extra)
+            try:
+                codes = self.adapter.codes(ids, prompt_ids=prompt)
+            except InvalidSpeechTokenError as error:
+                extra.update(status="invalid", error=str(error), ended=any(t in end_ids for t in ids))
+                extra.update(frames=0, duration=0.0)
+                continue
+            extra.update(ended=codes.ended, frames=codes.frames, duration=codes.seconds)
+            started = time.perf_counter()
+            try:
+                if codes.frames == 0:
+                    raise TokenMergeError("the generation holds no complete codec frame")
+                decoded.append(self.decode(codes))
+                decoded_rows.append(row)
+            except Exception as error:  # noqa: BLE001 - any codec failure is a result to count, not a crash
+                extra.update(status="undecodable", error=f"{type(error).__name__}: {error}")
+            self.seconds["decode"] += time.perf_counter() - started
+        started = time.perf_counter()
+        heard = dict(zip(decoded_rows, self.asr(decoded) if decoded else [], strict=True))
+        self.seconds["asr"] += time.perf_counter() - started
+        if self.speaker_similarity is not None:
+            for position, row in enumerate(decoded_rows):
+                extras[row]["speaker_similarity"] = float(self.speaker_similarity(decoded[position], examples[row]))
+        return [
+            Transcript(
+                index=index,
+                id=str(example[self.id_column]) if self.has_ids else str(index),
+                reference=example[self.text_column],
+                hypothesis=heard.get(row, ""),
+                extra=extras[row],
+            )
+            for row, (index, example) in enumerate(zip(indices, examples, strict=True))
+        ]
 
 
 def evaluate_tts_wer(
@@ -270,6 +366,9 @@ def evaluate_tts_wer(
 ) -> TtsWerResult:
     """TTS WER (or CER) of a causal speech-LLM, on 1 or N processes.
 
+    A front end (`TtsFrontEnd`) of the shared scoring core (`scoring.score_transcripts`): the same normaliser,
+    counts and per-utterance records as ASR WER, so `confidence.compare_records` pairs two TTS evaluations.
+
     Args:
         model: The TTS speech-LLM (merged or not), or an `OracleSpeechModel`.
         data: A Dataset or list of dicts with `text_column` (and the oracle's codes column).
@@ -299,7 +398,7 @@ def evaluate_tts_wer(
     Returns:
         A `TtsWerResult` (the same on every process).
     """
-    if metric not in ("wer", "cer"):
+    if metric not in METRICS:
         raise TokenMergeError(f"metric must be 'wer' or 'cer', got {metric!r}.")
     oracle = isinstance(model, OracleSpeechModel)
     num_examples = check_columns(data, [text_column] + ([model.codes_column] if oracle else []), "evaluate_tts_wer")
@@ -316,98 +415,33 @@ def evaluate_tts_wer(
     if not oracle:
         model = prepare_model(model, accelerator, dtype, device)
     asr = asr if asr is not None else whisper_asr()
-    has_ids = id_column in (data.column_names if hasattr(data, "column_names") else data[0])
     pad = adapter.tokenizer.pad_token_id
     pad = pad if pad is not None else adapter.end_token_ids[0]
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-    seconds = {"generation": 0.0, "decode": 0.0, "asr": 0.0}
-
+    generation = {
+        "end_token_ids": adapter.end_token_ids,
+        "pad_token_id": pad,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        **{k: v for k, v in sampling.items() if v is not None},
+    }
+    front_end = TtsFrontEnd(
+        model, data, adapter=adapter, decode=decode, asr=asr, prompt_builder=prompt_builder, text_column=text_column,
+        id_column=id_column, generation=generation, seed=seed, speaker_similarity=speaker_similarity,
+    )  # fmt: skip
     spelling = getattr(asr, "spelling", None)  # Whisper's spelling map, where the ASR tokenizer provides it
-
-    def normalized(text: str) -> str:
-        return normalize_transcript(text, spelling) if normalize else text
-
-    def score(reference: str, hypothesis: str) -> ErrorCounts:
-        if metric == "wer":
-            return error_counts(reference, hypothesis, normalize, spelling)
-        return character_error_counts(normalized(reference), normalized(hypothesis))
-
-    def process(indices: list[int]) -> list[dict[str, Any]]:
-        examples = [data[i] for i in indices]
-        started = time.perf_counter()
-        if oracle:
-            prompts = [[] for _ in examples]
-            generated = [model.ids(adapter, example) for example in examples]
-        else:
-            prompts = [list(prompt_builder(example)) for example in examples]
-            generated = generate_speech_ids(
-                model,
-                prompts,
-                end_token_ids=adapter.end_token_ids,
-                pad_token_id=pad,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                seeds=[seed + i for i in indices],
-                **{k: v for k, v in sampling.items() if v is not None},
-            )
-        seconds["generation"] += time.perf_counter() - started
-        records, decoded, decoded_rows = [], [], []
-        for row, (index, example, prompt, ids) in enumerate(zip(indices, examples, prompts, generated, strict=True)):
-            record: dict[str, Any] = {
-                "index": index,
-                "id": str(example[id_column]) if has_ids else str(index),
-                "reference": example[text_column],
-                "generated_tokens": len(ids),
-                "status": "ok",
-                "error": None,
-            }
-            try:
-                codes = adapter.codes(ids, prompt_ids=prompt)
-            except InvalidSpeechTokenError as error:
-                record.update(status="invalid", error=str(error), ended=any(t in adapter.end_token_ids for t in ids))
-                record.update(frames=0, seconds=0.0)
-                records.append(record)
-                continue
-            record.update(ended=codes.ended, frames=codes.frames, seconds=codes.seconds)
-            started = time.perf_counter()
-            try:
-                if codes.frames == 0:
-                    raise TokenMergeError("the generation holds no complete codec frame")
-                decoded.append(decode(codes))
-                decoded_rows.append(row)
-            except Exception as error:  # noqa: BLE001 - any codec failure is a result to count, not a crash
-                record.update(status="undecodable", error=f"{type(error).__name__}: {error}")
-            seconds["decode"] += time.perf_counter() - started
-            records.append(record)
-        started = time.perf_counter()
-        transcripts = asr(decoded) if decoded else []
-        seconds["asr"] += time.perf_counter() - started
-        by_row = dict(zip(decoded_rows, transcripts, strict=True))
-        for row, record in enumerate(records):
-            hypothesis = by_row.get(row, "")
-            counts = score(record["reference"], hypothesis)
-            record.update(
-                prediction=hypothesis,
-                reference_normalized=normalized(record["reference"]),
-                prediction_normalized=normalized(hypothesis),
-                **counts.to_dict(),
-            )
-            if speaker_similarity is not None and row in by_row:
-                record["speaker_similarity"] = float(
-                    speaker_similarity(decoded[decoded_rows.index(row)], examples[row])
-                )
-        return records
-
-    records, timing = run_sharded(accelerator, num_examples, batch_size, process, "TTS WER", show_progress)
+    scored: WerResult = score_transcripts(
+        front_end, num_examples, accelerator=accelerator, batch_size=batch_size, normalize=normalize,
+        spelling=spelling, show_progress=show_progress, desc="TTS WER", metric=metric,
+    )  # fmt: skip
+    seconds = front_end.seconds
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         parts = gather_object([seconds])
         seconds = {key: max(part[key] for part in parts) for key in seconds}
-    total = ErrorCounts()
-    for record in records:  # dataset order
-        total = total + ErrorCounts(record["hits"], record["substitutions"], record["deletions"], record["insertions"])
-    generated_seconds = float(sum(r["seconds"] for r in records))
+    records = scored.predictions
+    generated_seconds = float(scored.audio_seconds or 0.0)
     similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
 
     def rtf(compute: float) -> float | None:
@@ -427,7 +461,7 @@ def evaluate_tts_wer(
         "spelling_map": spelling is not None,
     }
     result = TtsWerResult(
-        counts=total,
+        counts=scored.counts,
         metric=metric,
         num_utterances=num_examples,
         invalid=sum(r["status"] == "invalid" for r in records),
@@ -435,12 +469,12 @@ def evaluate_tts_wer(
         unended=sum(not r["ended"] for r in records),
         generated_seconds=generated_seconds,
         timing={
-            "compute_seconds": timing["compute_seconds"],
+            "compute_seconds": scored.compute_seconds,
             "generation_seconds": seconds["generation"],
             "decode_seconds": seconds["decode"],
             "asr_seconds": seconds["asr"],
             "rtf_generation": rtf(seconds["generation"]),
-            "rtf_total": rtf(timing["compute_seconds"]),
+            "rtf_total": rtf(scored.compute_seconds),
         },
         settings=settings,
         speaker_similarity=float(np.mean(similarities)) if similarities else None,
