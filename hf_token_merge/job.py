@@ -1,6 +1,7 @@
-"""The built-in default job: analyse -> merge -> evaluate before and after -> report, on the reference speech-LLM.
+"""The built-in job on the older 512-unit reference speech-LLM (`hf-token-merge run --model units`): analyse ->
+merge -> evaluate before and after -> report. The default `hf-token-merge run` is `codec_job.run_codec_job`.
 
-    hf-token-merge run            # or: python -m hf_token_merge.job
+    hf-token-merge run --model units      # or: python -m hf_token_merge.job --model units
 
 It needs nothing but the installed package: the reference speech-LLM, its tokenizer and its held-out test split
 (speech units + transcripts) ship inside it. The report (Markdown, HTML with the figures, JSON) and the merged
@@ -180,12 +181,18 @@ def _write_reports(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m hf_token_merge.job [--output-dir DIR]`."""
+    """`python -m hf_token_merge.job [--output-dir DIR] [--model codec|units]`."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--overwrite", action="store_true", help="replace original/ and merged/ written elsewhere")
+    parser.add_argument("--model", choices=("codec", "units"), default="codec", help="units: the 512-unit model")
     args = parser.parse_args(argv)
-    run_reference_job(args.output_dir, overwrite=args.overwrite)
+    if args.model == "units":
+        run_reference_job(args.output_dir, overwrite=args.overwrite)
+    else:
+        from hf_token_merge.codec_job import run_codec_job
+
+        run_codec_job(args.output_dir, overwrite=args.overwrite)
     return 0
 
 

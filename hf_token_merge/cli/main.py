@@ -44,8 +44,9 @@ logger = logging.getLogger(__name__)
 
 VERBOSE_HELP = "log progress and decisions to stderr (-v); -vv adds debug detail"
 RUN_EXAMPLES = """examples:
-  hf-token-merge run
+  hf-token-merge run                                  # the codec speech-LLM (TTS + ASR), about 2 min on 2 cores
   hf-token-merge run --output-dir runs/reference-job
+  hf-token-merge run --model units                    # the older 512-unit ASR model (distinct k-means units)
 """
 
 
@@ -158,10 +159,11 @@ def _assets(args: argparse.Namespace) -> int:
 def _add_run(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="the built-in job: analyse, merge, evaluate before/after and report, on the reference speech-LLM",
+        help="the built-in job: analyse, merge, evaluate before/after and report, on the codec speech-LLM",
         description=(
-            "Run the whole job on the bundled reference speech-LLM with no arguments: redundancy analysis, "
-            "merge with the reference recipe, WER and unit perplexity before and after, and a report."
+            "Run the whole job on the bundled codec speech-LLM with no arguments: redundancy analysis, merge with "
+            "the reference_codec recipe, ASR WER, TTS WER (25 test sentences), KL and perplexity before and after "
+            "with confidence intervals, and a report. --model units runs the older 512-unit ASR model instead."
         ),
         epilog=RUN_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -172,13 +174,24 @@ def _add_run(subparsers) -> None:
         action="store_true",
         help="replace original/ and merged/ even when hf_token_merge did not write them",
     )
+    parser.add_argument(
+        "--model",
+        choices=("codec", "units"),
+        default="codec",
+        help="codec: the codec speech-LLM (default); units: the older 512-unit ASR model (reference recipe)",
+    )
     parser.set_defaults(handler=_run_job)
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from hf_token_merge.job import run_reference_job
+    if args.model == "units":
+        from hf_token_merge.job import run_reference_job
 
-    run_reference_job(args.output_dir, overwrite=args.overwrite)
+        run_reference_job(args.output_dir, overwrite=args.overwrite)
+    else:
+        from hf_token_merge.codec_job import run_codec_job
+
+        run_codec_job(args.output_dir, overwrite=args.overwrite)
     return 0
 
 

@@ -18,10 +18,14 @@ that `recipes/reference_model/synthesize.py` (dev-only Piper) builds; it is neve
 * `load_reference_speech_codec()`: a `SpeechCodec` (FSQ codes at a fixed frame rate over Whisper's log-mel, with a
   decoder back to log-mel), and `load_codec_corpus(split)` the committed code sequences + texts of its 10,200-sentence
   corpus (train/dev/test) and of the LibriVox utterances; see `recipes/speech_codec/README.md`.
+* `load_codec_speech_llm()`: the codec speech-LLM, a tied Llama in Llasa's layout over the codec's codes `<|s_N|>`,
+  trained here for TTS (text -> codes) and ASR (codes -> text); see `reference/codec_llm.py` and
+  `recipes/speech_llm/README.md`.
 """
 
 from hf_token_merge.reference.cache import cache_root
 from hf_token_merge.reference.codec_corpus import load_codec_corpus
+from hf_token_merge.reference.codec_llm import load_codec_speech_llm
 from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 from hf_token_merge.reference.librivox import build_librivox_sonnets, decode_audio, load_librivox_sonnets
 from hf_token_merge.reference.speech_codec import SpeechCodec, SpeechCodecConfig, load_reference_speech_codec
@@ -46,6 +50,7 @@ __all__ = [
     "cache_root",
     "decode_audio",
     "load_codec_corpus",
+    "load_codec_speech_llm",
     "load_librivox_sonnets",
     "load_reference_eval_set",
     "load_reference_speech_codec",

@@ -295,7 +295,7 @@ def test_every_builtin_evaluation_is_described_and_loadable_by_name():
     from hf_token_merge.cli.main import build_parser
     from hf_token_merge.evaluation import BUILTIN_DATASETS
 
-    assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic"]
+    assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic", "tts-wer"]
     assert BUILTIN_EVALUATIONS["librivox"] == "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)"
     assert list(BUILTIN_DATASETS) == ["librivox", "synthetic"]
     parser = build_parser()

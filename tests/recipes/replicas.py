@@ -283,6 +283,20 @@ def reference(architecture: str, tied: bool) -> Replica:
     return Replica(model, tokenizer, units, kept=tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
 
 
+def reference_codec(architecture: str, tied: bool) -> Replica:
+    """The codec speech-LLM's layout (12 specials/markers, 34 characters, 4,375 `<|s_N|>` codes) on a tiny
+    freshly initialised tied Llama: the recipe's selection depends on the layout, not on the weights."""
+    from hf_token_merge.reference.codec_llm import SPECIAL_TOKENS, build_codec_llm_tokenizer, codec_llama_config
+
+    tokenizer = build_codec_llm_tokenizer(4375)
+    torch.manual_seed(0)
+    config = codec_llama_config(tokenizer, hidden_size=32, num_layers=1, num_heads=2)
+    model = getattr(transformers, architecture)(config).eval()
+    assert model.config.tie_word_embeddings == tied
+    codes = _ids(tokenizer, [f"<|s_{i}|>" for i in range(4375)])
+    return Replica(model, tokenizer, codes, kept=tokenizer.convert_tokens_to_ids(list(SPECIAL_TOKENS)))
+
+
 WHISPER_TEXT = 50256  # GPT-2 byte-level text tokens, ids 0..50255
 WHISPER_LANGUAGES = 99
 WHISPER_TIMESTAMPS = 1501
@@ -366,4 +380,5 @@ BUILDERS = {
     "glm4_voice": glm4_voice,
     "whisper": whisper,
     "reference": reference,
+    "reference_codec": reference_codec,
 }

@@ -17,7 +17,18 @@ from hf_token_merge.recipes import RECIPE_KEYS, Recipe, list_recipes, load_recip
 from tests.models import TEXT_WORDS, build_tokenizer, logits_of, random_ids
 from tests.recipes import replicas
 
-FAMILIES = ["llasa", "orpheus", "spark_tts", "outetts", "spiritlm", "speechgpt", "glm4_voice", "whisper", "reference"]
+FAMILIES = [
+    "llasa",
+    "orpheus",
+    "spark_tts",
+    "outetts",
+    "spiritlm",
+    "speechgpt",
+    "glm4_voice",
+    "whisper",
+    "reference",
+    "reference_codec",
+]
 REPO_RECIPES = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "recipes")
 
 

@@ -1,0 +1,166 @@
+"""Evaluate the codec speech-LLM: ASR WER and TTS WER, with 95 % bootstrap intervals, per split.
+
+* ASR: greedy decoding from `<|TEXT_GENERATION_START|>` (through `evaluate_wer`), scored with Whisper's English
+  normaliser.
+* TTS: greedy generation from `<|SPEECH_GENERATION_START|>` → the `reference` adapter (`<|s_N|>` → N, strict) →
+  the reference codec's decoder (log-mel) → Whisper tiny.en (through `evaluate_tts_wer`). `--oracle` adds the
+  codec's own resynthesis WER of the ground-truth codes (the floor TTS WER can reach with this codec and ASR).
+
+The interval is the percentile bootstrap over utterances (1,000 resamples, seed 0) of the corpus WER.
+
+    python recipes/speech_llm/evaluate.py --splits test,librivox --output results.json
+    python recipes/speech_llm/evaluate.py --model runs/cpu/model --splits dev --limit 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hf_token_merge.codec_job import codec_tts_adapter
+from hf_token_merge.evaluation.confidence import paired_bootstrap
+from hf_token_merge.reference.codec_corpus import load_codec_corpus
+from hf_token_merge.reference.codec_llm import (
+    SPEECH_UNDERSTANDING_END,
+    SPEECH_UNDERSTANDING_START,
+    TEXT_GENERATION_END,
+    TEXT_GENERATION_START,
+    load_codec_speech_llm,
+    normalize_text,
+)
+
+CHECK_UTTERANCES = {"asr": 8, "tts": 4}  # the first utterances that tests/reference/test_codec_llm.py re-scores
+
+
+def subset_wer(records: list[dict], count: int) -> dict:
+    """Corpus WER of the first `count` records (dataset order): what the committed-model test recomputes."""
+    head = records[:count]
+    errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in head)
+    words = sum(r["substitutions"] + r["deletions"] + r["hits"] for r in head)
+    return {"utterances": len(head), "wer": errors / words if words else 0.0}
+
+
+def interval(records: list[dict]) -> dict:
+    """Corpus WER of per-utterance records and its 95 % bootstrap interval (a paired bootstrap against zero)."""
+    errors = [r["substitutions"] + r["deletions"] + r["insertions"] for r in records]
+    words = [r["substitutions"] + r["deletions"] + r["hits"] for r in records]
+    low, high = paired_bootstrap(np.zeros(len(errors)), errors, words)
+    return {"wer": sum(errors) / sum(words), "ci_low": low, "ci_high": high, "words": sum(words)}
+
+
+def asr_wer(model, tokenizer, data, output_dir: Path | None = None, batch_size: int = 32) -> dict:
+    """ASR WER of the model on a codec-corpus split."""
+    from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
+
+    builder = unit_prompt_builder(
+        tokenizer,
+        units_column="codes",
+        prefix=[SPEECH_UNDERSTANDING_START],
+        suffix=[SPEECH_UNDERSTANDING_END, TEXT_GENERATION_START],
+    )
+    started = time.perf_counter()
+    result = evaluate_wer(
+        model,
+        data,
+        tokenizer=tokenizer,
+        prompt_builder=builder,
+        eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_GENERATION_END),
+        max_new_tokens=max(len(normalize_text(t)) for t in data["text"]) + 40,
+        batch_size=batch_size,
+        device="cpu" if not torch.cuda.is_available() else None,
+        output_dir=output_dir,
+        show_progress=False,
+    )
+    return {
+        **interval(result.predictions),
+        "utterances": len(data),
+        "first": subset_wer(result.predictions, CHECK_UTTERANCES["asr"]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, batch_size: int = 32) -> dict:
+    """TTS WER of the model (or an `OracleSpeechModel`) on a codec-corpus split."""
+    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
+    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
+
+    longest = max(len(normalize_text(t)) for t in data["text"])
+    started = time.perf_counter()
+    result = evaluate_tts_wer(
+        model,
+        data,
+        adapter=codec_tts_adapter(tokenizer),
+        decode=codec_whisper_decoder(codec),
+        asr=asr,
+        max_new_tokens=min(1500, 6 * longest + 50),
+        batch_size=batch_size,
+        device="cpu" if not torch.cuda.is_available() else None,
+        output_dir=output_dir,
+        show_progress=False,
+    )
+    return {
+        **interval(result.predictions),
+        "utterances": len(data),
+        "invalid": result.invalid,
+        "without_end_token": result.unended,
+        "generated_seconds": result.generated_seconds,
+        "first": subset_wer(result.predictions, CHECK_UTTERANCES["tts"]),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder; default: the bundled one")
+    parser.add_argument("--splits", default="test,librivox")
+    parser.add_argument("--tasks", default="asr,tts")
+    parser.add_argument("--limit", type=int, default=None, help="first N utterances of each split")
+    parser.add_argument("--tts-limit", type=int, default=None, help="TTS (and --oracle) on the first N only")
+    parser.add_argument("--oracle", action="store_true", help="also the codec's resynthesis WER (TTS floor)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", default=None, help="JSON file for the numbers")
+    parser.add_argument("--predictions-dir", default=None, help="write per-utterance predictions here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks = args.tasks.split(",")
+    model, tokenizer = load_codec_speech_llm(args.model)
+    codec = asr = None
+    if "tts" in tasks or args.oracle:
+        from hf_token_merge.evaluation.tts.evaluate import whisper_asr
+        from hf_token_merge.reference import load_reference_speech_codec
+
+        codec, asr = load_reference_speech_codec(), whisper_asr(features=True)
+    results = {"model": args.model or "bundled", "limit": args.limit, "tts_limit": args.tts_limit, "splits": {}}
+    for split in args.splits.split(","):
+        data = load_codec_corpus(split)
+        if args.limit:
+            data = data.select(range(min(args.limit, len(data))))
+        row = results["splits"][split] = {}
+
+        def where(name: str, split: str = split) -> Path | None:
+            return Path(args.predictions_dir) / split / name if args.predictions_dir else None
+
+        if "asr" in tasks:
+            row["asr"] = asr_wer(model, tokenizer, data, where("asr"))
+            print(split, "ASR", json.dumps(row["asr"]), flush=True)
+        tts_data = data.select(range(min(args.tts_limit, len(data)))) if args.tts_limit else data
+        if "tts" in tasks:
+            row["tts"] = tts_wer(model, tokenizer, tts_data, codec, asr, where("tts"))
+            print(split, "TTS", json.dumps(row["tts"]), flush=True)
+        if args.oracle:
+            from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel
+
+            row["oracle_tts"] = tts_wer(OracleSpeechModel(), tokenizer, tts_data, codec, asr, where("oracle"))
+            print(split, "oracle TTS", json.dumps(row["oracle_tts"]), flush=True)
+    if args.output:
+        Path(args.output).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,360 @@
+"""Train the reference codec speech-LLM (Llama in Llasa's layout; TTS text -> codes and ASR codes -> text).
+
+One script for CPU and GPU (`--device cpu|cuda`). Data: the committed codec corpus, train split only
+(`load_codec_corpus("train")`); every utterance gives one TTS and one ASR example per epoch. Examples are
+packed into batches by a token budget (`--batch-tokens`): shuffled with the seed, sorted by length within pools
+of 64 batches so that rows of one batch have similar lengths (little padding, and every example starts at
+position 0 as at inference), and the batches shuffled again. AdamW (betas 0.9/0.95, weight decay 0.1 on
+matrices), linear warm-up then cosine decay to 10 %, gradient clipping at 1.0; bf16 autocast with `--amp`.
+
+Outputs in `--output-dir`:
+* `train_log.jsonl`: one line per `--log-every` steps (losses per task, learning rate, tokens, seconds) and
+  per dev evaluation (`--eval-every`: teacher-forced loss per task on 96 dev utterances);
+* `checkpoint/state.pt`: model, optimizer, scheduler and position, every `--checkpoint-minutes` and at the end
+  (`--resume` continues from it with the same batches);
+* `model/`: the final weights in bf16 safetensors, sharded below 16 MiB per file, with the tokenizer and
+  the generation config: what `load_codec_speech_llm(path)` reads and what is committed to
+  `hf_token_merge/reference/assets/codec_speech_llm/`.
+
+`--stop-at HH:MM` (UTC) ends training early at that time, still writing the checkpoint and `model/`. With
+`--fit-to-stop-at` the cosine decay runs over the wall-clock time left until a minute before `--stop-at` instead of
+over steps, and training ends there: on a shared CPU whose speed changes with its load, the schedule still completes
+(the step count then depends on the load, so such a run is seeded but not step-for-step reproducible).
+
+    python recipes/speech_llm/train.py --output-dir runs/cpu --device cpu --threads 2 --epochs 3
+    python recipes/speech_llm/train.py --output-dir runs/gpu --device cuda --amp --epochs 30 --batch-tokens 65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+from transformers import GenerationConfig, LlamaForCausalLM
+
+from hf_token_merge.reference.codec_corpus import load_codec_corpus
+from hf_token_merge.reference.codec_llm import (
+    SPEECH_GENERATION_END,
+    CodecSequenceBuilder,
+    build_codec_llm_tokenizer,
+    codec_llama_config,
+)
+from hf_token_merge.reference.speech_codec import reference_speech_codec_dir
+
+TASKS = ("tts", "asr")
+MAX_SHARD = "15MB"  # every file below 16 MiB
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=float, default=3.0, help="epochs (fractions allowed); sets the schedule")
+    parser.add_argument("--max-steps", type=int, default=None, help="overrides --epochs for the schedule")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="padded tokens per batch")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--warmup-steps", type=int, default=100)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--tasks", default="tts,asr", help="comma-separated subset of tts,asr")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast")
+    parser.add_argument("--log-every", type=int, default=10)
+    parser.add_argument("--eval-every", type=int, default=200)
+    parser.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    parser.add_argument("--stop-at", default=None, help="UTC HH:MM: stop there, writing checkpoint and model/")
+    parser.add_argument(
+        "--fit-to-stop-at",
+        action="store_true",
+        help="decay the learning rate over the wall-clock time to --stop-at (not over steps) and end there",
+    )
+    parser.add_argument("--pause-after", type=int, default=None, help="stop after N steps of this run (resumable)")
+    parser.add_argument(
+        "--evaluate",
+        default=None,
+        metavar="SPLITS",
+        help="after training, run evaluate.py on these splits (e.g. test,librivox) into <output-dir>/results.json",
+    )
+    parser.add_argument("--limit", type=int, default=None, help="first N train utterances only (smoke tests)")
+    parser.add_argument("--resume", action="store_true")
+    return parser.parse_args(argv)
+
+
+def build_examples(builder: CodecSequenceBuilder, split: str, tasks: list[str], limit: int | None = None):
+    """(ids, labels, task) per utterance and task of one split of the codec corpus."""
+    data = load_codec_corpus(split)
+    rows = data.select(range(min(limit, len(data)))) if limit else data
+    examples = []
+    for text, codes in zip(rows["text"], rows["codes"], strict=True):
+        if "tts" in tasks:
+            examples.append((*builder.tts_example(text, codes), 0))
+        if "asr" in tasks:
+            examples.append((*builder.asr_example(codes, text), 1))
+    return examples
+
+
+def epoch_batches(lengths: list[int], batch_tokens: int, seed: int, epoch: int) -> list[list[int]]:
+    """The batches of one epoch: shuffled, sorted by length within pools, cut by the token budget, shuffled."""
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    pool = max(1, 64 * batch_tokens // max(1, sum(lengths) // len(lengths)))
+    batches = []
+    for start in range(0, len(order), pool):
+        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
+        batch: list[int] = []
+        for i in chunk:
+            if batch and (len(batch) + 1) * max(lengths[i], lengths[batch[-1]]) > batch_tokens:
+                batches.append(batch)
+                batch = []
+            batch.append(i)
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples, indices: list[int], pad_id: int):
+    width = max(len(examples[i][0]) for i in indices)
+    ids = torch.full((len(indices), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(indices), width), dtype=torch.long)
+    task = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        seq, lab, kind = examples[i]
+        ids[row, : len(seq)] = torch.tensor(seq)
+        labels[row, : len(seq)] = torch.tensor(lab)
+        mask[row, : len(seq)] = 1
+        task[row, :] = kind
+    return ids, labels, mask, task
+
+
+def task_losses(model, ids, labels, mask, task, device, amp: bool):
+    """Mean loss over all target tokens, and (nll sum, tokens) per task."""
+    ids, labels, mask, task = (t.to(device) for t in (ids, labels, mask, task))
+    with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(input_ids=ids, attention_mask=mask).logits
+    target = labels[:, 1:]
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view_as(target)
+    valid = target != -100
+    per_task = {}
+    for k, name in enumerate(TASKS):
+        sel = valid & (task[:, 1:] == k)
+        per_task[name] = (float(nll[sel].detach().sum()), int(sel.sum()))
+    return nll[valid].mean(), per_task
+
+
+@torch.no_grad()
+def dev_losses(model, examples, pad_id, device, amp) -> dict[str, float]:
+    model.eval()
+    sums = {name: [0.0, 0] for name in TASKS}
+    for start in range(0, len(examples), 16):
+        batch = list(range(start, min(start + 16, len(examples))))
+        _, per_task = task_losses(model, *collate(examples, batch, pad_id), device, amp)
+        for name, (total, count) in per_task.items():
+            sums[name][0] += total
+            sums[name][1] += count
+    model.train()
+    return {f"dev_{name}": total / count for name, (total, count) in sums.items() if count}
+
+
+def save_model(model, tokenizer, builder, folder: Path, meta: dict) -> None:
+    """bf16 safetensors sharded below 16 MiB, tokenizer, generation config and training summary."""
+    import copy
+
+    from hf_token_merge.atomic import atomic_directory
+
+    export = copy.deepcopy(model).to("cpu", torch.bfloat16).eval()
+    export.config.dtype = "bfloat16"
+    export.generation_config = GenerationConfig(
+        bos_token_id=builder.bos,
+        eos_token_id=[builder.marker[SPEECH_GENERATION_END], builder.eos],
+        pad_token_id=builder.pad,
+        do_sample=False,
+        max_new_tokens=1024,
+    )
+    with atomic_directory(folder) as staged:
+        export.save_pretrained(staged, max_shard_size=MAX_SHARD)
+        tokenizer.save_pretrained(staged)
+        (Path(staged) / "training.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    tasks = [t for t in args.tasks.split(",") if t]
+    if not tasks or any(t not in TASKS for t in tasks):
+        sys.exit(f"--tasks must be a comma-separated subset of {TASKS}, got {args.tasks!r}")
+    if args.device == "cpu":
+        torch.set_num_threads(args.threads)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = out / "checkpoint" / "state.pt"
+    if checkpoint.exists() and not args.resume:
+        sys.exit(f"{checkpoint} exists. Fix: pass --resume to continue it, or choose another --output-dir.")
+    deadline = None
+    if args.stop_at:
+        now = dt.datetime.now(dt.timezone.utc)
+        hour, minute = (int(x) for x in args.stop_at.split(":"))
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+        if deadline < now:
+            deadline += dt.timedelta(days=1)
+    if args.fit_to_stop_at and deadline is None:
+        sys.exit("--fit-to-stop-at needs --stop-at HH:MM.")
+
+    codec_config = json.loads((reference_speech_codec_dir() / "config.json").read_text(encoding="utf-8"))
+    tokenizer = build_codec_llm_tokenizer(int(codec_config["codebook_size"]))
+    builder = CodecSequenceBuilder(tokenizer)
+    examples = build_examples(builder, "train", tasks, args.limit)
+    dev = build_examples(builder, "dev", tasks, 96)
+    lengths = [len(e[0]) for e in examples]
+    batches_per_epoch = len(epoch_batches(lengths, args.batch_tokens, args.seed, 0))
+    total_steps = args.max_steps or max(1, math.ceil(args.epochs * batches_per_epoch))
+
+    torch.manual_seed(args.seed)
+    config = codec_llama_config(
+        tokenizer, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, max_positions=2048
+    )
+    model = LlamaForCausalLM(config).to(args.device)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.95),
+    )
+
+    budget_start = time.time()
+
+    def schedule(step: int) -> float:
+        if step < args.warmup_steps:
+            return (step + 1) / args.warmup_steps
+        if args.fit_to_stop_at:  # the decay follows the wall clock: the CPU's speed changes with its load
+            end = deadline.timestamp() - 60  # final dev loss and save
+            progress = min(1.0, max(0.0, (time.time() - budget_start) / max(1.0, end - budget_start)))
+        else:
+            progress = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    step, epoch, position, tokens_seen, elapsed = 0, 0, 0, 0, 0.0
+    if args.resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=args.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, position = state["step"], state["epoch"], state["position"]
+        tokens_seen, elapsed = state["tokens"], state["elapsed"]
+        total_steps = state["total_steps"]
+        budget_start = state.get("budget_start", budget_start)
+        print(f"resumed at step {step} (epoch {epoch}, batch {position})", flush=True)
+    parameters = sum(p.numel() for p in model.parameters())
+    settings = {**vars(args), "tasks": tasks, "parameters": parameters, "vocab_size": len(tokenizer)}
+    settings |= {"train_examples": len(examples), "batches_per_epoch": batches_per_epoch, "total_steps": total_steps}
+    print(json.dumps(settings), flush=True)
+    (out / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+    def log(record: dict) -> None:
+        with open(out / "train_log.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        print(json.dumps(record), flush=True)
+
+    def write_checkpoint() -> None:
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "position": position,
+            "tokens": tokens_seen,
+            "elapsed": elapsed,
+            "total_steps": total_steps,
+            "budget_start": budget_start,
+            "settings": settings,
+        }
+        torch.save(state, checkpoint.with_suffix(".tmp"))
+        os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
+
+    window = {name: [0.0, 0] for name in TASKS}
+    first_step = step
+    last_checkpoint, started, stopped_early = time.time(), time.time() - elapsed, False
+    batches = epoch_batches(lengths, args.batch_tokens, args.seed, epoch)
+    while step < total_steps:
+        if position >= len(batches):
+            epoch, position = epoch + 1, 0
+            batches = epoch_batches(lengths, args.batch_tokens, args.seed, epoch)
+        ids, labels, mask, task = collate(examples, batches[position], builder.pad)
+        loss, per_task = task_losses(model, ids, labels, mask, task, args.device, args.amp)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step, position, tokens_seen = step + 1, position + 1, tokens_seen + int(mask.sum())
+        elapsed = time.time() - started
+        for name, (total, count) in per_task.items():
+            window[name][0] += total
+            window[name][1] += count
+        if step % args.log_every == 0 or step == total_steps:
+            record = {
+                "step": step,
+                "epoch": round(epoch + position / len(batches), 4),
+                "lr": scheduler.get_last_lr()[0],
+            }
+            record |= {name: total / count for name, (total, count) in window.items() if count}
+            record |= {"tokens": tokens_seen, "seconds": round(elapsed, 1)}
+            log(record)
+            window = {name: [0.0, 0] for name in TASKS}
+        if step % args.eval_every == 0 or step == total_steps:
+            record = {"step": step, **dev_losses(model, dev, builder.pad, args.device, args.amp)}
+            log(record)
+        if time.time() - last_checkpoint > 60 * args.checkpoint_minutes:
+            write_checkpoint()
+            last_checkpoint = time.time()
+        if args.pause_after is not None and step - first_step >= args.pause_after and step < total_steps:
+            stopped_early = True
+            print(f"--pause-after {args.pause_after}: paused at step {step} of {total_steps}", flush=True)
+            break
+        if deadline is not None and time.time() >= deadline.timestamp() - (60 if args.fit_to_stop_at else 0):
+            stopped_early = not args.fit_to_stop_at
+            print(f"--stop-at {args.stop_at} reached at step {step} of {total_steps}", flush=True)
+            break
+    write_checkpoint()
+    meta = {
+        "steps": step,
+        "total_steps": total_steps,
+        "epochs": round(epoch + position / len(batches), 4),
+        "tokens": tokens_seen,
+        "seconds": round(elapsed, 1),
+        "stopped_early": stopped_early,
+        "device": args.device,
+        "threads": args.threads if args.device == "cpu" else None,
+        "settings": settings,
+    }
+    save_model(model, tokenizer, builder, out / "model", meta)
+    print(json.dumps(meta), flush=True)
+    if args.evaluate:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import evaluate
+
+        command = ["--model", str(out / "model"), "--splits", args.evaluate, "--oracle", "--threads", str(args.threads)]
+        evaluate.main([*command, "--output", str(out / "results.json"), "--predictions-dir", str(out / "predictions")])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
