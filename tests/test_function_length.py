@@ -23,6 +23,7 @@ ALLOWED = {
     "cli/main.py:_add_evaluate": "a flat list of argparse options; splitting it would scatter one command's help",
     "cli/sweep.py:add_parser": "a flat list of argparse options; splitting it would scatter one command's help",
     "cli/sweep.py:_run_budget": "issue 14's branch changes sweep --eval; split it there",
+    "codec_job.py:run_codec_job": "issue 15's new default job, merged after the issue-20 split; split it next",
 }
 
 

@@ -233,25 +233,29 @@ def _check_card_arguments(args: argparse.Namespace) -> None:
         check_license(args.license)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `compress`."""
-    from hf_token_merge import apply_token_merge, export_plain
-    from hf_token_merge.atomic import atomic_directory, check_target
+def _check_before_loading(args: argparse.Namespace, output: Path) -> None:
+    """Refuse bad card options and an unusable output folder before the model is loaded and merged."""
+    from hf_token_merge.atomic import check_target
     from hf_token_merge.errors import TokenMergeError
-    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
-    from hf_token_merge.evaluation.runner import write_report
-    from hf_token_merge.evaluation.scoring import paired_predictions
-    from hf_token_merge.hub import stage_folder
-    from hf_token_merge.tables import change_table
 
-    output = Path(args.output_dir)
     _check_card_arguments(args)
     if args.pad_vocab_to_multiple_of is not None and not args.export_plain:
         raise TokenMergeError("--pad-vocab-to-multiple-of pads the plain export. Fix: add --export-plain.")
-    # refuse an unusable output folder before the model is loaded and merged
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `compress`."""
+    from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.atomic import atomic_directory
+    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
+    from hf_token_merge.evaluation.runner import write_report
+    from hf_token_merge.hub import stage_folder
+
+    output = Path(args.output_dir)
+    _check_before_loading(args, output)
     if _streaming(args):
         return _run_streaming(args, output)
     tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
@@ -283,6 +287,29 @@ def run(args: argparse.Namespace) -> int:
         disk_after = safetensors_bytes(staging)
         card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
         card.save(staging / "README.md")
+    reports = (before_report, after_report)
+    disk = (disk_before, disk_after)
+    report, predictions = _merge_report(args, options, tts, result, disk, (before, after), difference, reports)
+    write_report(output, "merge", report, predictions, "predictions")
+    if args.export_plain:
+        export_plain(
+            model,
+            result.plan,
+            output / "plain",
+            tokenizer=processing_class,  # the processor for Whisper, so the plain folder has its feature extractor
+            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
+            overwrite=args.overwrite,
+        )
+    _print_summary(result, disk, reports, rows)
+    print(f"model: {folder}")
+    return 0
+
+
+def _merge_report(args, options, tts, result, disk, metrics, difference, reports) -> tuple[dict, list | None]:
+    """merge.json's numbers (labelled byte counts, metrics, WER reports) and the paired predictions, if any."""
+    from hf_token_merge.evaluation.scoring import paired_predictions
+
+    (disk_before, disk_after), (before, after), (before_report, after_report) = disk, metrics, reports
     numbers = {key: value for key, value in result.to_dict().items() if key not in ("bytes_before", "bytes_after")}
     report = {
         **numbers,
@@ -302,16 +329,14 @@ def run(args: argparse.Namespace) -> int:
         report["wer_before"], report["wer_after"] = before_report.to_dict(), after_report.to_dict()
         if not tts:
             predictions = paired_predictions(before_report.predictions, after_report.predictions)
-    write_report(output, "merge", report, predictions, "predictions")
-    if args.export_plain:
-        export_plain(
-            model,
-            result.plan,
-            output / "plain",
-            tokenizer=processing_class,  # the processor for Whisper, so the plain folder has its feature extractor
-            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
-            overwrite=args.overwrite,
-        )
+    return report, predictions
+
+
+def _print_summary(result, disk: tuple[int, int], reports: tuple, rows) -> None:
+    """The merge's rows, parameters, bytes and WERs on stdout, then the before/after table."""
+    from hf_token_merge.tables import change_table
+
+    (disk_before, disk_after), (before_report, after_report) = disk, reports
     stats = result.plan.statistics
     print(
         f"merged {stats['selected_rows']} rows into {stats['clusters']} ({stats['vocab_size']} -> "
@@ -322,8 +347,6 @@ def run(args: argparse.Namespace) -> int:
     if before_report is not None:
         print(f"WER before: {before_report}\nWER after:  {after_report}")
     print("\n" + change_table(rows))
-    print(f"model: {folder}")
-    return 0
 
 
 def _streaming(args: argparse.Namespace) -> bool:
