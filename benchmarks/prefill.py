@@ -132,7 +132,7 @@ def shaped_setup(shape: str, length: int, retention: float, dtype: torch.dtype, 
     speech = torch.randint(32_000, 36_096, (length,), generator=torch.Generator().manual_seed(0))
     ids = torch.cat([torch.tensor([1, 10, 11]), speech, torch.tensor([12, 13])])[None]
     deep = layers * 3 // 4
-    speech_range = {"speech_token_range": (32_000, 36_096)}
+    speech_range = {"token_id_range": (32_000, 36_096)}
     # the study: input + deep; here input keeps sqrt(retention) and the deep stage the rest
     per_stage = retention**0.5
     configs = {

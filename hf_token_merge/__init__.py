@@ -8,7 +8,7 @@ reloads with `AutoModelForCausalLM.from_pretrained(path)`.
 """
 
 from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.recipes import Recipe, list_recipes, load_recipe
+from hf_token_merge.families import Recipe, list_recipes, load_recipe
 from hf_token_merge.remap import (
     MergedEmbedding,
     MergedLMHead,

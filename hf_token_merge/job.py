@@ -82,12 +82,9 @@ def run_reference_job(
         The numbers of the report (also in `report.json`).
     """
     from hf_token_merge.analysis import analyze_redundancy
-    from hf_token_merge.analysis.report_html import write_job_report
     from hf_token_merge.atomic import atomic_directory, check_target
-    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
-    from hf_token_merge.tables import ChangeRow, change_table
 
     original_dir = os.path.join(output_dir, "original")
     merged_dir = os.path.join(output_dir, "merged")
@@ -131,6 +128,20 @@ def run_reference_job(
         units=difference.units,
         generation={"decoding": "greedy", "batch_size": 16},
     )
+    return _write_reports(
+        output_dir, config, model, merged, result, before, after, difference, record, analysis, eval_set
+    )
+
+
+def _write_reports(
+    output_dir, config, model, merged, result, before, after, difference, record, analysis, eval_set
+) -> dict[str, Any]:
+    """The before/after table, `report.json`, `.md` and `.html` of the job (printed too); returns the numbers."""
+    from hf_token_merge.analysis.report_html import write_job_report
+    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
+    from hf_token_merge.tables import ChangeRow, change_table
+
+    original_dir, merged_dir = os.path.join(output_dir, "original"), os.path.join(output_dir, "merged")
     rows = [
         ChangeRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f", difference.interval_text(1, "+.4f")),
         ChangeRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),

@@ -35,6 +35,18 @@ def _deterministic():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _library_logger_restored():
+    """`hf-token-merge` (cli.main) configures the library's logger; give every test the logger it found."""
+    import logging
+
+    logger = logging.getLogger("hf_token_merge")
+    handlers, level = list(logger.handlers), logger.level
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+
+
 @pytest.fixture
 def llama_tied():
     """A fresh Llasa-like tied Llama (the test may modify it)."""

@@ -42,13 +42,47 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
-def private_uses(source: str, module: str, is_package: bool = False) -> list[str]:
-    """Underscore names of other sub-packages that `module` imports or reads as attributes.
+REFLECTION = ("getattr", "hasattr", "setattr", "delattr")
+
+
+def private_definitions(package_dir: Path = PACKAGE_DIR) -> dict[str, set[str]]:
+    """Underscore name -> the sub-packages that define it (functions, classes, assigned names and attributes, and
+    private strings assigned to a name, such as a handle's `attribute = "_sequence_merge_handle"`)."""
+    defined: dict[str, set[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        here = unit(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names += [
+                    t.id if isinstance(t, ast.Name) else t.attr
+                    for t in targets
+                    if isinstance(t, ast.Name | ast.Attribute)
+                ]
+                if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                    names.append(node.value.value)
+            for name in names:
+                if is_private(name):
+                    defined.setdefault(name, set()).add(here)
+    return defined
+
+
+def private_uses(
+    source: str, module: str, is_package: bool = False, defined: dict[str, set[str]] | None = None
+) -> list[str]:
+    """Underscore names of other sub-packages that `module` imports, reads as attributes, or reaches by reflection.
 
     Args:
         source: The module's source.
         module: Its dotted name, e.g. `hf_token_merge.remap.apply`.
         is_package: Whether it is a package's `__init__` (relative imports resolve against itself).
+        defined: `private_definitions()`: `getattr(obj, "_name")` (and has/set/delattr) is a use of another
+            sub-package's private name when only other sub-packages define `_name` (names of other libraries,
+            such as transformers' `config._attn_implementation`, are defined nowhere here and pass).
 
     Returns:
         One line per use: `module:line what`.
@@ -90,16 +124,31 @@ def private_uses(source: str, module: str, is_package: bool = False) -> list[str
                 full = names[head] + dotted[len(head) :]
                 if unit(full) != here:
                     problems.append(f"{module}:{node.lineno} reads {full}.{node.attr}")
+        if (
+            defined is not None
+            and isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in REFLECTION
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and is_private(node.args[1].value)
+        ):
+            owners = defined.get(node.args[1].value, set())
+            if owners and here not in owners:
+                name = node.args[1].value
+                problems.append(f"{module}:{node.lineno} {node.func.id}s {name!r} of {'/'.join(sorted(owners))}")
     return problems
 
 
 def test_no_sub_package_uses_another_ones_private_names():
+    defined = private_definitions()
     problems = []
     for path in sorted(PACKAGE_DIR.rglob("*.py")):
         parts = path.relative_to(REPO_ROOT).with_suffix("").parts
         is_package = parts[-1] == "__init__"
         module = ".".join(parts[:-1] if is_package else parts)
-        problems += private_uses(path.read_text(encoding="utf-8"), module, is_package)
+        problems += private_uses(path.read_text(encoding="utf-8"), module, is_package, defined)
     assert problems == []
 
 
@@ -130,6 +179,21 @@ def test_the_private_name_check_finds_each_kind_of_use():
         "hf_token_merge.evaluation.wer:13 reads hf_token_merge.config.token_merge_config.TokenMergeConfig"
         "._validate_stopping",
     ]
+    reflection = textwrap.dedent(
+        """
+        getattr(model, "_sequence_merge_handle", None)
+        setattr(model, "_sequence_merge_handle", None)
+        hasattr(config, "_attn_implementation")
+        getattr(model, "_own")
+        getattr(model, "public")
+        """
+    )
+    defined = {"_sequence_merge_handle": {"sequence"}, "_own": {"evaluation", "sequence"}}
+    assert private_uses(reflection, "hf_token_merge.evaluation.kl", defined=defined) == [
+        "hf_token_merge.evaluation.kl:2 getattrs '_sequence_merge_handle' of sequence",
+        "hf_token_merge.evaluation.kl:3 setattrs '_sequence_merge_handle' of sequence",
+    ]
+    assert private_definitions()["_sequence_merge_handle"] == {"sequence"}  # the real package
     # Inside its own sub-package a private name is fine.
     assert private_uses("from hf_token_merge.evaluation.data import _x\n", "hf_token_merge.evaluation.wer") == []
 

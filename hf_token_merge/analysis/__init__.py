@@ -1,7 +1,9 @@
-"""Analysis: redundancy statistics and figures, ablation sweeps, and compression within a quality budget.
+"""Analysis: redundancy statistics and figures, ablation sweeps, sequence sweeps, compression within a budget.
 
-`analyze_redundancy` and `sweep` draw figures and need the `analysis` extra (matplotlib, scikit-learn,
-umap-learn); they are imported on first use so that the budget search works without it.
+Figures need the `analysis` extra (matplotlib; scikit-learn and umap-learn for the 2-D maps). `analyze_redundancy`
+and `RedundancyReport` load their module on first use, and `sweep` (with `output_dir`) and `save_sequence_points`
+(for points with a layer or a series) import the plotting module only when they draw, so the budget search and the
+sweeps themselves work without it.
 """
 
 from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compress_within_budget

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from hf_token_merge.analysis.sweep import require_token_counts, resolve_strategy
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap import MergePlan, MergeResult, apply_token_merge, plan_token_merge, resolve_selection
+
+logger = logging.getLogger(__name__)
 
 Metrics = dict[str, float]
 BUDGET_KEYS = {"max_wer_increase": "wer", "max_ppl_increase": "perplexity"}
@@ -212,7 +215,10 @@ def _budget_of(max_increase: dict[str, float]) -> Callable[[Metrics, Metrics], b
     def check(before: Metrics, after: Metrics) -> bool:
         for name, allowed in max_increase.items():
             if name not in after or name not in before:
-                raise KeyError(f"The evaluation returned no {name!r}; it returned {sorted(after)}.")
+                raise TokenMergeError(
+                    f"The evaluation returned no {name!r}; it returned {sorted(after)}. Fix: return every metric "
+                    "the budget names, or budget the metrics it returns."
+                )
             # the upper-bound criterion puts the interval's upper end of the WER increase in "wer_ci_high"
             increase = after[f"{name}_ci_high"] if f"{name}_ci_high" in after else after[name] - before[name]
             if increase > allowed + 1e-12:
@@ -228,7 +234,7 @@ def budget_limits(
     """`metric -> allowed absolute increase` of a budget.
 
     Raises:
-        ValueError: Without any budget, or with a negative one.
+        TokenMergeError: Without any budget, or with a negative one.
     """
     budget = dict(max_increase or {})
     for argument, metric in BUDGET_KEYS.items():
@@ -236,9 +242,9 @@ def budget_limits(
         if value is not None:
             budget[metric] = value
     if not budget:
-        raise ValueError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
+        raise TokenMergeError("Give a budget: max_wer_increase=, max_ppl_increase= or max_increase={metric: allowed}.")
     if any(allowed < 0 for allowed in budget.values()):
-        raise ValueError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
+        raise TokenMergeError(f"Budgets are allowed increases and must be >= 0, got {budget}.")
     return budget
 
 
@@ -294,12 +300,60 @@ def compress_within_budget(
         The chosen row count, plan, merge result, both sets' metrics before and after, and every trial.
     """
     budget = budget_limits(max_wer_increase, max_ppl_increase, max_increase)
+    method = _checked_search_settings(config, strategy, token_counts, min_ratio, criterion, budget, seed)
+    tuned_on_report_set = check_split(evaluate, report_evaluate, allow_overlap)
+    n = resolve_selection(model, config, tokenizer).numel()
+    before, before_records = _split_records(evaluate(model))
+    if criterion == "upper_bound" and before_records is None:
+        raise TokenMergeError(
+            "criterion='upper_bound' needs per-utterance records from the evaluation. Fix: return "
+            "hf_token_merge.analysis.budget.with_records(wer_result, wer=wer_result.wer) from evaluate."
+        )
+    report_before, report_before_records = (
+        _split_records(report_evaluate(model)) if report_evaluate is not None else (None, None)
+    )
+    search = _BudgetSearch(
+        model, config, method, evaluate, _budget_of(budget), before, before_records, n,
+        tokenizer=tokenizer, token_counts=token_counts, seed=seed, criterion=criterion, confidence=confidence,
+    )  # fmt: skip
+    with tqdm(desc="budget search", disable=not show_progress, leave=False) as search.progress:
+        best = bisect_smallest(search.within, max(1, int(min_ratio * n)), n, step=max(1, int(tolerance * n)))
+    common = {"criterion": criterion, "tuned_on_report_set": tuned_on_report_set}
+    if best == n:  # nothing could merge within budget: leave the model as it is
+        logger.info("budget search: no merge of the %d selected rows fits the budget %s", n, budget)
+        return BudgetResult(
+            n, 1.0, None, None, before, before, search.trials, report_before=report_before,
+            report_after=report_before, **common,
+        )  # fmt: skip
+    plan, after = search.plans[best]
+    logger.info("budget search: %d of %d selected rows kept after %d trials", best, n, len(search.trials))
+    result = apply_token_merge(model, plan, show_progress=False)
+    report_after, report_difference = None, None
+    if report_evaluate is not None:
+        report_after, report_after_records = _split_records(report_evaluate(model))
+        report_difference = search.difference(report_before_records, report_after_records, significance=True)
+    return BudgetResult(
+        best, best / n, plan, result, before, after, search.trials, tune_difference=search.differences.get(best),
+        report_before=report_before, report_after=report_after, report_difference=report_difference, **common,
+    )  # fmt: skip
+
+
+def _checked_search_settings(
+    config: TokenMergeConfig,
+    strategy: str | None,
+    token_counts: torch.Tensor | None,
+    min_ratio: float,
+    criterion: str,
+    budget: dict[str, float],
+    seed: int,
+) -> str:
+    """The grouping method the search uses, after refusing settings it cannot search with."""
     method = config.method if strategy is None else resolve_strategy(strategy)
     if method == "threshold":
         raise TokenMergeError("The budget search sets a row count; use method='kmeans' or 'agglomerative'.")
     require_token_counts([strategy_config(config, method, 1, seed)], token_counts)
     if not 0 < min_ratio <= 1:
-        raise ValueError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
+        raise TokenMergeError(f"min_ratio must lie in (0, 1], got {min_ratio}.")
     if criterion not in CRITERIA:
         raise TokenMergeError(f"Unknown criterion {criterion!r}. Fix: use one of {list(CRITERIA)}.")
     if criterion == "upper_bound" and set(budget) != {"wer"}:
@@ -307,75 +361,63 @@ def compress_within_budget(
             f"criterion='upper_bound' bounds the WER increase only; got budgets on {sorted(budget)}. "
             "Fix: pass max_wer_increase alone, or use criterion='estimate'."
         )
-    tuned_on_report_set = check_split(evaluate, report_evaluate, allow_overlap)
+    return method
 
-    from hf_token_merge.evaluation.confidence import compare_records
 
-    selected = resolve_selection(model, config, tokenizer)
-    n = selected.numel()
-    check = _budget_of(budget)
-    before, before_records = _split_records(evaluate(model))
-    if criterion == "upper_bound" and before_records is None:
-        raise TokenMergeError(
-            "criterion='upper_bound' needs per-utterance records from the evaluation. Fix: return "
-            "hf_token_merge.analysis.budget.with_records(wer_result, wer=wer_result.wer) from evaluate."
-        )
-    report_before = report_evaluate(model) if report_evaluate is not None else None
-    differences: dict[int, dict[str, Any]] = {}
+@dataclass
+class _BudgetSearch:
+    """The trials of one budget search: each row count tried merges a copy of the model and evaluates it."""
 
-    def difference(records_after) -> dict[str, Any] | None:
-        if before_records is None or records_after is None:
+    model: torch.nn.Module
+    config: TokenMergeConfig
+    method: str
+    evaluate: Callable[[torch.nn.Module], Metrics]
+    check: Callable[[Metrics, Metrics], bool]
+    before: Metrics
+    before_records: Sequence[dict] | None
+    n: int
+    tokenizer: Any = None
+    token_counts: torch.Tensor | None = None
+    seed: int = 0
+    criterion: str = "estimate"
+    confidence: float = 0.95
+    progress: Any = None
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    plans: dict[int, tuple[MergePlan, Metrics]] = field(default_factory=dict)
+    differences: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+
+    def difference(
+        self, records_before: Sequence[dict] | None, records_after: Sequence[dict] | None, significance: bool
+    ) -> dict[str, Any] | None:
+        """The paired bootstrap difference of two record sets (None without records)."""
+        from hf_token_merge.evaluation.confidence import compare_records
+
+        if records_before is None or records_after is None:
             return None
         return compare_records(
-            before_records, records_after, confidence=confidence, seed=seed, significance=False
+            records_before, records_after, confidence=self.confidence, seed=self.seed, significance=significance
         ).to_dict()
 
-    trials: list[dict[str, Any]] = []
-    plans: dict[int, tuple[MergePlan, Metrics]] = {}
-    progress = tqdm(desc="budget search", disable=not show_progress, leave=False)
-
-    def within(k: int) -> bool:
+    def within(self, k: int) -> bool:
+        """Whether merging into `k` rows keeps the metrics within the budget (the trial is recorded)."""
         plan = plan_token_merge(
-            model,
-            strategy_config(config, method, k, seed),
-            tokenizer=tokenizer,
-            token_counts=token_counts,
+            self.model,
+            strategy_config(self.config, self.method, k, self.seed),
+            tokenizer=self.tokenizer,
+            token_counts=self.token_counts,
             show_progress=False,
         )
-        trial = copy.deepcopy(model)
+        trial = copy.deepcopy(self.model)
         apply_token_merge(trial, plan, show_progress=False)
-        metrics, records = _split_records(evaluate(trial))
-        differences[k] = difference(records)
-        if criterion == "upper_bound":
-            metrics["wer_ci_high"] = differences[k]["ci_high"]
-        ok = check(before, metrics)
-        trials.append({"n_clusters": k, "ratio": k / n, "metrics": metrics, "within_budget": ok})
-        plans[k] = (plan, metrics)
-        progress.update()
-        progress.set_postfix(k=k, ok=ok)
+        metrics, records = _split_records(self.evaluate(trial))
+        self.differences[k] = self.difference(self.before_records, records, significance=False)
+        if self.criterion == "upper_bound":
+            metrics["wer_ci_high"] = self.differences[k]["ci_high"]
+        ok = self.check(self.before, metrics)
+        self.trials.append({"n_clusters": k, "ratio": k / self.n, "metrics": metrics, "within_budget": ok})
+        self.plans[k] = (plan, metrics)
+        logger.info("budget trial: %d rows -> %s (%s)", k, metrics, "within" if ok else "over")
+        if self.progress is not None:
+            self.progress.update()
+            self.progress.set_postfix(k=k, ok=ok)
         return ok
-
-    low = max(1, int(min_ratio * n))
-    best = bisect_smallest(within, low, n, step=max(1, int(tolerance * n)))
-    progress.close()
-    common = {"criterion": criterion, "tuned_on_report_set": tuned_on_report_set}
-    report_before_metrics, report_before_records = _split_records(report_before) if report_before else (None, None)
-    if best == n:  # nothing could merge within budget: leave the model as it is
-        return BudgetResult(
-            n, 1.0, None, None, before, before, trials, report_before=report_before_metrics,
-            report_after=report_before_metrics, **common,
-        )  # fmt: skip
-    plan, after = plans[best]
-    result = apply_token_merge(model, plan, show_progress=False)
-    report_after_metrics, report_difference = None, None
-    if report_evaluate is not None:
-        report_after_metrics, report_after_records = _split_records(report_evaluate(model))
-        if report_before_records is not None and report_after_records is not None:
-            report_difference = compare_records(
-                report_before_records, report_after_records, confidence=confidence, seed=seed
-            ).to_dict()
-    return BudgetResult(
-        best, best / n, plan, result, before, after, trials, tune_difference=differences.get(best),
-        report_before=report_before_metrics, report_after=report_after_metrics, report_difference=report_difference,
-        **common,
-    )  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
+
 
 def two_d_map(rows: torch.Tensor, method: str, metric: str, seed: int) -> torch.Tensor:
     """Embed rows in 2-D with t-SNE or UMAP.
@@ -36,5 +38,5 @@ def two_d_map(rows: torch.Tensor, method: str, metric: str, seed: int) -> torch.
         neighbours = min(15, len(data) - 1)
         points = umap.UMAP(n_neighbors=neighbours, metric=metric, random_state=seed).fit_transform(data)
     else:
-        raise ValueError(f"Unknown map {method!r}; use 'tsne' or 'umap'.")
+        raise TokenMergeError(f"Unknown map {method!r}; use 'tsne' or 'umap'.")
     return torch.from_numpy(points)

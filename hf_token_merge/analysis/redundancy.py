@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.remap.locate import locate_embeddings
 from hf_token_merge.remap.plan import plan_token_merge
 from hf_token_merge.tables import markdown_table
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98)
 
@@ -152,6 +155,98 @@ def _map_sample(plan, map_rows: int, seed: int) -> tuple[torch.Tensor, torch.Ten
     return sample, member_colour[sample]
 
 
+@dataclass
+class _RowStatistics:
+    """The row numbers of one analysis, before they are drawn or summarised."""
+
+    pairwise: torch.Tensor
+    pair_sample_rows: int
+    neighbours: torch.Tensor
+    neighbour_sample_rows: int
+    curve: list
+    curve_sample_rows: int
+    spectrum: torch.Tensor
+
+
+def _row_statistics(
+    rows: torch.Tensor, metric: str, sample_size: int, thresholds: tuple[float, ...] | None, seed: int
+) -> _RowStatistics:
+    """Pairwise and nearest-neighbour values, the threshold curve and the PCA spectrum of `rows` (no files)."""
+    n = rows.shape[0]
+    pair_sample = row_stats.sample_rows(n, sample_size, seed)
+    queries = row_stats.sample_rows(n, sample_size, seed + 1)
+    neighbours = row_stats.nearest_neighbour_values(rows, metric, queries)
+    if thresholds is None:
+        thresholds = DEFAULT_THRESHOLDS
+        if metric != "cosine":  # distances have no natural scale: take the neighbour distances' quantiles
+            levels = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
+            thresholds = tuple(float(q) for q in torch.quantile(neighbours.double(), levels))
+    curve_sample = row_stats.sample_rows(n, sample_size, seed + 2)
+    return _RowStatistics(
+        pairwise=row_stats.pairwise_values(rows[pair_sample], metric),
+        pair_sample_rows=len(pair_sample),
+        neighbours=neighbours,
+        neighbour_sample_rows=len(queries),
+        curve=row_stats.threshold_curve(rows[curve_sample], metric, list(thresholds)),
+        curve_sample_rows=len(curve_sample),
+        spectrum=row_stats.pca_spectrum(rows),
+    )
+
+
+def _row_figures(stats: _RowStatistics, metric: str, output_dir: str) -> dict[str, str]:
+    """Draw the row statistics: figure name -> PNG path."""
+    value_name = "cosine similarity" if metric == "cosine" else "Euclidean distance"
+    return {
+        "pairwise": plots.histogram(
+            stats.pairwise,
+            f"Pairwise {value_name} ({stats.pair_sample_rows} rows)",
+            value_name,
+            plots.figure_path(output_dir, "pairwise"),
+        ),
+        "nearest_neighbour": plots.histogram(
+            stats.neighbours,
+            f"Nearest-neighbour {value_name} ({stats.neighbour_sample_rows} queries)",
+            value_name,
+            plots.figure_path(output_dir, "nearest_neighbour"),
+        ),
+        "threshold_curve": plots.threshold_curve(
+            stats.curve,
+            stats.curve_sample_rows,
+            "similarity threshold" if metric == "cosine" else "distance threshold",
+            plots.figure_path(output_dir, "threshold_curve"),
+        ),
+        "pca_spectrum": plots.spectrum(stats.spectrum, plots.figure_path(output_dir, "pca_spectrum")),
+    }
+
+
+def _map_figures(
+    rows: torch.Tensor, plan, metric: str, maps: tuple[str, ...], map_rows: int, seed: int, output_dir: str
+) -> dict[str, str]:
+    """The 2-D maps (t-SNE, UMAP) of a sample of rows, coloured by the plan's 10 largest clusters."""
+    map_sample, map_colours = _map_sample(plan, map_rows, seed + 3)
+    figures = {}
+    for method in maps:
+        points = two_d_map(rows[map_sample], method, metric, seed)
+        figures[method] = plots.scatter_map(
+            points,
+            map_colours,
+            f"{method.upper()}: the 10 largest clusters over {len(map_sample)} rows",
+            plots.figure_path(output_dir, method),
+        )
+    return figures
+
+
+def _layer_statistics(
+    model: nn.Module, plan, inputs: list[torch.Tensor], show_progress: bool
+) -> tuple[list[float], torch.Tensor]:
+    """Mean adjacent-layer cosine of the speech positions' hidden states, and the layers' CKA matrix."""
+    is_speech = torch.zeros(plan.vocab_size, dtype=torch.bool)
+    is_speech[plan.selected_ids] = True
+    states, cosines = layer_stats.collect_hidden_states(model, inputs, is_speech, show_progress=show_progress)
+    adjacent = [float(c.mean()) if c.numel() else float("nan") for c in cosines]
+    return adjacent, layer_stats.cka_matrix(states)
+
+
 def analyze_redundancy(
     model: nn.Module,
     config: TokenMergeConfig,
@@ -190,87 +285,33 @@ def analyze_redundancy(
     plan = plan_token_merge(model, config, tokenizer=tokenizer, show_progress=show_progress)
     pair = locate_embeddings(model, config)
     rows = pair.input_module.weight.detach()[plan.selected_ids.to(pair.input_module.weight.device)].float().cpu()
-    n, width = rows.shape
-    metric = config.metric
-    value_name = "cosine similarity" if metric == "cosine" else "Euclidean distance"
-    figures: dict[str, str] = {}
-
-    pair_sample = row_stats.sample_rows(n, sample_size, seed)
-    pairwise = row_stats.pairwise_values(rows[pair_sample], metric)
-    figures["pairwise"] = plots.histogram(
-        pairwise,
-        f"Pairwise {value_name} ({len(pair_sample)} rows)",
-        value_name,
-        plots.figure_path(output_dir, "pairwise"),
-    )
-    queries = row_stats.sample_rows(n, sample_size, seed + 1)
-    neighbours = row_stats.nearest_neighbour_values(rows, metric, queries)
-    figures["nearest_neighbour"] = plots.histogram(
-        neighbours,
-        f"Nearest-neighbour {value_name} ({len(queries)} queries)",
-        value_name,
-        plots.figure_path(output_dir, "nearest_neighbour"),
-    )
-    if thresholds is None:
-        thresholds = (
-            DEFAULT_THRESHOLDS
-            if metric == "cosine"
-            else tuple(
-                float(q)
-                for q in torch.quantile(
-                    neighbours.double(), torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9], dtype=torch.float64)
-                )
-            )
-        )
-    curve_sample = row_stats.sample_rows(n, sample_size, seed + 2)
-    curve = row_stats.threshold_curve(rows[curve_sample], metric, list(thresholds))
-    figures["threshold_curve"] = plots.threshold_curve(
-        curve,
-        len(curve_sample),
-        "similarity threshold" if metric == "cosine" else "distance threshold",
-        plots.figure_path(output_dir, "threshold_curve"),
-    )
-    spectrum = row_stats.pca_spectrum(rows)
-    figures["pca_spectrum"] = plots.spectrum(spectrum, plots.figure_path(output_dir, "pca_spectrum"))
-
+    stats = _row_statistics(rows, config.metric, sample_size, thresholds, seed)
+    figures = _row_figures(stats, config.metric, output_dir)
     if maps:
-        map_sample, map_colours = _map_sample(plan, map_rows, seed + 3)
-        for method in maps:
-            points = two_d_map(rows[map_sample], method, metric, seed)
-            figures[method] = plots.scatter_map(
-                points,
-                map_colours,
-                f"{method.upper()}: the 10 largest clusters over {len(map_sample)} rows",
-                plots.figure_path(output_dir, method),
-            )
-
+        figures.update(_map_figures(rows, plan, config.metric, maps, map_rows, seed, output_dir))
     adjacent: list[float] = []
     cka: list[list[float]] = []
     if inputs:
-        is_speech = torch.zeros(plan.vocab_size, dtype=torch.bool)
-        is_speech[plan.selected_ids] = True
-        states, cosines = layer_stats.collect_hidden_states(model, inputs, is_speech, show_progress=show_progress)
-        adjacent = [float(c.mean()) if c.numel() else float("nan") for c in cosines]
-        matrix = layer_stats.cka_matrix(states)
+        adjacent, matrix = _layer_statistics(model, plan, inputs, show_progress)
         cka = matrix.tolist()
         figures["layer_adjacent_cosine"] = plots.layer_similarity(
             adjacent, plots.figure_path(output_dir, "layer_adjacent_cosine")
         )
         figures["layer_cka"] = plots.cka(matrix, plots.figure_path(output_dir, "layer_cka"))
-
+    logger.info("redundancy of %d rows analysed; %d figures in %s", rows.shape[0], len(figures), output_dir)
     report = RedundancyReport(
-        metric=metric,
-        selected_rows=n,
-        pair_sample_rows=len(pair_sample),
-        pairwise=_summary(pairwise),
-        neighbour_sample_rows=len(queries),
-        nearest_neighbour=_summary(neighbours),
-        curve_sample_rows=len(curve_sample),
-        threshold_curve=curve,
-        effective_rank=row_stats.effective_rank(spectrum),
-        components_90=row_stats.components_for(spectrum, 0.90),
-        components_99=row_stats.components_for(spectrum, 0.99),
-        hidden_size=width,
+        metric=config.metric,
+        selected_rows=rows.shape[0],
+        pair_sample_rows=stats.pair_sample_rows,
+        pairwise=_summary(stats.pairwise),
+        neighbour_sample_rows=stats.neighbour_sample_rows,
+        nearest_neighbour=_summary(stats.neighbours),
+        curve_sample_rows=stats.curve_sample_rows,
+        threshold_curve=stats.curve,
+        effective_rank=row_stats.effective_rank(stats.spectrum),
+        components_90=row_stats.components_for(stats.spectrum, 0.90),
+        components_99=row_stats.components_for(stats.spectrum, 0.99),
+        hidden_size=rows.shape[1],
         layer_adjacent_cosine=adjacent,
         layer_cka=cka,
         plan_statistics=plan.statistics,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
 from hf_token_merge.tables import markdown_table
 
@@ -137,7 +138,7 @@ def oracle_configs(
     """One single-stage oracle config per (mode, retention, layer).
 
     Args:
-        speech: The speech-token selection, e.g. `{"preset": "reference"}` or `{"speech_token_range": (a, b)}`.
+        speech: The speech-token selection, e.g. `{"preset": "reference"}` or `{"token_id_range": (a, b)}`.
         layers: Decoder layers (0 = the input).
         retentions: Shares of speech tokens kept.
         modes: Oracle modes.
@@ -148,7 +149,7 @@ def oracle_configs(
     """
     unknown = sorted(set(modes) - set(ORACLE_MODES))
     if unknown:
-        raise ValueError(f"Unknown oracle modes {unknown}; choose from {ORACLE_MODES}.")
+        raise TokenMergeError(f"Unknown oracle modes {unknown}; choose from {ORACLE_MODES}.")
     return {
         f"{mode}@{retention:g}/L{layer}": SequenceMergeConfig(
             stages=[MergeStage(layer=layer, mode=mode, retention=retention)], seed=seed, **speech

@@ -34,12 +34,12 @@ def run(args: argparse.Namespace) -> int:
     """Run `analyze`."""
     from hf_token_merge.analysis import analyze_redundancy
 
-    config, model, helper, tokenizer = load_for_merge(args)
+    inputs = load_for_merge(args)
     report = analyze_redundancy(
-        model,
-        config,
+        inputs.model,
+        inputs.config,
         args.output_dir,
-        tokenizer=tokenizer,
+        tokenizer=inputs.tokenizer,
         sample_size=args.sample_size,
         maps=() if args.no_maps else ("tsne", "umap"),
     )

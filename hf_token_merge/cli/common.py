@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,6 @@ def load_model(name: str):
     except (OSError, ValueError) as error:
         if local:
             raise _missing_file_error(name, path, error) from error
-        if isinstance(error, ValueError) and not isinstance(error, OSError):
-            raise
         raise TokenMergeError(
             f"--model {name}: could not be loaded ({error}). Fix: check the id, or log in / go online."
         ) from error
@@ -158,7 +157,7 @@ def config_from_args(
     if getattr(args, "recipe_variant", None) and not getattr(args, "recipe", None):
         raise TokenMergeError("--recipe-variant needs a recipe. Fix: add --recipe NAME.")
     if getattr(args, "recipe", None):
-        from hf_token_merge.recipes import load_recipe
+        from hf_token_merge.families import load_recipe
 
         base = load_recipe(args.recipe, variant=getattr(args, "recipe_variant", None)).config.to_dict()
     elif args.config:
@@ -234,11 +233,40 @@ def calibration_counts_from_args(args: argparse.Namespace, config: TokenMergeCon
     return calibration_counts(tokenizer, args.calibration_text, model.get_input_embeddings().num_embeddings)
 
 
-def load_for_merge(args: argparse.Namespace, require_stop: bool = True):
-    """`(config, model, helper, tokenizer)` of a merging subcommand: the config is validated before loading."""
+@dataclass
+class MergeInputs:
+    """What a merging subcommand works on.
+
+    Attributes:
+        config: The merge config, validated before the model was loaded.
+        model: The loaded model.
+        processing_class: What transformers calls the model's `processing_class`: the processor of a Whisper-style
+            model (feature extractor + tokenizer), else the tokenizer. It is what is saved beside the model.
+    """
+
+    config: TokenMergeConfig
+    model: Any
+    processing_class: Any
+
+    @property
+    def tokenizer(self) -> Any:
+        """The text tokenizer (the processor's own for Whisper), which selects rows by pattern or preset."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
+
+def load_for_merge(args: argparse.Namespace, require_stop: bool = True) -> MergeInputs:
+    """The config, model and processing class of a merging subcommand; the config is validated before loading.
+
+    Args:
+        args: The subcommand's parsed arguments.
+        require_stop: Whether the config needs a stopping option (a sweep sets its own).
+
+    Returns:
+        The `MergeInputs`.
+    """
     config = config_from_args(args, require_stop=require_stop)
-    model, helper = load_model(args.model)
-    return config, model, helper, getattr(helper, "tokenizer", helper)
+    model, processing_class = load_model(args.model)
+    return MergeInputs(config, model, processing_class)
 
 
 def load_callable(spec: str, flag: str = "--decode") -> Callable:
@@ -308,12 +336,12 @@ def tts_generation(tts: dict[str, Any]) -> dict[str, Any]:
     return {"decoding": "greedy", "max_new_tokens": tts["max_new_tokens"], "family": tts["family"], "codec": codec}
 
 
-def _tts_evaluator(model_helper: Any, tts: dict[str, Any]) -> Callable[[Any, Any], Any]:
+def _tts_evaluator(processing_class: Any, tts: dict[str, Any]) -> Callable[[Any, Any], Any]:
     """`(model, data) -> TtsWerResult` for the options of `tts_options` (adapter, decoder and ASR built once)."""
     from hf_token_merge.evaluation.tts import adapter_for
     from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer, whisper_asr
 
-    tokenizer = getattr(model_helper, "tokenizer", model_helper)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     family, spec = tts["family"], tts["decode"]
     codec = None
     if spec == REFERENCE_CODEC or (spec is None and family == "reference"):
@@ -425,7 +453,7 @@ def load_evaluation_data(name: str, options: dict[str, Any] | None = None):
 
 def builtin_evaluation(
     name: str,
-    model_helper: Any,
+    processing_class: Any,
     show_progress: bool,
     *,
     split: tuple[str, float] | None = None,
@@ -443,7 +471,7 @@ def builtin_evaluation(
             recipes/reference_model/synthesize.py), 'tts-wer' (TTS WER and the invalid generations on the
             codec corpus's test sentences; needs `tts`), or any source `load_eval_dataset` reads (a save_to_disk
             folder, a Hub dataset id, an audiofolder, a manifest: WER of an encoder-decoder ASR model).
-        model_helper: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
+        processing_class: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
         split: `("tune" | "report", fraction)`: evaluate only that part of a seeded split (see `split_indices`).
         records: Also return the per-utterance records (key "records"), for confidence intervals.
@@ -463,10 +491,10 @@ def builtin_evaluation(
 
         if tts is None:
             raise TokenMergeError(f"--eval {TTS_EVAL} needs its options. Fix: pass --tts-family (see --help).")
-        evaluate_tts = _tts_evaluator(model_helper, tts)
+        evaluate_tts = _tts_evaluator(processing_class, tts)
         data = load_oracle_data("test", tts["limit"]) if data is None else data
     else:
-        if name != "reference" and name not in BUILTIN_DATASETS and not hasattr(model_helper, "feature_extractor"):
+        if name != "reference" and name not in BUILTIN_DATASETS and not hasattr(processing_class, "feature_extractor"):
             raise TokenMergeError(
                 f"--eval {name}: a dataset is scored as the ASR WER of an encoder-decoder reading its audio "
                 "(Whisper), but this model is a causal LM. Fix: use --eval reference for the reference speech-LLM, "
@@ -485,7 +513,7 @@ def builtin_evaluation(
         if name == "reference":
             from hf_token_merge.job import evaluate_reference
 
-            results = evaluate_reference(model, model_helper, data, show_progress=show_progress)
+            results = evaluate_reference(model, processing_class, data, show_progress=show_progress)
             wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
         elif name == TTS_EVAL:
             wer = evaluate_tts(model, data)
@@ -493,7 +521,7 @@ def builtin_evaluation(
         else:
             from hf_token_merge.evaluation import evaluate_wer
 
-            wer = evaluate_wer(model, data, processor=model_helper, show_progress=show_progress)
+            wer = evaluate_wer(model, data, processor=processing_class, show_progress=show_progress)
             metrics = {"wer": wer.wer}
         metrics = with_records(wer, **metrics) if records else metrics
         return {**metrics, "report": wer} if reports else metrics

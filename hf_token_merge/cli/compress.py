@@ -245,38 +245,43 @@ def _check_card_arguments(args: argparse.Namespace) -> None:
         check_license(args.license)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run `compress`."""
-    from hf_token_merge import apply_token_merge, export_plain
-    from hf_token_merge.atomic import atomic_directory, check_target
+def _check_before_loading(args: argparse.Namespace, output: Path) -> None:
+    """Refuse bad card options and an unusable output folder before the model is loaded and merged."""
+    from hf_token_merge.atomic import check_target
     from hf_token_merge.errors import TokenMergeError
-    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
-    from hf_token_merge.evaluation.runner import write_report
-    from hf_token_merge.evaluation.scoring import paired_predictions
-    from hf_token_merge.hub import stage_folder
-    from hf_token_merge.tables import change_table
 
-    output = Path(args.output_dir)
     _check_card_arguments(args)
     if args.pad_vocab_to_multiple_of is not None and not args.export_plain:
         raise TokenMergeError("--pad-vocab-to-multiple-of pads the plain export. Fix: add --export-plain.")
-    # refuse an unusable output folder before the model is loaded and merged
     check_target(output / "model", overwrite=args.overwrite)
     if args.export_plain:
         check_target(output / "plain", overwrite=args.overwrite)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `compress`."""
+    from hf_token_merge import apply_token_merge, export_plain
+    from hf_token_merge.atomic import atomic_directory
+    from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
+    from hf_token_merge.evaluation.runner import write_report
+    from hf_token_merge.hub import stage_folder
+
+    output = Path(args.output_dir)
+    _check_before_loading(args, output)
     if _streaming(args):
         return _run_streaming(args, output)
     tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     # the evaluation data first: a missing column, split or path fails before the model is loaded
     options = dataset_options(args)
     data = load_evaluation_data(args.eval, options) if args.eval else None
-    config, model, helper, tokenizer = load_for_merge(args)
+    inputs = load_for_merge(args)
+    config, model, processing_class, tokenizer = inputs.config, inputs.model, inputs.processing_class, inputs.tokenizer
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
     evaluate = None
     if args.eval:
         progress = not args.no_progress
         evaluate = builtin_evaluation(
-            args.eval, helper, progress, records=True, reports=True, data=data, options=options, tts=tts
+            args.eval, processing_class, progress, records=True, reports=True, data=data, options=options, tts=tts
         )
     before, before_records, before_report = _split(evaluate(model) if evaluate else {})
     disk_before = bytes_on_disk(model)
@@ -290,10 +295,33 @@ def run(args: argparse.Namespace) -> int:
     folder = output / "model"
     # one atomic save: the card needs the size of the saved weights, so it is written inside the same staging folder
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
-        stage_folder(staging, model, tokenizer=helper, plan=result.plan)
+        stage_folder(staging, model, tokenizer=processing_class, plan=result.plan)
         disk_after = safetensors_bytes(staging)
         card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
         card.save(staging / "README.md")
+    reports = (before_report, after_report)
+    disk = (disk_before, disk_after)
+    report, predictions = _merge_report(args, options, tts, result, disk, (before, after), difference, reports)
+    write_report(output, "merge", report, predictions, "predictions")
+    if args.export_plain:
+        export_plain(
+            model,
+            result.plan,
+            output / "plain",
+            tokenizer=processing_class,  # the processor for Whisper, so the plain folder has its feature extractor
+            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
+            overwrite=args.overwrite,
+        )
+    _print_summary(result, disk, reports, rows)
+    print(f"model: {folder}")
+    return 0
+
+
+def _merge_report(args, options, tts, result, disk, metrics, difference, reports) -> tuple[dict, list | None]:
+    """merge.json's numbers (labelled byte counts, metrics, WER reports) and the paired predictions, if any."""
+    from hf_token_merge.evaluation.scoring import paired_predictions
+
+    (disk_before, disk_after), (before, after), (before_report, after_report) = disk, metrics, reports
     report = {
         **_merge_numbers(result, disk_before, disk_after),
         "eval_set": describe_evaluation(args.eval, options) if args.eval else None,
@@ -308,16 +336,14 @@ def run(args: argparse.Namespace) -> int:
         report["wer_before"], report["wer_after"] = before_report.to_dict(), after_report.to_dict()
         if not tts:
             predictions = paired_predictions(before_report.predictions, after_report.predictions)
-    write_report(output, "merge", report, predictions, "predictions")
-    if args.export_plain:
-        export_plain(
-            model,
-            result.plan,
-            output / "plain",
-            tokenizer=helper,  # the processor for Whisper, so the plain folder has its feature extractor
-            pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
-            overwrite=args.overwrite,
-        )
+    return report, predictions
+
+
+def _print_summary(result, disk: tuple[int, int], reports: tuple, rows) -> None:
+    """The merge's rows, parameters, bytes and WERs on stdout, then the before/after table."""
+    from hf_token_merge.tables import change_table
+
+    (disk_before, disk_after), (before_report, after_report) = disk, reports
     stats = result.plan.statistics
     print(
         f"merged {stats['selected_rows']} rows into {stats['clusters']} ({stats['vocab_size']} -> "
@@ -328,8 +354,6 @@ def run(args: argparse.Namespace) -> int:
     if before_report is not None:
         print(f"WER before: {before_report}\nWER after:  {after_report}")
     print("\n" + change_table(rows))
-    print(f"model: {folder}")
-    return 0
 
 
 def _streaming(args: argparse.Namespace) -> bool:
@@ -377,8 +401,8 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
 
     source = Path(args.model).expanduser()
     config = config_from_args(args)
-    helper = load_text_helper(source)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    processing_class = load_text_helper(source)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     check_calibration_args(args, config)
     token_counts = None
     if args.calibration_text:
@@ -389,8 +413,8 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
     folder = output / "model"
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
         result = write_streaming_checkpoint(source, config, staging, tokenizer=tokenizer, token_counts=token_counts)
-        if helper is not None and helper is not tokenizer:
-            helper.save_pretrained(staging)  # a processor: its feature extractor too
+        if processing_class is not None and processing_class is not tokenizer:
+            processing_class.save_pretrained(staging)  # a processor: its feature extractor too
         disk_after = safetensors_bytes(staging)
         merged_config = SimpleNamespace(config=AutoConfig.from_pretrained(staging))
         card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config)
@@ -404,7 +428,7 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
             source,
             result.plan,
             output / "plain",
-            tokenizer=helper,
+            tokenizer=processing_class,
             pad_vocab_to_multiple_of=args.pad_vocab_to_multiple_of,
             overwrite=args.overwrite,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,9 @@ EVALUATE_EXAMPLES = """examples:
       --output-dir runs/oracle                    # the reference codec's resynthesis WER through the TTS path
   recipes/launch/evaluate.sh --model whisper-tiny-en --dataset librivox --output-dir runs/w2   # 2 CPU processes
 """
+logger = logging.getLogger(__name__)
+
+VERBOSE_HELP = "log progress and decisions to stderr (-v); -vv adds debug detail"
 RUN_EXAMPLES = """examples:
   hf-token-merge run                                  # the codec speech-LLM (TTS + ASR), about 2 min on 2 cores
   hf-token-merge run --output-dir runs/reference-job
@@ -209,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Merge near-duplicate speech-token rows of Hugging Face speech-LLMs through an index remap.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=VERBOSE_HELP)
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", dest="command")
     _add_evaluate(subparsers)
     analyze.add_parser(subparsers)
@@ -218,7 +223,40 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_parser(subparsers)
     _add_run(subparsers)
     _add_assets(subparsers)
+    for subparser in subparsers.choices.values():
+        # after the command too (`hf-token-merge compress -v ...`); SUPPRESS keeps a top-level -v when absent here
+        subparser.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is at the time of the record (it may be replaced after setup)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send the library's log records to stderr: warnings only by default, `-v` progress, `-vv` debug detail.
+
+    Args:
+        verbosity: How many times `-v`/`--verbose` was given.
+    """
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    logger = logging.getLogger("hf_token_merge")
+    for handler in list(logger.handlers):
+        if getattr(handler, "hf_token_merge_cli", False):  # a previous main() in the same process
+            logger.removeHandler(handler)
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.hf_token_merge_cli = True
+    logger.addHandler(handler)
+    logger.setLevel(level)
 
 
 ORACLE_SPLITS = ("test", "dev", "train", "librivox")
@@ -236,8 +274,18 @@ def _oracle_split(split: str | None) -> str:
 def _read_jsonl(path: str) -> list[dict]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
+    records = []
     with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TokenMergeError(
+                    f"{path}:{number} is not valid JSON ({error}). Fix: one JSON object a line."
+                ) from error
+    return records
 
 
 def _markdown(result) -> str:
@@ -251,38 +299,40 @@ def _markdown(result) -> str:
     return markdown_table(("metric", "value"), cells, align="ll")
 
 
-def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, common: dict):
+def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, processing_class, common: dict):
     """`--task tts-wer` and `--task kl`."""
     if not args.manifest:
-        raise ValueError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
+        raise TokenMergeError(f"--task {task} reads --manifest (JSONL: text per line, or input_ids for kl).")
     data = _read_jsonl(args.manifest)[: args.limit]
     if task == "kl":
         from hf_token_merge.evaluation.kl import evaluate_kl
 
         if not args.reference_model:
-            raise ValueError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
+            raise TokenMergeError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
         reference, _ = load_model(args.reference_model)
         return evaluate_kl(
-            reference, model, data, tokenizer=helper, column=args.column, max_length=args.max_length,
+            reference, model, data, tokenizer=processing_class, column=args.column, max_length=args.max_length,
             stride=args.stride, **common,
         )  # fmt: skip
     from hf_token_merge.evaluation.tts import adapter_for
     from hf_token_merge.evaluation.tts.evaluate import OracleSpeechModel, evaluate_tts_wer, whisper_asr
 
     if args.family is None:
-        raise ValueError("--task tts-wer maps generated ids to codec codes by family. Fix: pass --family.")
+        raise TokenMergeError("--task tts-wer maps generated ids to codec codes by family. Fix: pass --family.")
     options = {"num_codes": args.num_codes} if args.num_codes and args.family in ("llasa", "reference") else {}
     if args.family == "reference" and not options:
-        raise ValueError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
+        raise TokenMergeError("--family reference needs the codec's codebook size. Fix: pass --num-codes K.")
     if args.family == "reference" and args.frame_rate:
         options["frame_rate"] = args.frame_rate
-    adapter = adapter_for(args.family, helper, **options)
+    adapter = adapter_for(args.family, processing_class, **options)
     if args.decode:
         decode = load_callable(args.decode)
     elif hasattr(adapter, "load_decoder"):
         decode = adapter.load_decoder(args.device or "cpu")
     else:
-        raise ValueError(f"The {args.family} codec has no built-in decoder here. Fix: pass --decode MODULE:FUNCTION.")
+        raise TokenMergeError(
+            f"The {args.family} codec has no built-in decoder here. Fix: pass --decode MODULE:FUNCTION."
+        )
     return evaluate_tts_wer(
         OracleSpeechModel(args.codes_column) if args.oracle else model,
         data,
@@ -298,6 +348,67 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, helper, comm
         top_k=args.top_k,
         top_p=args.top_p,
         batch_size=args.batch_size,
+        **common,
+    )
+
+
+def _evaluate_perplexity(args: argparse.Namespace, model, processing_class, common: dict):
+    """`--task perplexity`: token sequences (or text) of --manifest."""
+    from hf_token_merge.evaluation import evaluate_perplexity
+
+    if not args.manifest:
+        raise TokenMergeError("perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line.")
+    data = _read_jsonl(args.manifest)[: args.limit]
+    return evaluate_perplexity(
+        model,
+        data,
+        tokenizer=processing_class,
+        column=args.column,
+        max_length=args.max_length,
+        stride=args.stride,
+        **common,
+    )
+
+
+def _evaluate_asr_wer(args: argparse.Namespace, model, processing_class, common: dict):
+    """`--task wer`: a Whisper-style encoder-decoder reads audio; a speech-LLM reads speech units."""
+    from hf_token_merge.evaluation import evaluate_wer, load_eval_dataset, unit_prompt_builder
+
+    source = args.dataset or args.audiofolder or args.manifest
+    is_llm = not getattr(model.config, "is_encoder_decoder", False)
+    text_column = args.text_column
+    if is_llm and args.manifest:
+        data = _read_jsonl(args.manifest)
+    else:
+        # a speech-LLM reads unit prompts, not audio; every loaded dataset names its transcript column `text`
+        options = {**dataset_options(args), "audio_column": None if is_llm else args.audio_column}
+        data = load_eval_dataset(source, **options)
+        text_column = "text"
+    if args.limit is not None:
+        data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
+    kwargs = {"processor": processing_class}
+    if is_llm:
+        prompt_builder = unit_prompt_builder(
+            processing_class,
+            units_column=args.units_column,
+            unit_format=args.unit_format,
+            prefix=args.prompt_prefix,
+            suffix=args.prompt_suffix,
+        )
+        kwargs = {
+            "tokenizer": processing_class,
+            "prompt_builder": prompt_builder,
+            "max_new_tokens": args.max_new_tokens,
+        }
+        if args.eos_token:
+            kwargs["eos_token_id"] = processing_class.convert_tokens_to_ids(args.eos_token)
+    return evaluate_wer(
+        model,
+        data,
+        text_column=text_column,
+        batch_size=args.batch_size,
+        resample=not args.no_resample,
+        **kwargs,
         **common,
     )
 
@@ -339,7 +450,6 @@ def _evaluate_codec_oracle(args: argparse.Namespace, common: dict):
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Run `hf-token-merge evaluate`."""
-    from hf_token_merge.evaluation import evaluate_perplexity, evaluate_wer, load_eval_dataset, unit_prompt_builder
     from hf_token_merge.evaluation.runner import finish, get_accelerator
 
     if args.num_threads is not None:
@@ -348,12 +458,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.num_threads)
     if args.model == REFERENCE_CODEC_ORACLE:
         task = _check_oracle_arguments(args)
-        model = helper = None
+        model = processing_class = None
     else:
         if not (args.dataset or args.manifest or args.audiofolder):
             raise TokenMergeError("evaluate needs data. Fix: pass one of --dataset, --manifest or --audiofolder.")
-        model, helper = load_model(args.model)
+        model, processing_class = load_model(args.model)
         task = args.task or ("wer" if getattr(model.config, "is_encoder_decoder", False) else "perplexity")
+        logger.info("evaluate: task %s on %s", task, args.model)
     accelerator = get_accelerator(None, args.device)
     common = {
         "dtype": args.dtype,
@@ -364,59 +475,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if model is None:
         result = _evaluate_codec_oracle(args, common)
     elif task in ("tts-wer", "kl"):
-        result = _evaluate_tts_or_kl(args, task, model, helper, common)
+        result = _evaluate_tts_or_kl(args, task, model, processing_class, common)
     elif task == "perplexity":
-        if not args.manifest:
-            raise TokenMergeError(
-                "perplexity reads token sequences. Fix: pass --manifest with input_ids or text per line."
-            )
-        data = _read_jsonl(args.manifest)[: args.limit]
-        result = evaluate_perplexity(
-            model,
-            data,
-            tokenizer=helper,
-            column=args.column,
-            max_length=args.max_length,
-            stride=args.stride,
-            **common,
-        )
+        result = _evaluate_perplexity(args, model, processing_class, common)
     else:
-        source = args.dataset or args.audiofolder or args.manifest
-        is_llm = not getattr(model.config, "is_encoder_decoder", False)
-        text_column = args.text_column
-        if is_llm and args.manifest:
-            data = _read_jsonl(args.manifest)
-        else:
-            # a speech-LLM reads unit prompts, not audio; every loaded dataset names its transcript column `text`
-            options = {**dataset_options(args), "audio_column": None if is_llm else args.audio_column}
-            data = load_eval_dataset(source, **options)
-            text_column = "text"
-        if args.limit is not None:
-            data = data.select(range(min(args.limit, len(data)))) if hasattr(data, "select") else data[: args.limit]
-        kwargs = {}
-        if is_llm:
-            kwargs["tokenizer"] = helper
-            kwargs["prompt_builder"] = unit_prompt_builder(
-                helper,
-                units_column=args.units_column,
-                unit_format=args.unit_format,
-                prefix=args.prompt_prefix,
-                suffix=args.prompt_suffix,
-            )
-            kwargs["max_new_tokens"] = args.max_new_tokens
-            if args.eos_token:
-                kwargs["eos_token_id"] = helper.convert_tokens_to_ids(args.eos_token)
-        else:
-            kwargs["processor"] = helper
-        result = evaluate_wer(
-            model,
-            data,
-            text_column=text_column,
-            batch_size=args.batch_size,
-            resample=not args.no_resample,
-            **kwargs,
-            **common,
-        )
+        result = _evaluate_asr_wer(args, model, processing_class, common)
     if accelerator.is_main_process:
         output = Path(args.output_dir)
         result.save(output)
@@ -441,11 +504,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 0
+    configure_logging(args.verbose)
     try:
         _check_output_dir(getattr(args, "output_dir", None))
         return handler(args)
-    except (TokenMergeError, FileNotFoundError, ValueError) as error:
-        # ValueError: configs and a few harness functions still raise plain ValueErrors for bad input
+    except (TokenMergeError, FileNotFoundError) as error:
+        # only the library's own refusals (and missing inputs) are bad input; anything else is a bug and keeps
+        # its traceback
         reason = " ".join(str(error).split()) or type(error).__name__
         print(f"hf-token-merge {args.command}: error: {reason}", file=sys.stderr)
         return 2

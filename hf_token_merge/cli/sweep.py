@@ -141,10 +141,10 @@ def run(args: argparse.Namespace) -> int:
         check_target(Path(args.output_dir) / "budgeted", overwrite=args.overwrite)
     # the evaluation data first: a missing column, split or path fails before the model is loaded
     data = load_evaluation_data(args.eval, dataset_options(args))
-    model, helper = load_model(args.model)
-    tokenizer = getattr(helper, "tokenizer", helper)
+    model, processing_class = load_model(args.model)
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, helper, show_progress=False, data=data, tts=args.tts)
+    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False, data=data, tts=args.tts)
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(
@@ -159,11 +159,11 @@ def run(args: argparse.Namespace) -> int:
         )
         print(sweep_markdown(points))
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
-        _run_budget(args, config, budget_strategy, model, helper, evaluate, token_counts)
+        _run_budget(args, config, budget_strategy, model, processing_class, evaluate, token_counts)
     return 0
 
 
-def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -> None:
+def _run_budget(args, config, strategy, model, processing_class, evaluate, token_counts) -> None:
     """The budget search of `sweep`: merge `model` in place, write budget.json and the budgeted model."""
     from hf_token_merge.analysis import compress_within_budget
     from hf_token_merge.atomic import atomic_directory
@@ -172,13 +172,19 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
     model_rows_before = model.get_input_embeddings().num_embeddings
     tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
     options = dataset_options(args)
-    tune = builtin_evaluation(args.eval, helper, False, split=tune_split, records=True, options=options, tts=args.tts)
+    tune = builtin_evaluation(
+        args.eval, processing_class, False, split=tune_split, records=True, options=options, tts=args.tts
+    )
     report = None
     if args.split_eval is not None:
         split = ("report", args.split_eval)
-        report = builtin_evaluation(args.eval, helper, False, split=split, records=True, options=options, tts=args.tts)
+        report = builtin_evaluation(
+            args.eval, processing_class, False, split=split, records=True, options=options, tts=args.tts
+        )
     elif args.report_eval:
-        report = builtin_evaluation(args.report_eval, helper, False, records=True, options=options, tts=args.tts)
+        report = builtin_evaluation(
+            args.report_eval, processing_class, False, records=True, options=options, tts=args.tts
+        )
     result = compress_within_budget(
         model,
         config,
@@ -187,7 +193,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         criterion=args.criterion,
         max_wer_increase=args.max_wer_increase,
         max_ppl_increase=args.max_ppl_increase,
-        tokenizer=getattr(helper, "tokenizer", helper),
+        tokenizer=getattr(processing_class, "tokenizer", processing_class),
         token_counts=token_counts,
         min_ratio=args.min_ratio,
         tolerance=args.tolerance,
@@ -209,7 +215,7 @@ def _run_budget(args, config, strategy, model, helper, evaluate, token_counts) -
         card = _budget_card(args, result, tune, report, model)
         with atomic_directory(output / "budgeted", overwrite=args.overwrite) as folder:
             model.save_pretrained(folder)
-            helper.save_pretrained(folder)
+            processing_class.save_pretrained(folder)
             card.save(folder / "README.md")
     rows_after = model.get_input_embeddings().num_embeddings
     print(

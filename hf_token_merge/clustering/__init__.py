@@ -1,4 +1,8 @@
-"""Grouping of selected rows by a registered method (threshold, kmeans, agglomerative, frequency, random)."""
+"""Grouping of selected rows: `cluster_rows` looks the config's method up in the registry (`registry.py`).
+
+The built-in methods (threshold, kmeans, agglomerative, frequency, random) register themselves in `methods.py`,
+imported here for that side effect; a new method registers with `register_grouping_method` the same way.
+"""
 
 from __future__ import annotations
 
@@ -34,11 +38,11 @@ def target_cluster_count(config: TokenMergeConfig, n_rows: int) -> int | None:
     """The number of clusters a config asks for, or None when it stops at a threshold.
 
     Raises:
-        ValueError: When `n_clusters` exceeds the number of selected rows.
+        TokenMergeError: When `n_clusters` exceeds the number of selected rows.
     """
     if config.n_clusters is not None:
         if config.n_clusters > n_rows:
-            raise ValueError(
+            raise TokenMergeError(
                 f"n_clusters={config.n_clusters} is more than the {n_rows} selected rows; "
                 f"use n_clusters <= {n_rows} or select more rows."
             )
@@ -62,7 +66,7 @@ def canonical_labels(labels: torch.Tensor) -> torch.Tensor:
 def _share_clusters(total: int, sizes: list[int]) -> list[int]:
     """Split `total` clusters among blocks in proportion to their sizes (largest remainder), each in [1, size]."""
     if total < len(sizes):
-        raise ValueError(
+        raise TokenMergeError(
             f"n_clusters={total} is fewer than the {len(sizes)} partitions (partition_size); every partition keeps "
             f"at least one row, so use n_clusters >= {len(sizes)}."
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
+
 
 def least_frequent_labels(counts: torch.Tensor, k: int) -> torch.Tensor:
     """The k - 1 most frequent ids stay alone; every other id joins one shared cluster.
@@ -16,7 +18,7 @@ def least_frequent_labels(counts: torch.Tensor, k: int) -> torch.Tensor:
         `(n,)` labels: 0..k-2 for the most frequent ids (ties go to the earlier id), k - 1 for all the others.
     """
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}.")
+        raise TokenMergeError(f"k must be >= 1, got {k}.")
     order = torch.sort(-counts.to(torch.float64), stable=True).indices
     labels = torch.full((counts.numel(),), k - 1, dtype=torch.long)
     labels[order[: k - 1]] = torch.arange(min(k - 1, counts.numel()))

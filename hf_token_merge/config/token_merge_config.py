@@ -6,13 +6,12 @@ round-trips through `to_dict`/`from_dict` and `save_pretrained`/`from_pretrained
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from hf_token_merge.config.field_types import check_field_types
 from hf_token_merge.config.json_config import JsonConfigMixin
-from hf_token_merge.config.presets import PRESETS
+from hf_token_merge.config.selection_fields import validate_selection_fields
 from hf_token_merge.errors import TokenMergeError
 
 CONFIG_NAME = "token_merge_config.json"
@@ -226,7 +225,7 @@ class TokenMergeConfig(JsonConfigMixin):
             if value not in choices:
                 raise TokenMergeError(f"{name}={value!r} is not supported; choose one of {list(choices)}.")
 
-        self._validate_selection()
+        validate_selection_fields(self, required=True)
         self._validate_stopping()
 
         if self.compact_logits and self.lm_head != "merge":
@@ -246,37 +245,6 @@ class TokenMergeConfig(JsonConfigMixin):
             raise TokenMergeError(f"block_size must be >= 1, got {self.block_size}.")
         if self.projection_dim is not None and self.projection_dim < 1:
             raise TokenMergeError(f"projection_dim must be >= 1 or None, got {self.projection_dim}.")
-
-    def _validate_selection(self) -> None:
-        selectors = (self.token_ids, self.token_id_range, self.token_pattern, self.preset)
-        if all(s is None for s in selectors):
-            raise TokenMergeError(
-                "No rows are selected: set at least one of token_ids, token_id_range, token_pattern or preset."
-            )
-        if self.token_ids is not None:
-            if len(self.token_ids) == 0:
-                raise TokenMergeError("token_ids is empty: list the ids to merge, or leave it None.")
-            negative = [i for i in self.token_ids if i < 0]
-            if negative:
-                raise TokenMergeError(f"token_ids must be >= 0; got {negative[:5]}.")
-        if self.token_id_range is not None:
-            if len(self.token_id_range) != 2:
-                raise TokenMergeError(f"token_id_range must be (start, end), got {self.token_id_range!r}.")
-            start, end = self.token_id_range
-            if not 0 <= start < end:
-                raise TokenMergeError(
-                    f"token_id_range=({start}, {end}) is empty or negative; it is half-open [start, end) "
-                    "with 0 <= start < end."
-                )
-        for name in ("token_pattern", "exclude_pattern"):
-            pattern = getattr(self, name)
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as err:
-                    raise TokenMergeError(f"{name} {pattern!r} is not a valid regex: {err}.") from err
-        if self.preset is not None and self.preset not in PRESETS:
-            raise TokenMergeError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}.")
 
     def _validate_stopping(self) -> None:
         given = [name for name in STOPPING_FIELDS if getattr(self, name) is not None]

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE, decode_audio_value
 from hf_token_merge.evaluation.scoring import Transcript
 
@@ -189,7 +190,7 @@ def unit_prompt_builder(
         ids = tokenizer.convert_tokens_to_ids(list(tokens))
         unknown = [t for t, i in zip(tokens, ids, strict=True) if i is None or i == tokenizer.unk_token_id]
         if unknown:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The tokenizer has no token {unknown[0]!r}. Fix: pass the model's own prompt tokens "
                 "(prefix=/suffix=/unit_format=) to unit_prompt_builder."
             )
@@ -200,7 +201,7 @@ def unit_prompt_builder(
 
     def build(example: dict[str, Any]) -> list[int]:
         if units_column not in example:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The example has no column {units_column!r} (columns: {sorted(example)}). "
                 "Fix: pass units_column= to unit_prompt_builder."
             )
@@ -236,7 +237,7 @@ def generate_text(
         One stripped text per prompt (special tokens removed).
     """
     if any(len(prompt) == 0 for prompt in prompts):
-        raise ValueError("A prompt builder returned an empty prompt. Fix: return at least one token id.")
+        raise TokenMergeError("A prompt builder returned an empty prompt. Fix: return at least one token id.")
     if eos_token_id is None:
         eos_token_id = model.generation_config.eos_token_id or tokenizer.eos_token_id
     stops = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or [])

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.confidence import PairedDifference, compare_records, paired_difference
 from hf_token_merge.evaluation.perplexity import evaluate_perplexity
 from hf_token_merge.evaluation.provenance import Provenance, model_revision, provenance_of
@@ -24,7 +25,9 @@ def safetensors_bytes(folder: str | os.PathLike[str]) -> int:
     """Total size of the `model*.safetensors` shards in a saved folder (a merge plan beside them is not counted)."""
     files = list(Path(folder).glob("model*.safetensors"))
     if not files:
-        raise ValueError(f"{folder} holds no .safetensors files. Fix: save the model with save_pretrained first.")
+        raise FileNotFoundError(
+            f"{folder} holds no .safetensors files. Fix: save the model with save_pretrained first."
+        )
     return sum(path.stat().st_size for path in files)
 
 
@@ -163,7 +166,7 @@ def compare_before_after(
     if task is None:
         task = "wer" if getattr(original.config, "is_encoder_decoder", False) else "perplexity"
     if task not in ("wer", "perplexity"):
-        raise ValueError(f"Unknown task {task!r}. Fix: use task='wer' or task='perplexity'.")
+        raise TokenMergeError(f"Unknown task {task!r}. Fix: use task='wer' or task='perplexity'.")
     accelerator = get_accelerator(accelerator, evaluate_kwargs.get("device"))
     evaluate = evaluate_wer if task == "wer" else evaluate_perplexity
     before = evaluate(original, data, accelerator=accelerator, **evaluate_kwargs)

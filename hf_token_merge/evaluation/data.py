@@ -37,7 +37,7 @@ def load_manifest(path: str | os.PathLike[str], audio_column: str = "audio", tex
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
+        raise FileNotFoundError(f"Manifest {path} does not exist. Fix: pass the path of a .jsonl file.")
     records, lines = _read_jsonl_records(path)
     return _records_to_dataset(records, path.parent, audio_column, text_column, str(path), lines)
 
@@ -53,7 +53,7 @@ def _read_jsonl_records(path: Path) -> tuple[list[dict], list[int]]:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
                 message = f"{path}:{number} is not valid JSON ({error.msg}). Fix: one JSON object per line."
-                raise ValueError(message) from error
+                raise TokenMergeError(message) from error
             if not isinstance(record, dict):
                 raise TokenMergeError(
                     f"{path}:{number} is a JSON {type(record).__name__}, not an object. Fix: one JSON object per line, "
@@ -76,7 +76,9 @@ def load_audiofolder(folder: str | os.PathLike[str], text_column: str = "text"):
     """
     folder = Path(folder)
     if not folder.is_dir():
-        raise ValueError(f"Audio folder {folder} does not exist. Fix: pass a folder of audio files with metadata.")
+        raise FileNotFoundError(
+            f"Audio folder {folder} does not exist. Fix: pass a folder of audio files with metadata."
+        )
     if (folder / "metadata.jsonl").is_file():
         records, lines = _read_jsonl_records(folder / "metadata.jsonl")
         source = str(folder / "metadata.jsonl")
@@ -89,7 +91,7 @@ def load_audiofolder(folder: str | os.PathLike[str], text_column: str = "text"):
                 lines.append(reader.line_num)
         source = str(folder / "metadata.csv")
     else:
-        raise ValueError(
+        raise TokenMergeError(
             f"{folder} has no metadata.jsonl or metadata.csv, so there are no transcripts. Fix: add one with a "
             f"'file_name' column (audio path relative to the folder) and a '{text_column}' column."
         )
@@ -102,10 +104,10 @@ def _records_to_dataset(
     records: list[dict], base: Path, audio_key: str, text_key: str, source: str, lines: list[int] | None = None
 ):
     if not records:
-        raise ValueError(f"{source} holds no examples. Fix: add at least one line with audio and text.")
+        raise TokenMergeError(f"{source} holds no examples. Fix: add at least one line with audio and text.")
     for key in (audio_key, text_key):
         if key not in records[0]:
-            raise ValueError(
+            raise TokenMergeError(
                 f"{source} has no '{key}' field (fields: {sorted(records[0])}). "
                 f"Fix: add it, or name the right field with audio_column=/text_column= (--audio-column/--text-column)."
             )
@@ -326,12 +328,12 @@ def check_columns(dataset: datasets.Dataset | Sequence[dict], columns: Sequence[
     elif isinstance(dataset, Sequence) and not dataset:
         names = []
     else:
-        raise ValueError(f"{what} needs a datasets.Dataset or a list of dicts, got {type(dataset).__name__}.")
+        raise TokenMergeError(f"{what} needs a datasets.Dataset or a list of dicts, got {type(dataset).__name__}.")
     if len(dataset) == 0:
-        raise ValueError(f"{what}: the data is empty. Fix: pass at least one example.")
+        raise TokenMergeError(f"{what}: the data is empty. Fix: pass at least one example.")
     missing = [column for column in columns if column not in names]
     if missing:
-        raise ValueError(
+        raise TokenMergeError(
             f"{what}: the data has no column {missing[0]!r} (columns: {names}). "
             f"Fix: rename the column or pass the matching *_column argument."
         )

@@ -14,6 +14,7 @@ from 1 on is scored once, whole batches are sharded over the processes, and sums
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -154,6 +155,48 @@ class KLResult:
         )
 
 
+def _refuse_models(reference_model, merged_model) -> None:
+    """Refuse encoder-decoders, the same object twice, and a model with a sequence merge installed."""
+    for name, model in (("reference_model", reference_model), ("merged_model", merged_model)):
+        if getattr(model.config, "is_encoder_decoder", False):
+            raise TokenMergeError(
+                f"evaluate_kl scores causal LMs; {name} is an encoder-decoder ({type(model).__name__}). "
+                "Fix: pass causal LMs (e.g. LlamaForCausalLM)."
+            )
+    if reference_model is merged_model:
+        raise TokenMergeError(
+            "evaluate_kl got the same model object twice; the merge works in place, so this compares the merged "
+            "model with itself. Fix: load the unmerged model separately (or copy.deepcopy it before merging)."
+        )
+    for model in (reference_model, merged_model):
+        if sequence_merge_handle(model) is not None:
+            raise TokenMergeError(
+                "evaluate_kl needs a distribution at every input position, but a sequence merge is installed and "
+                "shortens the input. Fix: measure KL before apply_sequence_merge or after handle.remove()."
+            )
+
+
+def _kl_records(
+    reference_model, merged_model, sequences: list, max_length: int, stride: int, indices: list[int]
+) -> list[dict[str, Any]]:
+    """KL and NLL sums of the sequences at `indices` (one process's shard)."""
+    out = []
+    for index in indices:
+        kl, ref_nll, merged_nll, count = sequence_kl(
+            reference_model, merged_model, sequences[index], max_length, stride
+        )
+        out.append(
+            {
+                "index": index,
+                "kl_sum": kl,
+                "reference_nll_sum": ref_nll,
+                "merged_nll_sum": merged_nll,
+                "token_count": count,
+            }
+        )
+    return out
+
+
 def evaluate_kl(
     reference_model,
     merged_model,
@@ -191,23 +234,7 @@ def evaluate_kl(
     Returns:
         A `KLResult` (the same on every process).
     """
-    for name, model in (("reference_model", reference_model), ("merged_model", merged_model)):
-        if getattr(model.config, "is_encoder_decoder", False):
-            raise TokenMergeError(
-                f"evaluate_kl scores causal LMs; {name} is an encoder-decoder ({type(model).__name__}). "
-                "Fix: pass causal LMs (e.g. LlamaForCausalLM)."
-            )
-    if reference_model is merged_model:
-        raise TokenMergeError(
-            "evaluate_kl got the same model object twice; the merge works in place, so this compares the merged "
-            "model with itself. Fix: load the unmerged model separately (or copy.deepcopy it before merging)."
-        )
-    for model in (reference_model, merged_model):
-        if sequence_merge_handle(model) is not None:
-            raise TokenMergeError(
-                "evaluate_kl needs a distribution at every input position, but a sequence merge is installed and "
-                "shortens the input. Fix: measure KL before apply_sequence_merge or after handle.remove()."
-            )
+    _refuse_models(reference_model, merged_model)
     sequences, max_length, stride = prepare_sequences(
         data,
         reference_model,
@@ -221,22 +248,7 @@ def evaluate_kl(
     reference_model = prepare_model(reference_model, accelerator, dtype, device)
     merged_model = prepare_model(merged_model, accelerator, dtype, device)
 
-    def process(indices: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for index in indices:
-            kl, ref_nll, merged_nll, count = sequence_kl(
-                reference_model, merged_model, sequences[index], max_length, stride
-            )
-            out.append(
-                {
-                    "index": index,
-                    "kl_sum": kl,
-                    "reference_nll_sum": ref_nll,
-                    "merged_nll_sum": merged_nll,
-                    "token_count": count,
-                }
-            )
-        return out
+    process = functools.partial(_kl_records, reference_model, merged_model, sequences, max_length, stride)
 
     records, timing = run_sharded(accelerator, len(sequences), 1, process, "kl", show_progress)
     sums = {"kl_sum": 0.0, "reference_nll_sum": 0.0, "merged_nll_sum": 0.0}

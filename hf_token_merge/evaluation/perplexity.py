@@ -17,6 +17,7 @@ float32 and summed in float64 per sequence; the corpus NLL is the sum over seque
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Sequence
@@ -43,7 +44,7 @@ def window_plan(length: int, max_length: int, stride: int) -> list[tuple[int, in
         `(a, s, e)` per window: it feeds ids `[a, e-1)` and scores targets `[s, e)`.
     """
     if max_length < 1 or not 1 <= stride <= max_length:
-        raise ValueError(f"Need 1 <= stride <= max_length; got stride={stride}, max_length={max_length}.")
+        raise TokenMergeError(f"Need 1 <= stride <= max_length; got stride={stride}, max_length={max_length}.")
     windows = []
     start, end = 1, min(length, max_length + 1)
     while start < end:
@@ -73,7 +74,7 @@ def sequence_nll(model, ids: Sequence[int], max_length: int, stride: int) -> tup
         logits = model(input_ids=inputs).logits[0, s - 1 - a :].float()
         targets = tokens[s:e].to(logits.device)
         if logits.shape[-1] <= int(targets.max()):
-            raise ValueError(
+            raise TokenMergeError(
                 f"The model returns {logits.shape[-1]} logits per position but the data holds id {int(targets.max())}. "
                 "Perplexity is over the original ids: a merged model with compact_logits=True returns merged-row "
                 "logits. Fix: merge with compact_logits=False, or check that the data fits the tokenizer."
@@ -169,7 +170,7 @@ def _sequences(data, tokenizer, column: str | None) -> list[list[int]]:
         if column is None:
             column = "input_ids" if "input_ids" in names else "text" if "text" in names else None
         if column is None or column not in names:
-            raise ValueError(
+            raise TokenMergeError(
                 f"evaluate_perplexity: the data has no column {column or 'input_ids/text'!r} (columns: {names}). "
                 "Fix: pass column= naming the token ids or the text."
             )
@@ -177,7 +178,7 @@ def _sequences(data, tokenizer, column: str | None) -> list[list[int]]:
     if isinstance(data, torch.Tensor):
         data = data.tolist() if data.ndim == 2 else [data.tolist()]
     if not isinstance(data, Sequence) or len(data) == 0:
-        raise ValueError("evaluate_perplexity: the data is empty. Fix: pass at least one sequence of 2+ tokens.")
+        raise TokenMergeError("evaluate_perplexity: the data is empty. Fix: pass at least one sequence of 2+ tokens.")
     for index, item in enumerate(data):  # all examples first: a bad one fails before any tokenising
         if item is None or isinstance(item, (int, float, bool, dict)):
             raise TokenMergeError(
@@ -189,7 +190,9 @@ def _sequences(data, tokenizer, column: str | None) -> list[list[int]]:
     for item in data:
         if isinstance(item, str):
             if tokenizer is None:
-                raise ValueError("evaluate_perplexity got text but no tokenizer. Fix: pass tokenizer= or token ids.")
+                raise TokenMergeError(
+                    "evaluate_perplexity got text but no tokenizer. Fix: pass tokenizer= or token ids."
+                )
             ids = list(tokenizer(item).input_ids)
             bos = getattr(tokenizer, "bos_token_id", None)
             if bos is not None and (not ids or ids[0] != bos):
@@ -253,6 +256,15 @@ def prepare_sequences(
     return sequences, max_length, stride
 
 
+def _nll_records(model, sequences: list, max_length: int, stride: int, indices: list[int]) -> list[dict[str, Any]]:
+    """NLL sums of the sequences at `indices` (one process's shard)."""
+    out = []
+    for index in indices:
+        nll, count = sequence_nll(model, sequences[index], max_length, stride)
+        out.append({"index": index, "nll_sum": nll, "token_count": count})
+    return out
+
+
 def evaluate_perplexity(
     model,
     data,
@@ -288,12 +300,12 @@ def evaluate_perplexity(
         A `PerplexityResult` (the same on every process).
     """
     if getattr(model.config, "is_encoder_decoder", False):
-        raise ValueError(
+        raise TokenMergeError(
             f"evaluate_perplexity scores causal LMs; {type(model).__name__} is an encoder-decoder whose decoder "
             "needs audio features. Fix: evaluate it with evaluate_wer, or pass a causal LM (e.g. LlamaForCausalLM)."
         )
     if sequence_merge_handle(model) is not None:
-        raise ValueError(
+        raise TokenMergeError(
             "evaluate_perplexity needs a logit for every input position, but a sequence merge is installed and "
             "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."
         )
@@ -309,13 +321,7 @@ def evaluate_perplexity(
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)
 
-    def process(indices: list[int]) -> list[dict[str, Any]]:
-        out = []
-        for index in indices:
-            nll, count = sequence_nll(model, sequences[index], max_length, stride)
-            out.append({"index": index, "nll_sum": nll, "token_count": count})
-        return out
-
+    process = functools.partial(_nll_records, model, sequences, max_length, stride)
     records, timing = run_sharded(accelerator, len(sequences), 1, process, "perplexity", show_progress)
     nll_sum = 0.0
     for record in records:  # dataset order: the same float sum for any number of processes

@@ -23,6 +23,8 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from hf_token_merge.errors import TokenMergeError
+
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -31,7 +33,7 @@ def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
     if dtype is None or isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}. Fix: use one of {sorted(_DTYPES)}.")
+        raise TokenMergeError(f"Unknown dtype {dtype!r}. Fix: use one of {sorted(_DTYPES)}.")
     return _DTYPES[dtype]
 
 
@@ -90,7 +92,7 @@ def run_sharded(
         process's loop time, i.e. wall time of the sharded loop), `process_seconds` (sum over processes).
     """
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+        raise TokenMergeError(f"batch_size must be >= 1, got {batch_size}.")
     batches = [
         list(range(start, min(start + batch_size, num_examples))) for start in range(0, num_examples, batch_size)
     ]

@@ -183,10 +183,13 @@ def paired_predictions(before: list[dict[str, Any]], after: list[dict[str, Any]]
         suffixed `_before` and `_after` (`prediction_before`, `substitutions_after`, ...).
 
     Raises:
-        ValueError: When the two lists are not the same utterances in the same order.
+        TokenMergeError: When the two lists are not the same utterances in the same order.
     """
     if [r.get("id") for r in before] != [r.get("id") for r in after]:
-        raise ValueError("paired_predictions needs both evaluations on the same utterances, in the same order.")
+        raise TokenMergeError(
+            "paired_predictions needs both evaluations on the same utterances, in the same order. Fix: evaluate "
+            "the model before and after the merge on the same data."
+        )
     paired = []
     for old, new in zip(before, after, strict=True):
         record = {key: old[key] for key in SHARED_FIELDS if key in old}

@@ -22,6 +22,8 @@ from typing import Any
 import jiwer
 from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
 
+from hf_token_merge.errors import TokenMergeError
+
 _NORMALIZERS: dict[int, tuple[Mapping[str, str] | None, EnglishTextNormalizer]] = {}
 
 
@@ -141,7 +143,7 @@ def corpus_error_counts(references: Sequence[str], hypotheses: Sequence[str], no
         The summed counts; `.wer` is the corpus WER.
     """
     if len(references) != len(hypotheses):
-        raise ValueError(f"Got {len(references)} references but {len(hypotheses)} hypotheses.")
+        raise TokenMergeError(f"Got {len(references)} references but {len(hypotheses)} hypotheses.")
     total = ErrorCounts()
     for reference, hypothesis in zip(references, hypotheses, strict=True):
         total = total + error_counts(reference, hypothesis, normalize)

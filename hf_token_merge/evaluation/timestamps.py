@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
+# Whisper's timestamp tokens step by 20 ms: <|0.00|>, <|0.02|>, ... <|30.00|>.
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.audio import TARGET_SAMPLING_RATE
 
-# Whisper's timestamp tokens step by 20 ms: <|0.00|>, <|0.02|>, ... <|30.00|>.
 TIME_PRECISION = 0.02
 
 
@@ -136,10 +137,10 @@ def compare_timestamps(
         The summed counts and the mean boundary error and recall over all reference boundaries.
 
     Raises:
-        ValueError: When the two lists differ in length.
+        TokenMergeError: When the two lists differ in length.
     """
     if len(reference) != len(predicted):
-        raise ValueError(
+        raise TokenMergeError(
             f"{len(reference)} reference utterances but {len(predicted)} predicted; pass one per utterance."
         )
     distances: list[float] = []

@@ -49,27 +49,29 @@ def required_columns(
     """The columns `evaluate_wer` needs for this model, after checking that its kind got the right helpers.
 
     Raises:
-        ValueError: When an encoder-decoder lacks its processor or got a prompt builder, or a causal LM lacks its
+        TokenMergeError: When an encoder-decoder lacks its processor or got a prompt builder, or a causal LM lacks its
             prompt builder or tokenizer (each message names the fix).
     """
     if model_kind(model) == "encoder-decoder":
         if processor is None or not hasattr(processor, "feature_extractor"):
-            raise ValueError(
+            raise TokenMergeError(
                 f"evaluate_wer on the encoder-decoder {type(model).__name__} needs its processor (feature extractor "
                 "+ tokenizer). Fix: pass processor=AutoProcessor.from_pretrained(...)."
             )
         if prompt_builder is not None:
-            raise ValueError("prompt_builder is for causal speech-LLMs; an encoder-decoder reads audio. Fix: drop it.")
+            raise TokenMergeError(
+                "prompt_builder is for causal speech-LLMs; an encoder-decoder reads audio. Fix: drop it."
+            )
         return [audio_column, text_column]
     if prompt_builder is None:
-        raise ValueError(
+        raise TokenMergeError(
             f"evaluate_wer got the causal LM {type(model).__name__} but no prompt_builder, so it cannot know how "
             "to turn an example into a speech prompt. Fix: pass prompt_builder=unit_prompt_builder(tokenizer, "
             "prefix=[...], suffix=[...]) or your own callable example -> prompt ids (or evaluate an "
             "encoder-decoder ASR model such as Whisper)."
         )
     if tokenizer is None:
-        raise ValueError("evaluate_wer on a speech-LLM needs its tokenizer to decode text. Fix: pass tokenizer=.")
+        raise TokenMergeError("evaluate_wer on a speech-LLM needs its tokenizer to decode text. Fix: pass tokenizer=.")
     return [text_column] + ([prompt_builder.units_column] if hasattr(prompt_builder, "units_column") else [])
 
 

@@ -23,6 +23,8 @@ import datasets
 import numpy as np
 import soundfile
 
+from hf_token_merge.errors import TokenMergeError
+
 TARGET_SAMPLING_RATE = 16_000
 
 
@@ -42,7 +44,7 @@ def resample(samples: np.ndarray, orig_rate: int, target_rate: int = TARGET_SAMP
     try:
         from scipy.signal import resample_poly
     except ImportError as error:
-        raise ValueError(
+        raise TokenMergeError(
             f"Audio at {orig_rate} Hz must be resampled to {target_rate} Hz, which needs scipy. "
             f"Fix: pip install scipy, or convert the audio to {target_rate} Hz mono beforehand "
             f"(e.g. sox in.wav -r {target_rate} out.wav)."
@@ -76,7 +78,7 @@ def decode_audio_value(
     name = None
     if isinstance(value, np.ndarray | list):
         if sampling_rate is None:
-            raise ValueError("Audio given as an array needs its sampling rate. Fix: pass sampling_rate=... .")
+            raise TokenMergeError("Audio given as an array needs its sampling rate. Fix: pass sampling_rate=... .")
         samples, rate = np.asarray(value, dtype=np.float32), int(sampling_rate)
     elif isinstance(value, dict) and value.get("array") is not None:
         samples, rate = np.asarray(value["array"], dtype=np.float32), int(value["sampling_rate"])
@@ -88,28 +90,30 @@ def decode_audio_value(
         elif isinstance(value, str | os.PathLike):
             source = name = str(value)
         else:
-            raise ValueError(f"Cannot read audio from a {type(value).__name__}; expected a path, bytes or an array.")
+            raise TokenMergeError(
+                f"Cannot read audio from a {type(value).__name__}; expected a path, bytes or an array."
+            )
         if source is None:
-            raise ValueError("Audio value has neither bytes nor a path.")
+            raise TokenMergeError("Audio value has neither bytes nor a path.")
         if isinstance(source, str) and base_dir is not None and not os.path.isabs(source):
             source = os.path.join(base_dir, source)
         if isinstance(source, str) and not os.path.isfile(source):
-            raise ValueError(
+            raise FileNotFoundError(
                 f"Audio file {source} does not exist. Fix: check the path (relative paths are resolved "
                 "against the manifest's folder)."
             )
         try:
             samples, rate = soundfile.read(source, dtype="float32", always_2d=False)
         except (soundfile.LibsndfileError, RuntimeError) as error:
-            raise ValueError(
+            raise TokenMergeError(
                 f"soundfile cannot decode {name or 'audio bytes'}: {error}. Fix: convert it to WAV or FLAC."
             ) from error
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
     if samples.ndim != 1:
-        raise ValueError(f"Expected mono or multi-channel audio, got an array of shape {samples.shape} ({name}).")
+        raise TokenMergeError(f"Expected mono or multi-channel audio, got an array of shape {samples.shape} ({name}).")
     if rate != target_rate and not allow_resample:
-        raise ValueError(
+        raise TokenMergeError(
             f"{name or 'Audio'} is sampled at {rate} Hz but the model needs {target_rate} Hz. "
             f"Fix: allow resampling (resample=True) or convert the audio to {target_rate} Hz."
         )

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
+
 SUPPORTED_BINARY_VERSION = 6
 
 # Order of CTranslate2's DataType enum (include/ctranslate2/types.h).
@@ -63,7 +65,7 @@ class _Cursor:
     def take(self, num_bytes: int) -> bytes:
         end = self.offset + num_bytes
         if end > len(self.data):
-            raise ValueError(
+            raise TokenMergeError(
                 f"{self.path} is truncated: wanted {num_bytes} bytes at offset {self.offset}, "
                 f"file has {len(self.data)}. Reinstall the package that ships it."
             )
@@ -96,7 +98,7 @@ def read_ctranslate2_model(path: str | os.PathLike[str]) -> CTranslate2Model:
 
     version = cursor.unpack("I")
     if version != SUPPORTED_BINARY_VERSION:
-        raise ValueError(
+        raise TokenMergeError(
             f"{path} uses CTranslate2 binary format version {version}; this reader supports only "
             f"version {SUPPORTED_BINARY_VERSION}. Re-convert the model with a recent ctranslate2."
         )
@@ -109,7 +111,7 @@ def read_ctranslate2_model(path: str | os.PathLike[str]) -> CTranslate2Model:
         shape = [cursor.unpack("I") for _ in range(cursor.unpack("B"))]
         dtype_id = cursor.unpack("B")
         if dtype_id >= len(_DTYPES):
-            raise ValueError(f"{path}: variable {name!r} has unknown dtype id {dtype_id}.")
+            raise TokenMergeError(f"{path}: variable {name!r} has unknown dtype id {dtype_id}.")
         dtype = _DTYPES[dtype_id]
         raw = cursor.take(cursor.unpack("I"))
         # bytearray gives torch a writable, freshly allocated (so aligned) buffer to own.
@@ -122,5 +124,5 @@ def read_ctranslate2_model(path: str | os.PathLike[str]) -> CTranslate2Model:
         aliases[alias] = cursor.string()
 
     if cursor.offset != len(cursor.data):
-        raise ValueError(f"{path} has {len(cursor.data) - cursor.offset} unexpected trailing bytes.")
+        raise TokenMergeError(f"{path} has {len(cursor.data) - cursor.offset} unexpected trailing bytes.")
     return CTranslate2Model(spec_name, spec_revision, variables, aliases)

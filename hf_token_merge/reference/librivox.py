@@ -38,6 +38,7 @@ import datasets
 import numpy as np
 import soundfile
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.reference.audio import decode_audio_value
 from hf_token_merge.reference.cache import build_atomically, cache_root
 
@@ -135,7 +136,7 @@ def read_reading(reading: str, folder: Path | None = None) -> np.ndarray:
     folder = folder or data_dir()
     samples, sampling_rate = soundfile.read(folder / f"{reading}.flac", dtype="int16")
     if sampling_rate != SAMPLING_RATE or samples.ndim != 1:
-        raise ValueError(f"{reading}.flac must be 16 kHz mono; got {sampling_rate} Hz, shape {samples.shape}.")
+        raise TokenMergeError(f"{reading}.flac must be 16 kHz mono; got {sampling_rate} Hz, shape {samples.shape}.")
     return samples
 
 
@@ -234,7 +235,7 @@ def make_librivox_sonnets(folder: Path | None = None) -> datasets.Dataset:
         piece = samples[round(utt.start * SAMPLING_RATE) : min(len(samples), round(utt.end * SAMPLING_RATE))]
         duration = len(piece) / SAMPLING_RATE
         if not 0 < duration <= MAX_UTTERANCE_SECONDS:
-            raise ValueError(f"{utt.id} lasts {duration:.2f} s; utterances must last (0, 30] s.")
+            raise TokenMergeError(f"{utt.id} lasts {duration:.2f} s; utterances must last (0, 30] s.")
         rows["id"].append(utt.id)
         rows["sonnet"].append(int(utt.reading.rsplit("_", 1)[1]))
         rows["audio"].append({"bytes": encode_flac(piece), "path": f"{utt.id}.flac"})

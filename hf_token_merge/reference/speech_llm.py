@@ -34,8 +34,12 @@ import torch
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from hf_token_merge.errors import TokenMergeError
+
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 ASR, CONTINUE, TEXT_START, TEXT_END = "<|asr|>", "<|continue|>", "<|text_start|>", "<|text_end|>"
+
+
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK, ASR, CONTINUE, TEXT_START, TEXT_END)
 CHARACTERS = " '" + "abcdefghijklmnopqrstuvwxyz"
 UNIT_PATTERN = re.compile(r"<\|s_(\d+)\|>")
@@ -123,7 +127,7 @@ class SequenceBuilder:
 
     def unit_ids(self, units: Sequence[int]) -> list[int]:
         if any(not 0 <= u < self.num_units for u in units):
-            raise ValueError(f"Units must lie in [0, {self.num_units}).")
+            raise TokenMergeError(f"Units must lie in [0, {self.num_units}).")
         return [self.unit_offset + u for u in units]
 
     def text_ids(self, text: str) -> list[int]:

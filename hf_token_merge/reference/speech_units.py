@@ -32,6 +32,8 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperFeatureExtractor
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from hf_token_merge.errors import TokenMergeError
+
 CONFIG_NAME = "speech_unit_tokenizer.json"
 CENTROIDS_NAME = "centroids.safetensors"
 SAMPLING_RATE = 16_000
@@ -64,9 +66,9 @@ class SpeechUnitTokenizer:
         feature_extractor: WhisperFeatureExtractor,
     ) -> None:
         if centroids.shape[0] != config.num_units:
-            raise ValueError(f"{centroids.shape[0]} centroids, but the config says {config.num_units} units.")
+            raise TokenMergeError(f"{centroids.shape[0]} centroids, but the config says {config.num_units} units.")
         if not 1 <= config.layer <= len(encoder.layers):
-            raise ValueError(f"layer must be in [1, {len(encoder.layers)}], got {config.layer}.")
+            raise TokenMergeError(f"layer must be in [1, {len(encoder.layers)}], got {config.layer}.")
         self.config = config
         self.centroids = centroids.to(torch.float32).contiguous()
         self._centroid_sq_norm = self.centroids.pow(2).sum(dim=1)
@@ -89,7 +91,7 @@ class SpeechUnitTokenizer:
         folder = Path(path)
         config = SpeechUnitTokenizerConfig(**json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
         if config.encoder != "whisper-tiny.en":
-            raise ValueError(f"Unsupported encoder {config.encoder!r}; only 'whisper-tiny.en' is known.")
+            raise TokenMergeError(f"Unsupported encoder {config.encoder!r}; only 'whisper-tiny.en' is known.")
         centroids = load_file(str(folder / CENTROIDS_NAME))["centroids"]
         encoder, feature_extractor = load_whisper_encoder(cache_dir=cache_dir)
         return cls(config, centroids, encoder, feature_extractor)
@@ -179,12 +181,12 @@ def whisper_layer_features(
         `(ceil(samples / 320), d_model)` float32 features.
     """
     if sampling_rate != SAMPLING_RATE:
-        raise ValueError(f"Speech units need {SAMPLING_RATE} Hz audio, got {sampling_rate} Hz; resample first.")
+        raise TokenMergeError(f"Speech units need {SAMPLING_RATE} Hz audio, got {sampling_rate} Hz; resample first.")
     audio = np.asarray(audio, dtype=np.float32)
     if audio.ndim != 1 or audio.size == 0:
-        raise ValueError(f"Expected a non-empty mono waveform, got shape {audio.shape}.")
+        raise TokenMergeError(f"Expected a non-empty mono waveform, got shape {audio.shape}.")
     if audio.size > MAX_SECONDS * SAMPLING_RATE:
-        raise ValueError(f"Audio of {audio.size / SAMPLING_RATE:.1f} s is longer than {MAX_SECONDS:.0f} s.")
+        raise TokenMergeError(f"Audio of {audio.size / SAMPLING_RATE:.1f} s is longer than {MAX_SECONDS:.0f} s.")
     frames = math.ceil(audio.size / SAMPLES_PER_FRAME)
     padded = np.zeros(frames * SAMPLES_PER_FRAME, dtype=np.float32)
     padded[: audio.size] = audio

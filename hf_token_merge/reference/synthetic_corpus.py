@@ -46,14 +46,14 @@ def load_synthetic_corpus(split: str = "test", cache_dir: str | os.PathLike[str]
         Columns `audio` (undecoded FLAC paths), `text` and `id`, ready for `evaluate_wer`.
 
     Raises:
-        ValueError: On an unknown split, or when the corpus has not been built (the message names the command).
+        TokenMergeError: On an unknown split, or when the corpus has not been built (the message names the command).
     """
     if split not in SYNTHETIC_SPLITS:
-        raise ValueError(f"Unknown split {split!r}. Fix: choose one of {list(SYNTHETIC_SPLITS)}.")
+        raise TokenMergeError(f"Unknown split {split!r}. Fix: choose one of {list(SYNTHETIC_SPLITS)}.")
     folder = synthetic_corpus_dir(cache_dir)
     metadata = folder / "metadata.jsonl"
     if not metadata.is_file():
-        raise ValueError(
+        raise FileNotFoundError(
             f"The synthetic corpus is not built ({metadata} is missing). Fix: pip install piper-tts (dev-only, "
             "GPL) and run python recipes/reference_model/synthesize.py, or evaluate on --eval librivox."
         )
@@ -64,7 +64,7 @@ def load_synthetic_corpus(split: str = "test", cache_dir: str | os.PathLike[str]
         if record.get("split") == split
     ]
     if not rows:
-        raise ValueError(f"{metadata} has no {split!r} rows. Fix: rebuild the corpus with synthesize.py --force.")
+        raise TokenMergeError(f"{metadata} has no {split!r} rows. Fix: rebuild the corpus with synthesize.py --force.")
     untexted = [row["id"] for row in rows if not isinstance(row["text"], str)]
     if untexted:  # str() would score null as the word "None"
         raise TokenMergeError(
@@ -73,7 +73,7 @@ def load_synthetic_corpus(split: str = "test", cache_dir: str | os.PathLike[str]
         )
     missing = [row["audio"] for row in rows if not (folder / row["audio"]).is_file()]
     if missing:
-        raise ValueError(
+        raise TokenMergeError(
             f"{len(missing)} audio files of the {split!r} split are missing ({folder / missing[0]}, ...). Fix: "
             "rebuild the corpus with python recipes/reference_model/synthesize.py --force."
         )

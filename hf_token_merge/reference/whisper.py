@@ -39,6 +39,7 @@ from transformers import (
     WhisperTokenizer,
 )
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.reference.cache import build_atomically, cache_root
 from hf_token_merge.reference.ctranslate2_reader import CTranslate2Model, read_ctranslate2_model
 
@@ -132,7 +133,7 @@ def _check_scalars(take: Take, config: WhisperConfig) -> None:
     for name, value in expected.items():
         found = take(name).item()
         if found != value:
-            raise ValueError(f"CTranslate2 scalar {name} is {found}; {config.model_type} needs {value}.")
+            raise TokenMergeError(f"CTranslate2 scalar {name} is {found}; {config.model_type} needs {value}.")
 
 
 def _split_rows(tensor: torch.Tensor, parts: int) -> list[torch.Tensor]:
@@ -152,7 +153,7 @@ def _attention(take: Take, src: str, dst: str, cross: bool, out: StateDict) -> N
         q_b, k_b, v_b = _split_rows(take(f"{src}/linear_0/bias"), 3)
         out_name = f"{src}/linear_1"
     if torch.count_nonzero(k_b):
-        raise ValueError(f"{src}: the key bias should be zero (Whisper's k_proj has no bias) but is not.")
+        raise TokenMergeError(f"{src}: the key bias should be zero (Whisper's k_proj has no bias) but is not.")
     out[f"{dst}.q_proj.weight"], out[f"{dst}.q_proj.bias"] = q_w, q_b
     out[f"{dst}.k_proj.weight"] = k_w
     out[f"{dst}.v_proj.weight"], out[f"{dst}.v_proj.bias"] = v_w, v_b
@@ -189,12 +190,12 @@ def ctranslate2_to_whisper_state_dict(ct2: CTranslate2Model, config: WhisperConf
         `model.decoder.embed_tokens.weight`; tensors keep the stored dtype.
     """
     if ct2.spec_name != "WhisperSpec":
-        raise ValueError(f"Expected a CTranslate2 WhisperSpec model, got {ct2.spec_name!r}.")
+        raise TokenMergeError(f"Expected a CTranslate2 WhisperSpec model, got {ct2.spec_name!r}.")
     remaining = dict(ct2.variables)
 
     def take(name: str) -> torch.Tensor:
         if name not in remaining:
-            raise KeyError(f"CTranslate2 variable {name!r} is missing or was used twice.")
+            raise TokenMergeError(f"CTranslate2 variable {name!r} is missing or was used twice.")
         return remaining.pop(name)
 
     _check_scalars(take, config)
@@ -221,9 +222,9 @@ def ctranslate2_to_whisper_state_dict(ct2: CTranslate2Model, config: WhisperConf
 
     expected_aliases = {"decoder/projection/weight": "decoder/embeddings/weight"}
     if ct2.aliases != expected_aliases:
-        raise ValueError(f"Expected aliases {expected_aliases} (proj_out tied), got {ct2.aliases}.")
+        raise TokenMergeError(f"Expected aliases {expected_aliases} (proj_out tied), got {ct2.aliases}.")
     if remaining:
-        raise ValueError(f"CTranslate2 variables left unmapped: {sorted(remaining)}")
+        raise TokenMergeError(f"CTranslate2 variables left unmapped: {sorted(remaining)}")
     return out
 
 
@@ -243,7 +244,7 @@ def whisper_model_from_ctranslate2(ct2: CTranslate2Model, config: WhisperConfig)
         model = WhisperForConditionalGeneration(config)
     expected = set(model.state_dict()) - {"proj_out.weight"}
     if set(state_dict) != expected:
-        raise ValueError(
+        raise TokenMergeError(
             f"State dict mismatch: missing {sorted(expected - set(state_dict))}, "
             f"unexpected {sorted(set(state_dict) - expected)}"
         )
@@ -252,7 +253,7 @@ def whisper_model_from_ctranslate2(ct2: CTranslate2Model, config: WhisperConfig)
     model.proj_out.weight = model.model.decoder.embed_tokens.weight
     meta = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if meta:
-        raise ValueError(f"Parameters left unfilled after conversion: {meta}")
+        raise TokenMergeError(f"Parameters left unfilled after conversion: {meta}")
     model.config.dtype = state_dict["model.decoder.embed_tokens.weight"].dtype
     return model.eval()
 
@@ -305,7 +306,7 @@ def whisper_tokenizer_from_json(tokenizer_json: str | os.PathLike[str]) -> Whisp
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
     added = sorted(spec["added_tokens"], key=lambda token: token["id"])
     if added[0]["content"] != "<|endoftext|>" or added[0]["id"] != END_OF_TEXT_ID:
-        raise ValueError(f"{tokenizer_json}: expected <|endoftext|> as first added token, got {added[0]}.")
+        raise TokenMergeError(f"{tokenizer_json}: expected <|endoftext|> as first added token, got {added[0]}.")
     tokenizer = WhisperTokenizer(
         vocab=spec["model"]["vocab"],
         merges=merges,
@@ -323,7 +324,7 @@ def whisper_tokenizer_from_json(tokenizer_json: str | os.PathLike[str]) -> Whisp
     tokenizer.english_spelling_normalizer = english_spelling_map()
     for token in added:
         if tokenizer.convert_tokens_to_ids(token["content"]) != token["id"]:
-            raise ValueError(f"Token {token['content']} lost its id {token['id']} in the rebuilt tokenizer.")
+            raise TokenMergeError(f"Token {token['content']} lost its id {token['id']} in the rebuilt tokenizer.")
     return tokenizer
 
 

@@ -1,7 +1,7 @@
 """Plan and apply a vocabulary merge through an index remap."""
 
-from hf_token_merge.remap.apply import MergeResult, apply_token_merge, count_tokens, model_size
-from hf_token_merge.remap.calibration import calibration_counts, count_text_tokens, read_calibration_text
+from hf_token_merge.remap.apply import MergeResult, apply_token_merge, model_size
+from hf_token_merge.remap.calibration import calibration_counts, count_text_tokens, count_tokens, read_calibration_text
 from hf_token_merge.remap.locate import swap_module
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
 from hf_token_merge.remap.plan import MergePlan, plan_token_merge, resolve_selection

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,8 +15,10 @@ from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings, swap_module
 from hf_token_merge.remap.modules import MergedEmbedding, MergedLMHead
-from hf_token_merge.remap.plan import MergePlan, check_plan_rows, plan_token_merge
+from hf_token_merge.remap.plan import MergePlan, check_plan_rows, plan_located
 from hf_token_merge.remap.record import TokenMergeQuantizationConfig
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -56,26 +59,6 @@ class MergeResult:
             f"{self.parameters_before:,} -> {self.parameters_after:,}; "
             f"tensor bytes in memory {self.bytes_before:,} -> {self.bytes_after:,}"
         )
-
-
-def count_tokens(token_ids: Any, vocab_size: int) -> torch.Tensor:
-    """Count how often every id occurs in calibration data.
-
-    Args:
-        token_ids: A tensor, or an iterable of sequences (lists or tensors) of ids.
-        vocab_size: Length of the returned counts.
-
-    Returns:
-        `(vocab_size,)` int64 counts.
-    """
-    counts = torch.zeros(vocab_size, dtype=torch.long)
-    sequences = [token_ids] if isinstance(token_ids, torch.Tensor) else token_ids
-    for sequence in sequences:
-        ids = torch.as_tensor(sequence).flatten().long()
-        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
-            raise ValueError(f"calibration ids must lie in [0, {vocab_size}); got {int(ids.min())}..{int(ids.max())}.")
-        counts += torch.bincount(ids, minlength=vocab_size)
-    return counts
 
 
 def _unique_tensors(model: nn.Module):
@@ -242,12 +225,12 @@ def merged_head(plan: MergePlan, weight: torch.Tensor, bias: torch.Tensor | None
 def _check_plan_fits(plan: MergePlan, pair: EmbeddingPair) -> None:
     rows = pair.input_module.weight.shape[0]
     if rows != plan.vocab_size:
-        raise ValueError(
+        raise TokenMergeError(
             f"The plan was made for a vocabulary of {plan.vocab_size} rows but {pair.input_name} has {rows}; "
             "plan again on this model."
         )
     if pair.tied != plan.tied:
-        raise ValueError(
+        raise TokenMergeError(
             f"The plan was made for a model with {'tied' if plan.tied else 'untied'} embeddings; this one is "
             f"{'tied' if pair.tied else 'untied'}. Plan again on this model."
         )
@@ -308,49 +291,82 @@ def apply_token_merge(
     Returns:
         A `MergeResult` with the plan and the sizes before and after.
     """
-    if isinstance(config_or_plan, MergePlan):
-        plan = config_or_plan
-    elif isinstance(config_or_plan, TokenMergeConfig):
-        plan = plan_token_merge(
-            model, config_or_plan, tokenizer=tokenizer, token_counts=token_counts, show_progress=show_progress
-        )
-    else:
+    if not isinstance(config_or_plan, (MergePlan, TokenMergeConfig)):
         raise TypeError(f"Expected a TokenMergeConfig or MergePlan, got {type(config_or_plan).__name__}.")
-    config = plan.config
-    pair = locate_embeddings(model, config)
-    _check_plan_fits(plan, pair)
-    if isinstance(config_or_plan, MergePlan):  # a plan made here was scanned while planning
-        check_plan_rows(plan, pair)
+    given_plan = isinstance(config_or_plan, MergePlan)
+    config = config_or_plan.config if given_plan else config_or_plan
+    pair = locate_embeddings(model, config)  # once: planning, checks and the swap all use this pair
+    if given_plan:
+        plan = config_or_plan
+        _check_plan_fits(plan, pair)
+        check_plan_rows(plan, pair)  # a plan made here was scanned while planning
+    else:
+        plan = plan_located(model, pair, config, tokenizer, token_counts, show_progress=show_progress)
     parameters_before, bytes_before = model_size(model)
 
-    # Build everything first; the model is untouched until the swap below.
+    # Build everything first; the model is untouched until _install.
+    new_embedding, embedding_table = _build_embedding(pair, plan, reuse_storage)
+    new_head, head_table = _build_head(pair, plan, new_embedding, reuse_storage)
+    record = TokenMergeQuantizationConfig.from_plan(plan, pair, new_embedding, new_head)
+    _install(model, pair, new_embedding, new_head, record)
+    with torch.no_grad():
+        for table in (embedding_table, head_table):  # the one step that writes into original storage, last
+            if table is not None:
+                table.finish()
+    refuse_resize(model)
+
+    parameters_after, bytes_after = model_size(model)
+    logger.info(
+        "merge applied: %d -> %d embedding rows, %s -> %s bytes",
+        plan.vocab_size,
+        plan.num_rows,
+        f"{bytes_before:,}",
+        f"{bytes_after:,}",
+    )
+    _warn_if_larger(bytes_before, bytes_after, new_embedding, new_head)
+    return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)
+
+
+def _build_embedding(pair: EmbeddingPair, plan: MergePlan, reuse_storage: bool) -> tuple[MergedEmbedding, _Table]:
+    """The merged input embedding (not yet installed) and the table step that completes it."""
     old_embedding = pair.input_module
     padding_idx = old_embedding.padding_idx
     with torch.no_grad():
-        embedding_table = _merged_table(old_embedding.weight.detach(), plan, plan.num_rows, reuse_storage)
-    new_embedding = merged_embedding(plan, embedding_table.tensor, padding_idx)
+        table = _merged_table(old_embedding.weight.detach(), plan, plan.num_rows, reuse_storage)
+    new_embedding = merged_embedding(plan, table.tensor, padding_idx)
     new_embedding.weight.requires_grad_(old_embedding.weight.requires_grad)
-    tables = [embedding_table]
+    return new_embedding, table
 
-    new_head = None
-    if config.lm_head != "keep" and pair.output_module is not None:
-        old_head = pair.output_module
-        source_ids = plan.head_source_ids()
-        head_weight = new_embedding.weight
-        if not pair.tied:
-            head_rows = plan.head_layout()[0]
-            with torch.no_grad():
-                head_table = _merged_table(old_head.weight.detach(), plan, head_rows, reuse_storage, source_ids)
-            tables.append(head_table)
-            head_weight = nn.Parameter(head_table.tensor, requires_grad=old_head.weight.requires_grad)
-        bias = None
-        if old_head.bias is not None:  # small: always a new tensor
-            with torch.no_grad():
-                bias = _merged_rows(old_head.bias.detach(), plan, 0, source_ids)
-        new_head = merged_head(plan, head_weight, bias)
 
-    record = TokenMergeQuantizationConfig.from_plan(plan, pair, new_embedding, new_head)
+def _build_head(
+    pair: EmbeddingPair, plan: MergePlan, new_embedding: MergedEmbedding, reuse_storage: bool
+) -> tuple[MergedLMHead | None, _Table | None]:
+    """The merged LM head (None with lm_head='keep' or no head) and, for an untied head, its table step."""
+    if plan.config.lm_head == "keep" or pair.output_module is None:
+        return None, None
+    old_head = pair.output_module
+    source_ids = plan.head_source_ids()
+    head_weight, table = new_embedding.weight, None
+    if not pair.tied:
+        head_rows = plan.head_layout()[0]
+        with torch.no_grad():
+            table = _merged_table(old_head.weight.detach(), plan, head_rows, reuse_storage, source_ids)
+        head_weight = nn.Parameter(table.tensor, requires_grad=old_head.weight.requires_grad)
+    bias = None
+    if old_head.bias is not None:  # small: always a new tensor
+        with torch.no_grad():
+            bias = _merged_rows(old_head.bias.detach(), plan, 0, source_ids)
+    return merged_head(plan, head_weight, bias), table
 
+
+def _install(
+    model: nn.Module,
+    pair: EmbeddingPair,
+    new_embedding: MergedEmbedding,
+    new_head: MergedLMHead | None,
+    record: TokenMergeQuantizationConfig,
+) -> None:
+    """Swap the merged modules in and record the merge on the config; on any failure, swap the old ones back."""
     swapped: list[tuple[str, nn.Module]] = []
     try:
         swapped.append((pair.input_name, swap_module(model, pair.input_name, new_embedding)))
@@ -362,14 +378,6 @@ def apply_token_merge(
         for name, old in reversed(swapped):
             swap_module(model, name, old)
         raise
-    with torch.no_grad():
-        for table in tables:  # the one step that writes into original storage, after nothing else can fail
-            table.finish()
-    refuse_resize(model)
-
-    parameters_after, bytes_after = model_size(model)
-    _warn_if_larger(bytes_before, bytes_after, new_embedding, new_head)
-    return MergeResult(plan, parameters_before, parameters_after, bytes_before, bytes_after)
 
 
 def _warn_if_larger(bytes_before: int, bytes_after: int, *modules: nn.Module | None) -> None:

@@ -1,4 +1,5 @@
-"""Calibration counts from text: how often a tokenizer emits each id on (weighted) English text.
+"""Calibration counts: how often each id occurs in id sequences (`count_tokens`) or in what a tokenizer makes of
+(weighted) English text (`count_text_tokens`, `calibration_counts`).
 
 `plan_token_merge(token_counts=...)` and the `frequency` method (sweep strategy) rank rows by these counts. A
 calibration file is plain UTF-8 text, one example per line, used verbatim (a leading space is kept, which
@@ -15,6 +16,30 @@ from typing import Any
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
+
+
+def count_tokens(token_ids: Any, vocab_size: int) -> torch.Tensor:
+    """Count how often every id occurs in calibration data.
+
+    Args:
+        token_ids: A tensor, or an iterable of sequences (lists or tensors) of ids.
+        vocab_size: Length of the returned counts.
+
+    Returns:
+        `(vocab_size,)` int64 counts.
+    """
+    counts = torch.zeros(vocab_size, dtype=torch.long)
+    sequences = [token_ids] if isinstance(token_ids, torch.Tensor) else token_ids
+    for sequence in sequences:
+        ids = torch.as_tensor(sequence).flatten().long()
+        if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
+            raise TokenMergeError(
+                f"calibration ids must lie in [0, {vocab_size}); got {int(ids.min())}..{int(ids.max())}."
+            )
+        counts += torch.bincount(ids, minlength=vocab_size)
+    return counts
+
 
 def read_calibration_text(path: str | os.PathLike[str]) -> tuple[list[str], list[float]]:
     """Read a calibration file: one text per line, optionally followed by a TAB and a weight.
@@ -26,11 +51,14 @@ def read_calibration_text(path: str | os.PathLike[str]) -> tuple[list[str], list
         `(texts, weights)`, one entry per non-empty line.
 
     Raises:
-        ValueError: If the file is missing, holds no text, or a weight is not a non-negative number.
+        FileNotFoundError: If the file is missing.
+        TokenMergeError: If it holds no text, or a weight is not a non-negative number.
     """
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"Calibration text {path} does not exist. Fix: pass a UTF-8 text file, one example a line.")
+        raise FileNotFoundError(
+            f"Calibration text {path} does not exist. Fix: pass a UTF-8 text file, one example a line."
+        )
     texts: list[str] = []
     weights: list[float] = []
     with open(path, encoding="utf-8") as handle:
@@ -44,16 +72,16 @@ def read_calibration_text(path: str | os.PathLike[str]) -> tuple[list[str], list
                 try:
                     weight = float(raw)
                 except ValueError:
-                    raise ValueError(
+                    raise TokenMergeError(
                         f"{path}:{number}: the text after the last TAB, {raw!r}, is not a weight. Fix: end the line "
                         "in TAB + a non-negative number, or remove the TAB."
                     ) from None
                 if not weight >= 0 or weight == float("inf"):
-                    raise ValueError(f"{path}:{number}: weight {raw} must be a finite number >= 0.")
+                    raise TokenMergeError(f"{path}:{number}: weight {raw} must be a finite number >= 0.")
             texts.append(text)
             weights.append(weight)
     if not texts:
-        raise ValueError(f"Calibration text {path} holds no text. Fix: add at least one non-empty line.")
+        raise TokenMergeError(f"Calibration text {path} holds no text. Fix: add at least one non-empty line.")
     return texts, weights
 
 
@@ -77,14 +105,14 @@ def count_text_tokens(
         `(vocab_size,)` float64 counts, for `plan_token_merge(token_counts=...)` or `sweep(token_counts=...)`.
 
     Raises:
-        ValueError: If weights and texts differ in length, a weight is negative, or an id is out of range.
+        TokenMergeError: If weights and texts differ in length, a weight is negative, or an id is out of range.
     """
     if weights is None:
         weights = [1.0] * len(texts)
     if len(weights) != len(texts):
-        raise ValueError(f"{len(weights)} weights for {len(texts)} texts. Fix: give one weight per text.")
+        raise TokenMergeError(f"{len(weights)} weights for {len(texts)} texts. Fix: give one weight per text.")
     if any(not w >= 0 for w in weights):
-        raise ValueError("Calibration weights must be >= 0.")
+        raise TokenMergeError("Calibration weights must be >= 0.")
     counts = torch.zeros(vocab_size, dtype=torch.float64)
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
@@ -94,7 +122,7 @@ def count_text_tokens(
             continue
         ids = torch.tensor([i for sequence in encoded for i in sequence], dtype=torch.long)
         if ids.min() < 0 or ids.max() >= vocab_size:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The tokenizer produced ids up to {int(ids.max())}, beyond the {vocab_size} rows. Fix: pass the "
                 "tokenizer of this model."
             )

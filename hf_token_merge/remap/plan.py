@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import warnings
@@ -24,6 +25,8 @@ from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
 from hf_token_merge.selection import protected_token_ids, select_token_ids
+
+logger = logging.getLogger(__name__)
 
 PLAN_TENSORS_NAME = "token_merge_plan.safetensors"
 PLAN_META_NAME = "token_merge_plan.json"
@@ -391,6 +394,26 @@ def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, bloc
     return medoids
 
 
+def _model_configs(model: torch.nn.Module) -> tuple[Any, ...]:
+    """The model's config and generation config, whose special ids are protected from merging."""
+    return getattr(model, "config", None), getattr(model, "generation_config", None)
+
+
+def _select(vocab_size: int, config: TokenMergeConfig, tokenizer: Any, protected_configs: tuple[Any, ...]):
+    protected = protected_token_ids(tokenizer, *protected_configs)
+    selected = select_token_ids(config, vocab_size, tokenizer, protected)
+    if config.allow_special_tokens:
+        merged_special = sorted(set(selected.tolist()) & protected)
+        if merged_special:
+            warnings.warn(
+                f"allow_special_tokens=True lets special tokens {merged_special[:5]} ({len(merged_special)} in all) "
+                "merge; a merged bos/eos/pad or prompt marker can change how the model starts and stops.",
+                UserWarning,
+                stacklevel=4,
+            )
+    return selected
+
+
 def resolve_selection(model: torch.nn.Module, config: TokenMergeConfig, tokenizer: Any = None) -> torch.Tensor:
     """The sorted ids a config selects in `model`, with the model's and tokenizer's special tokens protected.
 
@@ -403,9 +426,119 @@ def resolve_selection(model: torch.nn.Module, config: TokenMergeConfig, tokenize
         Sorted int64 ids, in the order `MergePlan.selected_ids` and `plan_token_merge(labels=...)` use.
     """
     pair = locate_embeddings(model, config)
-    model_config = getattr(model, "config", None)
-    protected = protected_token_ids(tokenizer, model_config, getattr(model, "generation_config", None))
-    return select_token_ids(config, pair.input_module.weight.shape[0], tokenizer, protected)
+    return _select(pair.input_module.weight.shape[0], config, tokenizer, _model_configs(model))
+
+
+def _checked_counts(
+    token_counts: torch.Tensor | None, vocab_size: int, config: TokenMergeConfig
+) -> torch.Tensor | None:
+    """`token_counts` as a flat CPU tensor, refused when misshapen, non-finite, negative, or missing but needed."""
+    if token_counts is None:
+        if config.needs_token_counts:
+            raise TokenMergeError(
+                "method='frequency', merge_rule='weighted_mean' and logit_correction='frequency' need calibration "
+                "counts: pass token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
+            )
+        return None
+    token_counts = torch.as_tensor(token_counts).flatten().cpu()
+    if token_counts.numel() != vocab_size:
+        raise TokenMergeError(
+            f"token_counts has {token_counts.numel()} entries but the vocabulary has {vocab_size} rows; "
+            "count every id (see hf_token_merge.count_tokens)."
+        )
+    non_finite = (~torch.isfinite(token_counts)).nonzero().flatten().tolist()
+    if non_finite:
+        raise TokenMergeError(
+            f"token_counts holds NaN or inf at {len(non_finite)} id(s) ({non_finite[:5]}"
+            f"{' ...' if len(non_finite) > 5 else ''}); every logit would become NaN. Fix: pass finite counts "
+            "(see hf_token_merge.count_tokens)."
+        )
+    if (token_counts < 0).any():
+        raise TokenMergeError("token_counts must be non-negative. Fix: pass counts of occurrences (>= 0).")
+    return token_counts
+
+
+def _given_labels(labels: Any, n: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels).flatten().cpu().long()
+    if labels.numel() != n or (labels < 0).any():
+        raise TokenMergeError(
+            f"labels must give a non-negative cluster for each of the {n} selected ids, got {labels.numel()} "
+            "values; compute them over plan selection order (sorted ids)."
+        )
+    return canonical_labels(labels)
+
+
+def _compact_order(
+    labels: torch.Tensor, selected: torch.Tensor, k: int, vocab_size: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`(old_to_new, cluster_rows, first_member)`: every group is keyed by its smallest original id."""
+    first_member = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, selected, "amin")
+    group_key = torch.arange(vocab_size)
+    group_key[selected] = first_member[labels]
+    keys = torch.unique(group_key)  # sorted
+    return torch.searchsorted(keys, group_key), torch.searchsorted(keys, first_member), first_member
+
+
+@dataclass
+class _Shares:
+    """How each cluster's probability and row are shared among its members."""
+
+    member_weights: torch.Tensor
+    member_log_share: torch.Tensor
+    representatives: torch.Tensor
+
+
+def _member_shares(
+    labels: torch.Tensor,
+    selected: torch.Tensor,
+    selected_counts: torch.Tensor | None,
+    sizes: torch.Tensor,
+    first_member: torch.Tensor,
+    vocab_size: int,
+    correction: str,
+) -> _Shares:
+    n, k = selected.numel(), sizes.numel()
+    smoothed = selected_counts + 1.0 if selected_counts is not None else torch.ones(n, dtype=torch.float64)
+    cluster_mass = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, smoothed)
+    if correction == "uniform":
+        member_log_share = -torch.log(sizes[labels].to(torch.float64))
+    elif correction == "frequency":
+        member_log_share = torch.log(smoothed / cluster_mass[labels])
+    else:
+        member_log_share = torch.zeros(n, dtype=torch.float64)
+    representatives = first_member
+    if correction == "frequency":
+        # argmax over equal logits picks the first index, so among the most frequent the smallest id wins
+        best = torch.full((k,), -1.0, dtype=torch.float64).scatter_reduce_(0, labels, smoothed, "amax")
+        candidate = torch.where(smoothed == best[labels], selected, torch.full_like(selected, vocab_size))
+        representatives = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, candidate, "amin")
+    return _Shares(
+        member_weights=(smoothed / cluster_mass[labels]).to(torch.float32),
+        member_log_share=member_log_share.to(torch.float32),
+        representatives=representatives,
+    )
+
+
+def _plan_statistics(
+    rows: torch.Tensor, labels: torch.Tensor, sizes: torch.Tensor, config: TokenMergeConfig, vocab_size: int
+) -> dict[str, Any]:
+    n, k = labels.numel(), sizes.numel()
+    fit, fit_name = _fit_to_merged_row(rows, labels.to(rows.device), sizes.to(rows.device), config)
+    in_clusters = (sizes[labels] > 1).to(fit.device)
+    worst = None
+    if in_clusters.any():
+        worst = float(fit[in_clusters].min() if config.metric == "cosine" else fit[in_clusters].max())
+    return {
+        "vocab_size": vocab_size,
+        "selected_rows": n,
+        "clusters": k,
+        "rows_removed": n - k,
+        "rows_after": vocab_size - n + k,
+        "singleton_clusters": int((sizes == 1).sum()),
+        "largest_cluster": int(sizes.max()),
+        f"mean_{fit_name}": float(fit[in_clusters].mean()) if in_clusters.any() else None,
+        f"worst_{fit_name}": worst,
+    }
 
 
 def plan_token_merge(
@@ -434,12 +567,24 @@ def plan_token_merge(
         The plan; pass it to `apply_token_merge`.
     """
     pair = locate_embeddings(model, config)
-    model_config = getattr(model, "config", None)
+    return plan_located(model, pair, config, tokenizer, token_counts, labels, show_progress)
+
+
+def plan_located(
+    model: torch.nn.Module,
+    pair: EmbeddingPair,
+    config: TokenMergeConfig,
+    tokenizer: Any = None,
+    token_counts: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    show_progress: bool = True,
+) -> MergePlan:
+    """`plan_token_merge` on embeddings the caller has already located (so `apply_token_merge` locates once)."""
     return plan_from_rows(
         EmbeddingRows.from_pair(pair),
         config,
         tokenizer=tokenizer,
-        protected_configs=(model_config, getattr(model, "generation_config", None)),
+        protected_configs=_model_configs(model),
         token_counts=token_counts,
         labels=labels,
         show_progress=show_progress,
@@ -474,102 +619,33 @@ def plan_from_rows(
         The plan.
     """
     vocab_size = rows.vocab_size
-    if token_counts is not None:
-        token_counts = torch.as_tensor(token_counts).flatten().cpu()
-        if token_counts.numel() != vocab_size:
-            raise ValueError(
-                f"token_counts has {token_counts.numel()} entries but the vocabulary has {vocab_size} rows; "
-                "count every id (see hf_token_merge.count_tokens)."
-            )
-        non_finite = (~torch.isfinite(token_counts)).nonzero().flatten().tolist()
-        if non_finite:
-            raise TokenMergeError(
-                f"token_counts holds NaN or inf at {len(non_finite)} id(s) ({non_finite[:5]}"
-                f"{' ...' if len(non_finite) > 5 else ''}); every logit would become NaN. Fix: pass finite counts "
-                "(see hf_token_merge.count_tokens)."
-            )
-        if (token_counts < 0).any():
-            raise ValueError("token_counts must be non-negative.")
-    elif config.needs_token_counts:
-        raise ValueError(
-            "method='frequency', merge_rule='weighted_mean' and logit_correction='frequency' need calibration "
-            "counts: pass "
-            "token_counts=hf_token_merge.count_tokens(calibration_ids, vocab_size)."
-        )
-
-    selected = select_token_ids(config, vocab_size, tokenizer, protected_token_ids(tokenizer, *protected_configs))
-    n = selected.numel()
+    token_counts = _checked_counts(token_counts, vocab_size, config)
+    selected = _select(vocab_size, config, tokenizer, protected_configs)
     scan = scan_rows(rows, selected)
     _refuse_non_finite(scan, config, rows)
     if rows.read_output is None and config.similarity_source != "input":
-        raise ValueError(
+        raise TokenMergeError(
             f"similarity_source={config.similarity_source!r} needs an LM head; use similarity_source='input'."
         )
     similarity = _similarity_rows(rows, config, selected)
     selected_counts = token_counts[selected].to(torch.float64) if token_counts is not None else None
     if labels is None:
+        logger.info("clustering %d selected rows with method=%r", selected.numel(), config.method)
         labels = cluster_rows(similarity, config, counts=selected_counts, show_progress=show_progress).cpu()
     else:
-        labels = torch.as_tensor(labels).flatten().cpu().long()
-        if labels.numel() != n or (labels < 0).any():
-            raise ValueError(
-                f"labels must give a non-negative cluster for each of the {n} selected ids, got {labels.numel()} "
-                "values; compute them over plan selection order (sorted ids)."
-            )
-        labels = canonical_labels(labels)
-    k = int(labels.max()) + 1
-
-    # Compact ordering: every group (singleton or cluster) is keyed by its smallest original id.
-    first_member = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, selected, "amin")
-    group_key = torch.arange(vocab_size)
-    group_key[selected] = first_member[labels]
-    keys = torch.unique(group_key)  # sorted
-    old_to_new = torch.searchsorted(keys, group_key)
-    cluster_row = torch.searchsorted(keys, first_member)
-
-    smoothed = selected_counts + 1.0 if selected_counts is not None else torch.ones(n, dtype=torch.float64)
-    cluster_mass = torch.zeros(k, dtype=torch.float64).index_add_(0, labels, smoothed)
-    member_weights = (smoothed / cluster_mass[labels]).to(torch.float32)
-    sizes = torch.bincount(labels, minlength=k)
-    if config.logit_correction == "uniform":
-        member_log_share = -torch.log(sizes[labels].to(torch.float64))
-    elif config.logit_correction == "frequency":
-        member_log_share = torch.log(smoothed / cluster_mass[labels])
-    else:
-        member_log_share = torch.zeros(n, dtype=torch.float64)
-
-    if config.logit_correction == "frequency":
-        # argmax over equal logits picks the first index, so among the most frequent the smallest id wins
-        best = torch.full((k,), -1.0, dtype=torch.float64).scatter_reduce_(0, labels, smoothed, "amax")
-        is_best = smoothed == best[labels]
-        candidate = torch.where(is_best, selected, torch.full_like(selected, vocab_size))
-        representatives = torch.full((k,), vocab_size, dtype=torch.long).scatter_reduce_(0, labels, candidate, "amin")
-    else:
-        representatives = first_member
-
-    medoids = selected[_medoids(similarity, labels.to(similarity.device), k, config.metric, config.block_size).cpu()]
-
-    fit, fit_name = _fit_to_merged_row(similarity, labels.to(similarity.device), sizes.to(similarity.device), config)
-    in_clusters = sizes[labels] > 1
-    statistics = {
-        "vocab_size": vocab_size,
-        "selected_rows": n,
-        "clusters": k,
-        "rows_removed": n - k,
-        "rows_after": vocab_size - n + k,
-        "singleton_clusters": int((sizes == 1).sum()),
-        "largest_cluster": int(sizes.max()),
-        f"mean_{fit_name}": float(fit[in_clusters.to(fit.device)].mean()) if in_clusters.any() else None,
-        f"worst_{fit_name}": (
-            float(
-                fit[in_clusters.to(fit.device)].min()
-                if config.metric == "cosine"
-                else fit[in_clusters.to(fit.device)].max()
-            )
-            if in_clusters.any()
-            else None
-        ),
-    }
+        labels = _given_labels(labels, selected.numel())
+    sizes = torch.bincount(labels)
+    k = sizes.numel()
+    old_to_new, cluster_row, first_member = _compact_order(labels, selected, k, vocab_size)
+    shares = _member_shares(labels, selected, selected_counts, sizes, first_member, vocab_size, config.logit_correction)
+    statistics = _plan_statistics(similarity, labels, sizes, config, vocab_size)
+    logger.info(
+        "plan: %d selected rows -> %d merged rows (%d -> %d embedding rows)",
+        selected.numel(),
+        k,
+        vocab_size,
+        statistics["rows_after"],
+    )
     return MergePlan(
         config=config,
         vocab_size=vocab_size,
@@ -578,10 +654,12 @@ def plan_from_rows(
         cluster_of_selected=labels,
         old_to_new=old_to_new,
         cluster_rows=cluster_row,
-        representative_ids=representatives,
-        medoid_ids=medoids,
-        member_weights=member_weights,
-        member_log_share=member_log_share.to(torch.float32),
+        representative_ids=shares.representatives,
+        medoid_ids=selected[
+            _medoids(similarity, labels.to(similarity.device), k, config.metric, config.block_size).cpu()
+        ],
+        member_weights=shares.member_weights,
+        member_log_share=shares.member_log_share,
         statistics=statistics,
         fingerprint=scan.fingerprint,
     )

@@ -17,17 +17,21 @@ attention across the gaps.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from hf_token_merge.config.selection_fields import has_selector
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.selection import PRESETS, match_vocabulary
+from hf_token_merge.selection import protected_token_ids, resolve_token_ids
 from hf_token_merge.sequence.config import SequenceMergeConfig
 from hf_token_merge.sequence.flops import prefill_flops
 from hf_token_merge.sequence.grouping import pool_groups, stage_groups
+
+logger = logging.getLogger(__name__)
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
 
@@ -199,7 +203,7 @@ def locate_decoder(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(getattr(module, "layers", None), nn.ModuleList) and hasattr(module, "rotary_emb"):
             return module
-    raise ValueError(
+    raise TokenMergeError(
         f"{type(model).__name__} has no decoder with `layers` and `rotary_emb` (a Llama/Qwen2/Mistral-style "
         "decoder with rotary positions); sequence merging supports those decoders."
     )
@@ -208,41 +212,34 @@ def locate_decoder(model: nn.Module) -> nn.Module:
 def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer: Any = None) -> torch.Tensor:
     """A bool table over input ids, True for speech tokens.
 
+    The config's selection is resolved like a `TokenMergeConfig`'s (`hf_token_merge.selection.resolve_token_ids`):
+    exclusions apply, and the tokenizer's special tokens and the model's bos/eos/pad ids are refused unless
+    `allow_special_tokens=True`. With no selector, the model config's audio placeholder id is the speech token.
+
     Args:
         model: The model (its input embedding gives the vocabulary size; its config may name an audio token).
         config: The speech-token selection.
-        tokenizer: Needed for `speech_token_pattern` / `preset`.
+        tokenizer: Needed for `token_pattern` / `preset` / `exclude_pattern`.
 
     Returns:
         `(vocab_size,)` bool tensor.
     """
     vocab_size = model.get_input_embeddings().weight.shape[0]
-    selectors = (config.speech_token_ids, config.speech_token_range, config.speech_token_pattern, config.preset)
-    if any(selector is not None for selector in selectors):
-        ids = set(config.speech_token_ids or [])
-        if config.speech_token_range is not None:
-            ids.update(range(*config.speech_token_range))
-        if config.speech_token_pattern is not None:
-            ids.update(match_vocabulary(config.speech_token_pattern, tokenizer, "speech_token_pattern"))
-        if config.preset is not None:
-            ids.update(match_vocabulary(PRESETS[config.preset].pattern, tokenizer, f"preset {config.preset!r}"))
-        beyond = sorted(i for i in ids if i >= vocab_size)
-        if beyond:
-            raise ValueError(
-                f"Speech token ids {beyond[:5]} are beyond the embedding's {vocab_size} rows; fix the selection "
-                "(or pass the model's own tokenizer)."
-            )
-        ids = torch.tensor(sorted(ids), dtype=torch.long)
+    if has_selector(config):
+        protected = protected_token_ids(tokenizer, model.config, getattr(model, "generation_config", None))
+        ids = torch.tensor(sorted(resolve_token_ids(config, vocab_size, tokenizer, protected)), dtype=torch.long)
     else:
         audio_id = getattr(model.config, "audio_token_id", None)
         if audio_id is None:
             audio_id = getattr(model.config, "audio_token_index", None)
         if audio_id is None:
-            raise ValueError(
-                "No speech tokens selected and the model config names no audio_token_id: set speech_token_ids, "
-                "speech_token_range, speech_token_pattern or preset in SequenceMergeConfig."
+            raise TokenMergeError(
+                "No speech tokens selected and the model config names no audio_token_id: set token_ids, "
+                "token_id_range, token_pattern or preset in SequenceMergeConfig."
             )
+        # the model's own placeholder is a special token by construction; naming it is the model's decision
         ids = torch.tensor([int(audio_id)])
+    logger.info("sequence merge: %d speech token ids of %d", len(ids), vocab_size)
     lookup = torch.zeros(vocab_size, dtype=torch.bool)
     lookup[ids] = True
     return lookup
@@ -272,7 +269,7 @@ class _State:
         self.step += 1
         self.called = True
         if cache is not None and getattr(cache, "is_compileable", False):
-            raise ValueError(
+            raise TokenMergeError(
                 "Sequence merging keeps KV caches of different lengths per layer and needs the default "
                 "DynamicCache; do not pass cache_implementation='static' (or a StaticCache)."
             )
@@ -280,7 +277,7 @@ class _State:
         self.prefill = past == 0
         if self.prefill:
             if input_ids is None:
-                raise ValueError(
+                raise TokenMergeError(
                     "Sequence merging finds the speech positions from input_ids; call the model with input_ids "
                     "(not inputs_embeds) for the prompt."
                 )
@@ -302,21 +299,21 @@ class _State:
         length = embeds.shape[1] if embeds is not None else ids.shape[1]
         device = embeds.device if embeds is not None else ids.device
         if length != self.input_length:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The decoder received {length} positions but input_ids has {self.input_length}; the model expands "
                 "placeholders inside forward (e.g. Qwen2-Audio's legacy single <|AUDIO|> token). Let the processor "
                 "expand the audio tokens in input_ids."
             )
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dim() != 2:
-            raise ValueError("Sequence merging needs a 2-D attention_mask (batch, length) or none.")
+            raise TokenMergeError("Sequence merging needs a 2-D attention_mask (batch, length) or none.")
         batch = self.speech.shape[0]
         valid = mask.bool() if mask is not None else torch.ones(batch, length, dtype=torch.bool, device=device)
         positions = kwargs.get("position_ids")
         if positions is None:
             positions = torch.arange(length, device=device)[None].expand(batch, length)
         elif positions.dim() != 2:
-            raise ValueError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
+            raise TokenMergeError("Sequence merging supports 2-D position_ids (1-D RoPE), not multimodal RoPE.")
         # The last real position of every row is never merged, even when it is a speech token: its logits are the
         # ones generate() reads, and they must come from that token itself at its own position.
         last = valid & (valid.long().cumsum(1) == valid.sum(1, keepdim=True))
@@ -399,38 +396,58 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         A handle with per-stage statistics of the last prefill and `remove()`.
 
     Raises:
-        ValueError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
+        TokenMergeError: If the model is unsupported, a stage layer does not exist, the speech selection is invalid,
             or a sequence merge is already installed. The model is left untouched.
     """
     if sequence_merge_handle(model) is not None:
-        raise ValueError("A sequence merge is already installed; call handle.remove() before applying another.")
+        raise TokenMergeError("A sequence merge is already installed; call handle.remove() before applying another.")
+    decoder, attention = _checked_decoder(model, config)
+    lookup = speech_token_lookup(model, config, tokenizer)
+
+    handle = SequenceMergeHandle(model, config, decoder)
+    hooks = _Hooks(_State(handle, lookup, decoder.rotary_emb, attention))
+    handle._hooks.append(model.register_forward_pre_hook(hooks.before_model, with_kwargs=True))
+    handle._hooks.append(decoder.register_forward_pre_hook(hooks.before_decoder, with_kwargs=True))
+    for index, layer in enumerate(decoder.layers):
+        handle._hooks.append(layer.register_forward_pre_hook(hooks.before_layer(index), with_kwargs=True))
+    model._sequence_merge_handle = handle
+    logger.info("sequence merge installed: stages at layers %s of %d", sorted(hooks.stages), len(decoder.layers))
+    return handle
+
+
+def _checked_decoder(model: nn.Module, config: SequenceMergeConfig) -> tuple[nn.Module, str]:
+    """The decoder of `model` and its attention implementation, refused when the merge cannot run on it."""
     decoder = locate_decoder(model)
     num_layers = len(decoder.layers)
     beyond = [stage.layer for stage in config.stages if stage.layer >= num_layers]
     if beyond:
-        raise ValueError(
+        raise TokenMergeError(
             f"Stage layers {beyond} do not exist: the decoder has {num_layers} layers "
             f"(valid layers 0..{num_layers - 1})."
         )
     attention = getattr(decoder.config, "_attn_implementation", None) or "eager"
     if attention not in SUPPORTED_ATTENTION:
-        raise ValueError(
+        raise TokenMergeError(
             f"attn_implementation={attention!r} is not supported; load the model with attn_implementation='sdpa' "
             "or 'eager' (sequence merging passes explicit masks)."
         )
     layer_types = getattr(decoder.config, "layer_types", None) or []
     if getattr(decoder.config, "use_sliding_window", False) or any(t != "full_attention" for t in layer_types):
-        raise ValueError(
+        raise TokenMergeError(
             "The decoder uses sliding-window attention; sequence merging builds full causal masks. Fix: load it "
             "with use_sliding_window=False (and full attention in every layer) or use a full-attention model."
         )
-    lookup = speech_token_lookup(model, config, tokenizer)
+    return decoder, attention
 
-    handle = SequenceMergeHandle(model, config, decoder)
-    state = _State(handle, lookup, decoder.rotary_emb, attention)
-    stages = {stage.layer: stage for stage in config.stages}
 
-    def before_model(module, args, kwargs):
+class _Hooks:
+    """The forward pre-hooks of one sequence merge: on the model, on its decoder, and on every decoder layer."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+        self.stages = {stage.layer: stage for stage in state.handle.config.stages}
+
+    def before_model(self, module, args, kwargs):
         if kwargs.get("labels") is not None:
             raise TokenMergeError(
                 "A sequence-merged model returns logits for the shorter, merged sequence, so they cannot be scored "
@@ -439,13 +456,14 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             )
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
-        state.start_call(input_ids, kwargs.get("attention_mask"), cache)
+        self.state.start_call(input_ids, kwargs.get("attention_mask"), cache)
 
-    def before_decoder(module, args, kwargs):
+    def before_decoder(self, module, args, kwargs):
+        state = self.state
         if not state.called:
-            raise ValueError(
+            raise TokenMergeError(
                 f"The decoder was called directly; call the model passed to apply_sequence_merge "
-                f"({type(model).__name__}), which reads the input ids that mark the speech positions."
+                f"({type(state.handle.model).__name__}), which reads the input ids that mark the speech positions."
             )
         state.called = False
         if state.prefill:
@@ -456,8 +474,10 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
         kwargs["position_ids"] = None
         return args, kwargs
 
-    def layer_hook(layer_index: int):
-        def before_layer(module, args, kwargs):
+    def before_layer(self, layer_index: int):
+        state, stages = self.state, self.stages
+
+        def hook(module, args, kwargs):
             hidden = args[0] if args else kwargs["hidden_states"]
             if state.prefill:
                 if layer_index in stages:
@@ -473,11 +493,4 @@ def apply_sequence_merge(model: nn.Module, config: SequenceMergeConfig, tokenize
             kwargs["hidden_states"] = hidden
             return args, kwargs
 
-        return before_layer
-
-    handle._hooks.append(model.register_forward_pre_hook(before_model, with_kwargs=True))
-    handle._hooks.append(decoder.register_forward_pre_hook(before_decoder, with_kwargs=True))
-    for index, layer in enumerate(decoder.layers):
-        handle._hooks.append(layer.register_forward_pre_hook(layer_hook(index), with_kwargs=True))
-    model._sequence_merge_handle = handle
-    return handle
+        return hook

@@ -7,13 +7,14 @@ Pooling as published ("Dual") is one stage at layer 0 and one deep stage; `Seque
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
 from hf_token_merge.config.field_types import check_field_types
 from hf_token_merge.config.json_config import JsonConfigMixin
+from hf_token_merge.config.selection_fields import adopt_deprecated_aliases, validate_selection_fields
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.selection import PRESETS
 
 SEQUENCE_CONFIG_NAME = "sequence_merge_config.json"
 
@@ -23,6 +24,12 @@ STAGE_MODES = ("affinity", "uniform_merge", "uniform_drop", "random_drop")
 POSITION_STRATEGIES = ("first", "mean", "contiguous")
 
 # (tau_in, tau_deep, omega_in, omega_deep) of the published settings
+DEPRECATED_ALIASES = {
+    "speech_token_ids": "token_ids",
+    "speech_token_range": "token_id_range",
+    "speech_token_pattern": "token_pattern",
+}
+
 AFFINITY_SETTINGS = {
     "aggressive": (0.8, 0.7, 1, 3),
     "conservative": (0.9, 0.8, 1, 3),
@@ -82,6 +89,14 @@ class MergeStage:
                 )
             if self.window < 1:
                 raise TokenMergeError(f"MergeStage.window must be an int >= 1, got {self.window!r}.")
+            if self.threshold <= 0.0:
+                warnings.warn(
+                    f"MergeStage(layer={self.layer}) has threshold={self.threshold}: every pair of consecutive speech "
+                    "tokens that is not anti-correlated merges, so whole speech spans collapse. The published "
+                    "thresholds are 0.7-0.9; use mode='uniform_merge' for a deliberate collapse.",
+                    UserWarning,
+                    stacklevel=3,
+                )
         else:
             if self.retention is None or not 0.0 < self.retention <= 1.0:
                 raise TokenMergeError(f"Mode {self.mode!r} needs retention in (0, 1], got {self.retention!r}.")
@@ -93,12 +108,14 @@ class MergeStage:
 class SequenceMergeConfig(JsonConfigMixin):
     """Configuration of a sequence merge (Affinity Pooling or an oracle intervention).
 
-    Speech positions are those whose input id is selected by `speech_token_ids`, `speech_token_range`,
-    `speech_token_pattern` or `preset` (union). With none of them, the model's audio placeholder id
-    (`config.audio_token_id`, as in Qwen2-Audio) is used. Text positions never merge.
+    Speech positions are selected with the same fields as `TokenMergeConfig`'s rows: the union of `token_ids`,
+    `token_id_range`, `token_pattern` and `preset`, minus `exclude_token_ids` and `exclude_pattern`; special tokens
+    are refused unless `allow_special_tokens=True`. With no selector, the model's audio placeholder id
+    (`config.audio_token_id`, as in Qwen2-Audio) is used. Text positions never merge. The old names
+    `speech_token_ids`, `speech_token_range` and `speech_token_pattern` still work, with a `FutureWarning`.
 
     Example:
-        >>> SequenceMergeConfig.dual("aggressive", deep_layer=20, speech_token_range=(151665, 168049))
+        >>> SequenceMergeConfig.dual("aggressive", deep_layer=20, token_id_range=(151665, 168049))
     """
 
     config_file_name: ClassVar[str] = SEQUENCE_CONFIG_NAME
@@ -106,15 +123,25 @@ class SequenceMergeConfig(JsonConfigMixin):
     stages: list[MergeStage] = field(
         default_factory=list, metadata={"help": "Merge stages, in increasing layer order (at most one per layer)."}
     )
-    speech_token_ids: list[int] | None = field(default=None, metadata={"help": "Ids of speech tokens."})
-    speech_token_range: tuple[int, int] | None = field(
+    token_ids: list[int] | None = field(default=None, metadata={"help": "Ids of speech tokens."})
+    token_id_range: tuple[int, int] | None = field(
         default=None, metadata={"help": "Half-open id range [start, end) of speech tokens."}
     )
-    speech_token_pattern: str | None = field(
+    token_pattern: str | None = field(
         default=None, metadata={"help": "Regex over token strings naming speech tokens; needs a tokenizer."}
     )
     preset: str | None = field(
         default=None, metadata={"help": "A family preset from `hf_token_merge.PRESETS`; needs a tokenizer."}
+    )
+    exclude_token_ids: list[int] | None = field(
+        default=None, metadata={"help": "Ids never treated as speech, even when a selector matches them."}
+    )
+    exclude_pattern: str | None = field(
+        default=None, metadata={"help": "Regex over token strings; matching tokens are never treated as speech."}
+    )
+    allow_special_tokens: bool = field(
+        default=False,
+        metadata={"help": "Let special tokens (bos/eos/pad and the tokenizer's special tokens) be merged as speech."},
     )
     position_strategy: PositionStrategy = field(
         default="first",
@@ -125,6 +152,13 @@ class SequenceMergeConfig(JsonConfigMixin):
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of 'random_drop'."})
+    # Deprecated names of token_ids / token_id_range / token_pattern (before the selection was shared with
+    # TokenMergeConfig); __post_init__ moves them onto the new fields with a FutureWarning.
+    speech_token_ids: list[int] | None = field(default=None, metadata={"help": "Deprecated: use token_ids."})
+    speech_token_range: tuple[int, int] | None = field(
+        default=None, metadata={"help": "Deprecated: use token_id_range."}
+    )
+    speech_token_pattern: str | None = field(default=None, metadata={"help": "Deprecated: use token_pattern."})
 
     def __post_init__(self) -> None:
         if isinstance(self.stages, (list, tuple)):
@@ -145,16 +179,8 @@ class SequenceMergeConfig(JsonConfigMixin):
             raise TokenMergeError(
                 f"position_strategy must be one of {POSITION_STRATEGIES}, got {self.position_strategy!r}."
             )
-        if self.speech_token_range is not None:
-            start, end = self.speech_token_range
-            if not 0 <= start < end:
-                raise TokenMergeError(
-                    f"speech_token_range must be (start, end) with 0 <= start < end, got {(start, end)}."
-                )
-        if self.speech_token_ids is not None and any(i < 0 for i in self.speech_token_ids):
-            raise TokenMergeError(f"speech_token_ids must be >= 0, got {self.speech_token_ids[:5]}.")
-        if self.preset is not None and self.preset not in PRESETS:
-            raise TokenMergeError(f"Unknown preset {self.preset!r}; known presets: {sorted(PRESETS)}.")
+        adopt_deprecated_aliases(self, DEPRECATED_ALIASES)
+        validate_selection_fields(self, required=False)
 
     @classmethod
     def dual(
@@ -186,6 +212,8 @@ class SequenceMergeConfig(JsonConfigMixin):
     def to_dict(self) -> dict[str, Any]:
         """Return the config as a JSON-serialisable dict."""
         data = asdict(self)
-        if data["speech_token_range"] is not None:
-            data["speech_token_range"] = list(data["speech_token_range"])
+        for old in DEPRECATED_ALIASES:  # always None after __post_init__: saved under the new names only
+            data.pop(old)
+        if data["token_id_range"] is not None:
+            data["token_id_range"] = list(data["token_id_range"])
         return data

@@ -19,9 +19,12 @@ Two options keep the decoder's view of the frames close to the unpooled one (iss
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence.apply import HookHandle, additive_mask
 from hf_token_merge.sequence.grouping import affinity_groups, pool_groups, split_groups_at
 
@@ -104,6 +107,22 @@ def audio_end_frames(input_features: torch.Tensor, mel_mask: torch.Tensor | None
     return ends.clamp(max=frames).to(torch.long)
 
 
+def _encoder_and_decoder(model: nn.Module, threshold: float, window: int) -> tuple[Callable[[], nn.Module], nn.Module]:
+    """`(model.get_encoder, model.model.decoder)`, after refusing bad options, a second merge or another model kind."""
+    if not -1.0 <= threshold <= 1.0 or window < 1:
+        raise TokenMergeError(f"Need a cosine threshold in [-1, 1] and window >= 1, got {threshold!r} and {window!r}.")
+    if encoder_merge_handle(model) is not None:
+        raise TokenMergeError("An encoder merge is already installed; call handle.remove() first.")
+    get_encoder = getattr(model, "get_encoder", None)
+    decoder = getattr(getattr(model, "model", None), "decoder", None)
+    if get_encoder is None or decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
+        raise TokenMergeError(
+            f"{type(model).__name__} is not an encoder-decoder with `model.decoder.layers` (such as Whisper); "
+            "for decoder-only speech-LLMs use apply_sequence_merge."
+        )
+    return get_encoder, decoder
+
+
 def apply_encoder_merge(
     model: nn.Module,
     threshold: float,
@@ -130,19 +149,9 @@ def apply_encoder_merge(
         A handle with frame counts and `remove()`.
 
     Raises:
-        ValueError: On a model without an encoder and decoder layers, bad threshold/window, or a second merge.
+        TokenMergeError: On a model without an encoder and decoder layers, bad threshold/window, or a second merge.
     """
-    if not -1.0 <= threshold <= 1.0 or window < 1:
-        raise ValueError(f"Need a cosine threshold in [-1, 1] and window >= 1, got {threshold!r} and {window!r}.")
-    if encoder_merge_handle(model) is not None:
-        raise ValueError("An encoder merge is already installed; call handle.remove() first.")
-    get_encoder = getattr(model, "get_encoder", None)
-    decoder = getattr(getattr(model, "model", None), "decoder", None)
-    if get_encoder is None or decoder is None or not isinstance(getattr(decoder, "layers", None), nn.ModuleList):
-        raise ValueError(
-            f"{type(model).__name__} is not an encoder-decoder with `model.decoder.layers` (such as Whisper); "
-            "for decoder-only speech-LLMs use apply_sequence_merge."
-        )
+    get_encoder, decoder = _encoder_and_decoder(model, threshold, window)
     handle = EncoderMergeHandle(model, threshold, window, proportional_attention, split_at_audio_end)
 
     def before_encoder(module, args, kwargs):

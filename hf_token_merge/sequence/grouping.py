@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence.config import MergeStage
 
 
@@ -97,7 +98,7 @@ def oracle_groups(
                 drop[keep] = False
                 removed[row, start:end] = drop
             else:
-                raise ValueError(f"Unknown oracle mode {mode!r}.")
+                raise TokenMergeError(f"Unknown oracle mode {mode!r}.")
     return _number_groups(valid & ~removed, joins)
 
 

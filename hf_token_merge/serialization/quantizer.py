@@ -202,7 +202,7 @@ class TokenMergeHfQuantizer(HfQuantizer):
 
     def validate_environment(self, *args: Any, **kwargs: Any) -> None:
         if not self.pre_quantized:
-            raise ValueError(
+            raise TokenMergeError(
                 "TokenMergeQuantizationConfig describes an already merged checkpoint; to merge a model, load it "
                 "normally and call hf_token_merge.apply_token_merge(model, TokenMergeConfig(...))."
             )

@@ -101,7 +101,7 @@ def test_budget_errors():
         compress_within_budget(
             bundle.model, threshold, _rows_removed_metric, max_wer_increase=0.1, tokenizer=bundle.tokenizer
         )
-    with pytest.raises(KeyError, match="returned no 'wer'"):
+    with pytest.raises(TokenMergeError, match=r"returned no 'wer'; it returned \[.cer.\]. Fix: return"):
         compress_within_budget(
             bundle.model, config, lambda m: {"cer": 0.1}, max_wer_increase=0.1, tokenizer=bundle.tokenizer
         )

@@ -11,7 +11,7 @@ from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, sequence_me
 from tests.models import SPEECH_START, SPEECH_VOCAB, build_speech_decoder
 
 PROMPT = [0, 5, 6, 32, 40, 48, 33, 41, 34, 35, 43, 51, 59, 7, 8]
-SPEECH = {"speech_token_range": (SPEECH_START, SPEECH_VOCAB)}
+SPEECH = {"token_id_range": (SPEECH_START, SPEECH_VOCAB)}
 
 
 def last_logit_metric(model) -> dict[str, float]:

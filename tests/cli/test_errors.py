@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
 import hf_token_merge.cli.common as common
 import hf_token_merge.hub.push as push_module
 from hf_token_merge.cli.main import main
+from hf_token_merge.errors import TokenMergeError
 from tests.models import build_llama
 
 
@@ -162,24 +164,61 @@ def test_sequence_limit_is_checked_too(tmp_path, capsys):
     assert "argument --limit: 0 is not a positive integer" in capsys.readouterr().err
 
 
-def test_a_key_error_is_a_bug_and_keeps_its_traceback(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [(KeyError("internal"), KeyError), (ValueError("internal"), ValueError), (TypeError("internal"), TypeError)],
+)
+def test_an_error_that_is_not_the_librarys_is_a_bug_and_keeps_its_traceback(tmp_path, monkeypatch, error, kind):
+    """Only TokenMergeError and FileNotFoundError become one-line messages; a plain ValueError is a bug too."""
     import hf_token_merge.cli.compress as compress
 
     def broken(args):
-        raise KeyError("internal")
+        raise error
 
     monkeypatch.setattr(compress, "load_for_merge", broken)
-    with pytest.raises(KeyError, match="internal"):
-        main(
-            [
-                "compress",
-                "--model",
-                "reference",
-                "--preset",
-                "llasa",
-                "--n-clusters",
-                "2",
-                "--output-dir",
-                str(tmp_path),
-            ]
-        )
+    argv = ["compress", "--model", "reference", "--preset", "llasa", "--n-clusters", "2", "--output-dir", str(tmp_path)]
+    with pytest.raises(kind, match="internal"):
+        main(argv)
+
+
+@pytest.mark.parametrize(
+    ("error", "message"),
+    [
+        (TokenMergeError("bad\n input. Fix: this."), "hf-token-merge compress: error: bad input. Fix: this.\n"),
+        (FileNotFoundError("x.txt does not exist."), "hf-token-merge compress: error: x.txt does not exist.\n"),
+    ],
+)
+def test_the_librarys_errors_are_one_line_with_exit_2(tmp_path, monkeypatch, capsys, error, message):
+    import hf_token_merge.cli.compress as compress
+
+    def refuse(args):
+        raise error
+
+    monkeypatch.setattr(compress, "load_for_merge", refuse)
+    argv = ["compress", "--model", "reference", "--preset", "llasa", "--n-clusters", "2", "--output-dir", str(tmp_path)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == message
+
+
+@pytest.mark.parametrize(
+    ("flags", "level"),
+    [([], logging.WARNING), (["-v"], logging.INFO), (["--verbose"], logging.INFO), (["-vv"], logging.DEBUG)],
+)
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_verbose_sets_the_log_level(tmp_path, monkeypatch, capsys, flags, level, where):
+    import hf_token_merge.cli.compress as compress
+
+    def log_and_stop(args):
+        logging.getLogger("hf_token_merge.cli.compress").info("progress line")
+        logging.getLogger("hf_token_merge.cli.compress").debug("debug line")
+        raise TokenMergeError("stop here")
+
+    monkeypatch.setattr(compress, "load_for_merge", log_and_stop)
+    rest = ["--model", "reference", "--preset", "llasa", "--n-clusters", "2", "--output-dir", str(tmp_path)]
+    argv = [*flags, "compress", *rest] if where == "before" else ["compress", *flags, *rest]
+    assert main(argv) == 2
+    assert logging.getLogger("hf_token_merge").level == level
+    err = capsys.readouterr().err
+    assert ("INFO hf_token_merge.cli.compress: progress line" in err) == (level <= logging.INFO)
+    assert ("DEBUG hf_token_merge.cli.compress: debug line" in err) == (level == logging.DEBUG)
+    assert len(logging.getLogger("hf_token_merge").handlers) == 1  # repeated main() calls do not stack handlers

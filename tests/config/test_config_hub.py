@@ -43,7 +43,7 @@ def test_from_pretrained_reads_a_repo_id_from_the_hub_cache(tmp_path, monkeypatc
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     other = TokenMergeConfig(token_id_range=(10, 20), n_clusters=4)
-    sequence = SequenceMergeConfig.dual("aggressive", deep_layer=2, speech_token_range=(5, 9))
+    sequence = SequenceMergeConfig.dual("aggressive", deep_layer=2, token_id_range=(5, 9))
     cache = _hub_cache(
         tmp_path / "hub",
         "me/llasa-merged",
@@ -217,7 +217,7 @@ def test_push_to_hub_uploads_the_saved_json(api):
 
 
 def test_push_to_hub_to_a_branch_subfolder_and_as_a_pull_request(api):
-    sequence = SequenceMergeConfig.dual("aggressive", deep_layer=2, speech_token_range=(5, 9))
+    sequence = SequenceMergeConfig.dual("aggressive", deep_layer=2, token_id_range=(5, 9))
     sequence.push_to_hub("me/x", subfolder="merge", revision="dev", commit_message="add config")
     assert api.calls[2] == ("create_branch", "me/x", {"branch": "dev", "exist_ok": True})
     _, _, files, kwargs = api.calls[3]

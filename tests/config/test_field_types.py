@@ -127,25 +127,28 @@ def test_merge_stage_types(kwargs, match):
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"speech_token_ids": "206"}, r"speech_token_ids must be a list of whole numbers \(token ids\), got '206'"),
-        ({"speech_token_ids": [5, 6.5]}, r"speech_token_ids must be a list .*not whole numbers: \[6.5\]"),
-        ({"speech_token_range": [0, "9"]}, r"speech_token_range must be \(start, end\)"),
+        ({"token_ids": "206"}, r"token_ids must be a list of whole numbers \(token ids\), got '206'"),
+        ({"token_ids": [5, 6.5]}, r"token_ids must be a list .*not whole numbers: \[6.5\]"),
+        ({"token_id_range": [0, "9"]}, r"token_id_range must be \(start, end\)"),
         ({"seed": "1"}, r"SequenceMergeConfig.seed must be an int, got '1'"),
-        ({"speech_token_pattern": 7}, r"speech_token_pattern must be a string, got 7"),
+        ({"token_pattern": 7}, r"token_pattern must be a string, got 7"),
+        ({"allow_special_tokens": "false"}, r"allow_special_tokens must be a bool, got 'false'"),
+        # the deprecated names are type-checked like the new ones
+        ({"speech_token_ids": "206"}, r"speech_token_ids must be a list of whole numbers \(token ids\), got '206'"),
         ({"stages": "layer 0"}, r"SequenceMergeConfig.stages must be a list of MergeStage, got 'layer 0'"),
         ({"stages": [3]}, r"stages must hold MergeStage objects or dicts of their fields, got 3 \(int\)"),
     ],
 )
 def test_sequence_config_types(kwargs, match):
-    arguments = {"stages": [{"layer": 0, "threshold": 0.8}], "speech_token_range": (5, 9), **kwargs}
+    arguments = {"stages": [{"layer": 0, "threshold": 0.8}], **kwargs}
     with pytest.raises(TokenMergeError, match=match):
         SequenceMergeConfig(**arguments)
 
 
 def test_sequence_config_json_round_trip_keeps_types(tmp_path):
-    config = SequenceMergeConfig(stages=({"layer": 0, "threshold": 0.8},), speech_token_range=[5, 9])
+    config = SequenceMergeConfig(stages=({"layer": 0, "threshold": 0.8},), token_id_range=[5, 9])
     config.save_pretrained(tmp_path)
     restored = SequenceMergeConfig.from_pretrained(tmp_path)
     assert restored == config
-    assert restored.speech_token_range == (5, 9)
+    assert restored.token_id_range == (5, 9)
     assert isinstance(restored.stages[0], MergeStage)

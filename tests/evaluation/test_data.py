@@ -44,7 +44,7 @@ def test_decode_wrong_rate(tmp_path, monkeypatch):
 
 
 def test_decode_errors(tmp_path):
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         decode_audio_value(str(tmp_path / "missing.wav"))
     with pytest.raises(ValueError, match="sampling rate"):
         decode_audio_value(np.zeros(10))

@@ -137,7 +137,7 @@ def test_a_sequence_merged_model_is_refused():
     from tests.models import build_speech_decoder
 
     model = build_speech_decoder()
-    config = SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.9)], speech_token_range=(32, 64))
+    config = SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.9)], token_id_range=(32, 64))
     with (
         apply_sequence_merge(model, config),
         pytest.raises(ValueError, match="a sequence merge is installed and shortens the input"),

@@ -159,7 +159,12 @@ def test_failed_upload_leaves_the_local_output_intact(merged, fake_api, tmp_path
     with pytest.raises(ConnectionError, match="simulated network failure"):
         push_to_hub(bundle.model, "me/tiny-merged", card=card, plan=result.plan, staging_dir=tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").is_file()
-    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out") is not None
+    # the staged folder is a complete merged checkpoint: it reloads and gives the merged model's logits
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    ids = sample_ids(bundle)
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, bundle.model(ids).logits)
+    assert reloaded.get_input_embeddings().weight.shape[0] == result.plan.num_rows
 
 
 def test_staging_again_replaces_the_whole_folder_and_never_mixes_checkpoints(merged, tmp_path):

@@ -311,13 +311,21 @@ def test_every_family_ships_a_recipe():
 
 
 def test_repository_recipes_folder_is_the_packaged_recipes():
-    # recipes/*.yaml in the repository are links to hf_token_merge/recipes/*.yaml (the package data)
+    # recipes/*.yaml in the repository are links to hf_token_merge/families/*.yaml (the package data)
     for family in FAMILIES:
         path = os.path.join(REPO_RECIPES, f"{family}.yaml")
         packaged = load_recipe(family)
         with open(path, encoding="utf-8") as handle, open(packaged.source, encoding="utf-8") as original:
             assert handle.read() == original.read()
         assert load_recipe(path).config == packaged.config
+
+
+def test_the_documented_import_path_is_the_families_package():
+    import hf_token_merge.families as families
+    import hf_token_merge.recipes as recipes
+
+    assert recipes.load_recipe is families.load_recipe and recipes.Recipe is families.Recipe
+    assert os.path.dirname(load_recipe("llasa").source) == os.path.dirname(families.__file__)
 
 
 def test_overrides_replace_the_stopping_option():

@@ -45,7 +45,7 @@ def test_the_test_split_in_metadata_order(tmp_path):
 
 
 def test_missing_corpus_names_the_build_command(tmp_path):
-    with pytest.raises(ValueError, match="not built.*recipes/reference_model/synthesize.py"):
+    with pytest.raises(FileNotFoundError, match="not built.*recipes/reference_model/synthesize.py"):
         load_synthetic_corpus(cache_dir=tmp_path)
 
 

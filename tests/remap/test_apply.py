@@ -939,3 +939,45 @@ def test_a_merge_that_pays_does_not_warn(llama_tied):
         warnings.simplefilter("error")
         result = apply_token_merge(bundle.model, config, tokenizer=bundle.tokenizer, show_progress=False)
     assert result.bytes_after < result.bytes_before
+
+
+@pytest.mark.parametrize("given_plan", [False, True])
+def test_embeddings_are_located_once_per_apply(llama_untied, monkeypatch, given_plan):
+    import hf_token_merge.remap.apply as apply_module
+    import hf_token_merge.remap.plan as plan_module
+
+    config = TokenMergeConfig(preset="llasa", n_clusters=4)
+    plan = plan_token_merge(llama_untied.model, config, tokenizer=llama_untied.tokenizer) if given_plan else None
+    calls = []
+    real_locate = plan_module.locate_embeddings
+
+    def counting_locate(model, config):
+        calls.append(type(model).__name__)
+        return real_locate(model, config)
+
+    monkeypatch.setattr(apply_module, "locate_embeddings", counting_locate)
+    monkeypatch.setattr(plan_module, "locate_embeddings", counting_locate)
+    apply_token_merge(llama_untied.model, plan or config, tokenizer=llama_untied.tokenizer)
+    assert calls == ["LlamaForCausalLM"]
+
+
+def test_merging_allowed_special_tokens_warns(llama_untied):
+    bos = llama_untied.model.config.bos_token_id
+    config = TokenMergeConfig(token_ids=[bos, 21, 22], n_clusters=1, allow_special_tokens=True)
+    with pytest.warns(
+        UserWarning, match=rf"allow_special_tokens=True lets special tokens \[{bos}\] \(1 in all\) merge"
+    ):
+        plan_token_merge(llama_untied.model, config, tokenizer=llama_untied.tokenizer)
+
+
+def test_planning_and_applying_log_their_decisions(llama_untied, caplog):
+    config = TokenMergeConfig(preset="llasa", n_clusters=4)
+    with caplog.at_level("INFO", logger="hf_token_merge"):
+        apply_token_merge(llama_untied.model, config, tokenizer=llama_untied.tokenizer, show_progress=False)
+    messages = [(record.name, record.getMessage()) for record in caplog.records]
+    assert messages == [
+        ("hf_token_merge.remap.plan", "clustering 48 selected rows with method='kmeans'"),
+        ("hf_token_merge.remap.plan", "plan: 48 selected rows -> 4 merged rows (75 -> 31 embedding rows)"),
+        ("hf_token_merge.remap.apply", messages[2][1]),
+    ]
+    assert messages[2][1].startswith("merge applied: 75 -> 31 embedding rows, ")

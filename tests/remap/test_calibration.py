@@ -52,5 +52,5 @@ def test_read_calibration_text_errors(tmp_path, content, message):
     path.write_text(content, encoding="utf-8")
     with pytest.raises(ValueError, match=message):
         read_calibration_text(path)
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         read_calibration_text(tmp_path / "missing.txt")

@@ -1,8 +1,11 @@
 """apply_sequence_merge on tiny Llama/Qwen2 decoders: logits, masks, positions, KV cache and generate()."""
 
+import warnings
+
 import pytest
 import torch
 
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence import (
     MergeStage,
     SequenceMergeConfig,
@@ -20,7 +23,7 @@ PROMPT = [0, 5, 6, 32, 40, 48, 33, 41, 34, 35, 43, 51, 59, 7, 8]
 
 
 def config(*stages: MergeStage, strategy: str = "first") -> SequenceMergeConfig:
-    return SequenceMergeConfig(stages=list(stages), speech_token_range=SPEECH, position_strategy=strategy)
+    return SequenceMergeConfig(stages=list(stages), token_id_range=SPEECH, position_strategy=strategy)
 
 
 def dual(strategy: str = "first", deep: MergeStage | None = None) -> SequenceMergeConfig:
@@ -216,8 +219,10 @@ def test_bad_input_is_refused_and_leaves_the_model_without_hooks():
         apply_sequence_merge(model, config(MergeStage(layer=4, threshold=0.5)))
     with pytest.raises(ValueError, match="names no audio_token_id"):
         apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(layer=0, threshold=0.5)]))
-    with pytest.raises(ValueError, match="beyond the embedding's 64 rows"):
-        apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], speech_token_ids=[70]))
+    with pytest.raises(TokenMergeError, match=r"token_ids \[70\] are out of range for a vocabulary of 64 rows"):
+        apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], token_ids=[70]))
+    with pytest.raises(TokenMergeError, match=r"special tokens \[0, 1, 2\] \(3 in all\).*allow_special_tokens"):
+        apply_sequence_merge(model, SequenceMergeConfig(stages=[MergeStage(0, threshold=0.5)], token_id_range=(0, 40)))
     model.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="attn_implementation='flash_attention_2' is not supported"):
         apply_sequence_merge(model, dual())
@@ -244,7 +249,7 @@ def test_bad_input_is_refused_and_leaves_the_model_without_hooks():
 
 
 def test_config_validation_and_round_trip(tmp_path):
-    cfg = SequenceMergeConfig.dual("conservative", deep_layer=3, speech_token_range=(32, 64), position_strategy="mean")
+    cfg = SequenceMergeConfig.dual("conservative", deep_layer=3, token_id_range=(32, 64), position_strategy="mean")
     assert [(s.layer, s.threshold, s.window) for s in cfg.stages] == [(0, 0.9, 1), (3, 0.8, 3)]
     cfg.save_pretrained(tmp_path)
     assert SequenceMergeConfig.from_pretrained(tmp_path) == cfg
@@ -292,3 +297,47 @@ def test_dual_merge_and_generate_on_cuda_match_cpu():
         assert handle.statistics[1].speech_out == 2 * 2  # two prefills (the forward, then generate's)
     torch.testing.assert_close(cuda_logits.cpu(), cpu_logits, atol=1e-4, rtol=1e-4)
     assert torch.equal(cuda_tokens.cpu(), cpu_tokens)
+
+
+def test_speech_selection_is_the_vocabulary_merge_selection():
+    """Exclusion and special-token protection apply to the speech positions as to merged rows."""
+    model = build_speech_decoder()
+    stage = [MergeStage(layer=0, threshold=0.5)]
+    excluded = SequenceMergeConfig(stages=stage, token_id_range=SPEECH, exclude_token_ids=[32, 33], token_ids=[5])
+    lookup = speech_token_lookup(model, excluded)
+    assert lookup.nonzero().flatten().tolist() == [5, *range(34, 64)]
+    # bos=0, eos=1, pad=2 of the model config are protected unless allowed
+    allowed = SequenceMergeConfig(stages=stage, token_id_range=(0, 4), allow_special_tokens=True)
+    assert speech_token_lookup(model, allowed).nonzero().flatten().tolist() == [0, 1, 2, 3]
+    with pytest.raises(TokenMergeError, match=r"special tokens \[0, 1, 2\] \(3 in all\)"):
+        speech_token_lookup(model, SequenceMergeConfig(stages=stage, token_id_range=(0, 4)))
+    with pytest.raises(TokenMergeError, match="The selection is empty"):
+        speech_token_lookup(model, SequenceMergeConfig(stages=stage, token_ids=[40], exclude_token_ids=[40]))
+
+
+def test_deprecated_speech_token_names_still_select_with_a_warning(tmp_path):
+    stage = [MergeStage(layer=0, threshold=0.5)]
+    with pytest.warns(FutureWarning, match="speech_token_range is deprecated; use token_id_range"):
+        old = SequenceMergeConfig(stages=stage, speech_token_range=SPEECH)
+    assert old == SequenceMergeConfig(stages=stage, token_id_range=SPEECH)
+    assert "speech_token_range" not in old.to_dict() and old.to_dict()["token_id_range"] == list(SPEECH)
+    with pytest.warns(FutureWarning, match="speech_token_ids is deprecated; use token_ids"):
+        assert SequenceMergeConfig(stages=stage, speech_token_ids=[33]).token_ids == [33]
+    with pytest.warns(FutureWarning, match="speech_token_pattern is deprecated; use token_pattern"):
+        assert SequenceMergeConfig(stages=stage, speech_token_pattern="x").token_pattern == "x"
+    # a config saved before the rename still loads
+    (tmp_path / "sequence_merge_config.json").write_text(
+        '{"stages": [{"layer": 0, "threshold": 0.5}], "speech_token_range": [32, 64]}'
+    )
+    with pytest.warns(FutureWarning):
+        assert SequenceMergeConfig.from_pretrained(tmp_path).token_id_range == SPEECH
+    with pytest.raises(TokenMergeError, match="got both speech_token_ids= and token_ids=.*pass only token_ids="):
+        SequenceMergeConfig(stages=stage, speech_token_ids=[33], token_ids=[34])
+
+
+def test_a_non_positive_affinity_threshold_is_allowed_but_warns():
+    with pytest.warns(UserWarning, match=r"MergeStage\(layer=2\) has threshold=0.0: .*whole speech spans collapse"):
+        MergeStage(layer=2, threshold=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        MergeStage(layer=2, threshold=0.1)  # low but positive: the CLI's deep-threshold sweep goes this far

@@ -16,7 +16,7 @@ ENDS_IN_SPEECH = [0, 5, 6, 32, 40, 48, 33, 41]
 
 
 def config(*stages: MergeStage, strategy: str = "first") -> SequenceMergeConfig:
-    return SequenceMergeConfig(stages=list(stages), speech_token_range=SPEECH, position_strategy=strategy)
+    return SequenceMergeConfig(stages=list(stages), token_id_range=SPEECH, position_strategy=strategy)
 
 
 def logits(model, ids, **kwargs):

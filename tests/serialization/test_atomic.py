@@ -77,10 +77,15 @@ def test_an_error_while_swapping_puts_the_old_folder_back(tmp_path, monkeypatch)
     path = tmp_path / "model"
     _save(path, 1)
 
-    def fail(staging, target):
-        raise OSError("disk gone")
+    real_replace = os.replace
 
-    monkeypatch.setattr(atomic, "_install", fail)
+    def fail_to_install(source, destination):
+        # the rename of the complete staging folder onto the target fails; retiring and restoring still work
+        if ".tmp-" in os.fspath(source) and os.fspath(destination) == os.fspath(path):
+            raise OSError("disk gone")
+        return real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", fail_to_install)
     with pytest.raises(OSError, match="disk gone"):
         _save(path, 2)
     assert _load(path) == 1

@@ -38,7 +38,7 @@ RECIPE_KEYS = ("family", "description", "model", "layout", "protected", "merge",
 _REQUIRED_KEYS = ("family", "description", "model", "merge")
 MODEL_KEYS = ("architecture", "tied", "checkpoints", "remote_code")
 VARIANT_KEYS = ("description", "merge")
-_PACKAGE = "hf_token_merge.recipes"
+_PACKAGE = "hf_token_merge.families"
 
 
 @dataclass
@@ -87,12 +87,12 @@ def list_recipes() -> list[str]:
 def _check_keys(data: dict[str, Any], allowed: tuple[str, ...] | list[str], where: str) -> None:
     unknown = sorted(set(data) - set(allowed))
     if unknown:
-        raise ValueError(f"Unknown key(s) {unknown} in {where}; valid keys are {sorted(allowed)}.")
+        raise TokenMergeError(f"Unknown key(s) {unknown} in {where}; valid keys are {sorted(allowed)}.")
 
 
 def _merge_fields(merge: Any, where: str) -> dict[str, Any]:
     if not isinstance(merge, dict):
-        raise ValueError(f"{where} must be a mapping of TokenMergeConfig fields, got {type(merge).__name__}.")
+        raise TokenMergeError(f"{where} must be a mapping of TokenMergeConfig fields, got {type(merge).__name__}.")
     _check_keys(merge, [f.name for f in fields(TokenMergeConfig)], f"{where} (TokenMergeConfig fields)")
     return dict(merge)
 
@@ -106,7 +106,9 @@ def _read(name_or_path: str | os.PathLike) -> tuple[dict[str, Any], str]:
             return _parse(handle.read(), text_path), text_path
     files = _recipe_files()
     if text_path not in files:
-        raise ValueError(f"Unknown recipe {text_path!r}; choose one of {sorted(files)} or pass a path to a YAML file.")
+        raise TokenMergeError(
+            f"Unknown recipe {text_path!r}; choose one of {sorted(files)} or pass a path to a YAML file."
+        )
     entry = files[text_path]
     return _parse(entry.read_text(encoding="utf-8"), str(entry)), str(entry)
 
@@ -135,27 +137,29 @@ def load_recipe(name_or_path: str | os.PathLike, variant: str | None = None, **o
         The `Recipe`, with `config` validated.
 
     Raises:
-        ValueError: On an unknown recipe, variant or key (the message names the valid ones), or an invalid config.
+        TokenMergeError: On an unknown recipe, variant or key (the message names the valid ones), or an invalid config.
     """
     data, source = _read(name_or_path)
     if not isinstance(data, dict):
-        raise ValueError(f"Recipe {source} must be a YAML mapping with keys {list(RECIPE_KEYS)}.")
+        raise TokenMergeError(f"Recipe {source} must be a YAML mapping with keys {list(RECIPE_KEYS)}.")
     _check_keys(data, RECIPE_KEYS, f"recipe {source}")
     missing = [key for key in _REQUIRED_KEYS if key not in data]
     if missing:
-        raise ValueError(f"Recipe {source} lacks the required key(s) {missing}.")
+        raise TokenMergeError(f"Recipe {source} lacks the required key(s) {missing}.")
     model = data["model"]
     if not isinstance(model, dict) or "architecture" not in model or "tied" not in model:
-        raise ValueError(f"Recipe {source}: `model` needs `architecture` and `tied`.")
+        raise TokenMergeError(f"Recipe {source}: `model` needs `architecture` and `tied`.")
     _check_keys(model, MODEL_KEYS, f"`model` of recipe {source}")
     if not isinstance(model["tied"], bool):
-        raise ValueError(f"Recipe {source}: model.tied must be true or false, got {model['tied']!r}.")
+        raise TokenMergeError(f"Recipe {source}: model.tied must be true or false, got {model['tied']!r}.")
 
     settings = _merge_fields(data["merge"], f"`merge` of recipe {source}")
     variants = data.get("variants") or {}
     if variant is not None:
         if variant not in variants:
-            raise ValueError(f"Recipe {data['family']!r} has no variant {variant!r}; choose one of {sorted(variants)}.")
+            raise TokenMergeError(
+                f"Recipe {data['family']!r} has no variant {variant!r}; choose one of {sorted(variants)}."
+            )
         spec = variants[variant]
         _check_keys(spec, VARIANT_KEYS, f"variant {variant!r} of recipe {source}")
         settings = replace_stop(settings, _merge_fields(spec.get("merge", {}), f"variant {variant!r} of {source}"))
