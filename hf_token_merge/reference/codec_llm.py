@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.reference.speech_llm import character_tokenizer
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 TEXT_GENERATION_START, TEXT_GENERATION_END = "<|TEXT_GENERATION_START|>", "<|TEXT_GENERATION_END|>"
@@ -82,24 +82,8 @@ def build_codec_llm_tokenizer(num_codes: int) -> PreTrainedTokenizerFast:
     """
     if num_codes < 1:
         raise TokenMergeError(f"num_codes must be >= 1, got {num_codes}. Fix: pass the codec's codebook size.")
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
-    backend.add_tokens([AddedToken(code_token(n), special=False, normalized=False) for n in range(num_codes)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        additional_special_tokens=list(TASK_TOKENS),
-        clean_up_tokenization_spaces=False,
-        model_max_length=2048,
-    )
-    tokenizer.padding_side = "left"
-    return tokenizer
+    codes = [code_token(n) for n in range(num_codes)]
+    return character_tokenizer(SPECIAL_TOKENS, CHARACTERS, codes, TASK_TOKENS, model_max_length=2048)
 
 
 def codec_llama_config(

@@ -73,21 +73,50 @@ def build_speech_llm_tokenizer(num_units: int) -> PreTrainedTokenizerFast:
     Returns:
         A `PreTrainedTokenizerFast` with `len(tokenizer) == 8 + 28 + num_units`.
     """
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(CHARACTERS))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    return character_tokenizer(
+        SPECIAL_TOKENS,
+        CHARACTERS,
+        [unit_token(n) for n in range(num_units)],
+        [ASR, CONTINUE, TEXT_START, TEXT_END],
+        model_max_length=1024,
+    )
+
+
+def character_tokenizer(
+    special_tokens: Sequence[str],
+    characters: str,
+    speech_tokens: Sequence[str],
+    task_tokens: Sequence[str],
+    model_max_length: int,
+) -> PreTrainedTokenizerFast:
+    """A character-level tokenizer with speech tokens appended: the layout of both bundled speech-LLMs.
+
+    Args:
+        special_tokens: pad, bos, eos, unk (in that order), then the task markers; ids 0.. in this order.
+        characters: The text alphabet, one token per character, after the special tokens.
+        speech_tokens: Added (not special) tokens after the characters, e.g. `<|s_0|>`...
+        task_tokens: The special tokens registered as `additional_special_tokens`.
+        model_max_length: The tokenizer's `model_max_length`.
+
+    Returns:
+        A left-padding `PreTrainedTokenizerFast`.
+    """
+    pad, bos, eos, unk = special_tokens[:4]
+    vocab = {token: i for i, token in enumerate(tuple(special_tokens) + tuple(characters))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS])
-    backend.add_tokens([AddedToken(unit_token(n), special=False, normalized=False) for n in range(num_units)])
+    backend.add_special_tokens([AddedToken(token, special=True, normalized=False) for token in special_tokens])
+    backend.add_tokens([AddedToken(token, special=False, normalized=False) for token in speech_tokens])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        additional_special_tokens=[ASR, CONTINUE, TEXT_START, TEXT_END],
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        additional_special_tokens=list(task_tokens),
         clean_up_tokenization_spaces=False,
-        model_max_length=1024,
+        model_max_length=model_max_length,
     )
     tokenizer.padding_side = "left"
     return tokenizer
