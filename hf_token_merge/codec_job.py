@@ -143,7 +143,7 @@ def _kl_rows(kl) -> tuple[dict[str, Any], Any]:
     tokens = [r["token_count"] for r in records]
     low, high = paired_bootstrap(np.zeros(len(records)), [r["kl_sum"] for r in records], tokens)
     nll = paired_difference(
-        [r["reference_nll_sum"] for r in records], [r["merged_nll_sum"] for r in records], tokens, metric="nll"
+        [r["baseline_nll_sum"] for r in records], [r["merged_nll_sum"] for r in records], tokens, metric="nll"
     )
     return {"mean_kl": kl.mean_kl, "ci_low": low, "ci_high": high, "tokens": sum(tokens)}, nll
 

@@ -42,7 +42,7 @@ def test_evaluate_speech_llm_wer_from_a_manifest(saved_llama, tmp_path):
     argv = ["evaluate", "--model", str(folder), "--task", "wer", "--manifest", str(manifest), "--output-dir", str(out)]
     prompt = ["--prompt-prefix", "<|TEXT_UNDERSTANDING_START|>", "--prompt-suffix", "<|TEXT_UNDERSTANDING_END|>"]
     assert main([*argv, *prompt, "--max-new-tokens", "3", "--no-progress"]) == 0
-    assert json.loads((out / "wer.json").read_text())["metrics"]["reference_words"] == 6
+    assert json.loads((out / "wer.json").read_text())["metrics"]["target_words"] == 6
     assert len((out / "wer_predictions.jsonl").read_text().splitlines()) == 3
 
 

@@ -208,7 +208,7 @@ class TtsWerResult:
         counts = self.counts.to_dict()
         counts[self.metric] = counts.pop("wer")
         if self.metric == "cer":
-            counts["reference_characters"] = counts.pop("reference_words")
+            counts["target_characters"] = counts.pop("target_words")
         return {
             **counts,
             "utterances": self.num_utterances,
@@ -237,7 +237,7 @@ class TtsWerResult:
         rtf = self.timing.get("rtf_total")
         return (
             f"TTS {self.metric.upper()} {self.wer:.4f} ({c.substitutions} sub + {c.deletions} del + {c.insertions} ins "
-            f"/ {c.reference_words} {unit}, {self.num_utterances} utterances; {self.invalid} invalid, "
+            f"/ {c.target_words} {unit}, {self.num_utterances} utterances; {self.invalid} invalid, "
             f"{self.undecodable} undecodable, {self.unended} without end token; {self.generated_seconds:.1f} s "
             f"generated" + (f", RTF {rtf:.3g}" if rtf is not None else "") + ")"
         )
@@ -330,7 +330,7 @@ class TtsFrontEnd:
             Transcript(
                 index=index,
                 id=str(example[self.id_column]) if self.has_ids else str(index),
-                reference=example[self.text_column],
+                target=example[self.text_column],
                 hypothesis=heard.get(row, ""),
                 extra=extras[row],
             )
