@@ -14,7 +14,6 @@ from 1 on is scored once, whole batches are sharded over the processes, and sums
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from typing import Any
 import torch
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.perplexity import prepare_sequences, window_plan
-from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
+from hf_token_merge.evaluation.perplexity import run_teacher_forced, window_plan
+from hf_token_merge.evaluation.runner import write_report
 from hf_token_merge.sequence import sequence_merge_handle
 
 
@@ -235,36 +234,23 @@ def evaluate_kl(
         A `KLResult` (the same on every process).
     """
     _refuse_models(baseline_model, merged_model)
-    sequences, max_length, stride = prepare_sequences(
-        data,
-        baseline_model,
-        tokenizer=tokenizer,
-        column=column,
-        max_length=max_length,
-        stride=stride,
-        caller="evaluate_kl",
-    )
-    accelerator = get_accelerator(accelerator, device)
-    baseline_model = prepare_model(baseline_model, accelerator, dtype, device)
-    merged_model = prepare_model(merged_model, accelerator, dtype, device)
-
-    process = functools.partial(_kl_records, baseline_model, merged_model, sequences, max_length, stride)
-
-    records, timing = run_sharded(accelerator, len(sequences), 1, process, "kl", show_progress)
-    sums = {"kl_sum": 0.0, "baseline_nll_sum": 0.0, "merged_nll_sum": 0.0}
-    for record in records:  # dataset order: the same float sums for any number of processes
-        for key in sums:
-            sums[key] += record[key]
+    options = {"tokenizer": tokenizer, "column": column, "max_length": max_length, "stride": stride}
+    options |= {"dtype": dtype, "device": device, "accelerator": accelerator}
+    summed = ["kl_sum", "baseline_nll_sum", "merged_nll_sum"]
+    run = run_teacher_forced(
+        [baseline_model, merged_model], data, _kl_records, summed, options=options, caller="evaluate_kl",
+        show_progress=show_progress,
+    )  # fmt: skip
     result = KLResult(
-        **sums,
-        token_count=sum(record["token_count"] for record in records),
-        num_sequences=len(sequences),
-        max_length=max_length,
-        stride=stride,
-        compute_seconds=timing["compute_seconds"],
-        num_processes=accelerator.num_processes,
-        per_sequence=records,
+        **run.sums,
+        token_count=run.token_count,
+        num_sequences=run.num_sequences,
+        max_length=run.max_length,
+        stride=run.stride,
+        compute_seconds=run.timing["compute_seconds"],
+        num_processes=run.accelerator.num_processes,
+        per_sequence=run.records,
     )
-    if output_dir is not None and accelerator.is_main_process:
+    if output_dir is not None and run.accelerator.is_main_process:
         result.save(output_dir)
     return result
