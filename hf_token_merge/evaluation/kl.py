@@ -241,16 +241,7 @@ def evaluate_kl(
         [baseline_model, merged_model], data, _kl_records, summed, options=options, caller="evaluate_kl",
         show_progress=show_progress,
     )  # fmt: skip
-    result = KLResult(
-        **run.sums,
-        token_count=run.token_count,
-        num_sequences=run.num_sequences,
-        max_length=run.max_length,
-        stride=run.stride,
-        compute_seconds=run.timing["compute_seconds"],
-        num_processes=run.accelerator.num_processes,
-        per_sequence=run.records,
-    )
+    result = KLResult(**run.sums, **run.result_fields())
     if output_dir is not None and run.accelerator.is_main_process:
         result.save(output_dir)
     return result

@@ -280,6 +280,18 @@ class TeacherForcedRun:
     timing: dict[str, float]
     accelerator: Any
 
+    def result_fields(self) -> dict[str, Any]:
+        """The fields every teacher-forced result shares (counts, settings, compute time, per-sequence records)."""
+        return {
+            "token_count": self.token_count,
+            "num_sequences": self.num_sequences,
+            "max_length": self.max_length,
+            "stride": self.stride,
+            "compute_seconds": self.timing["compute_seconds"],
+            "num_processes": self.accelerator.num_processes,
+            "per_sequence": self.records,
+        }
+
 
 def run_teacher_forced(
     models: Sequence[Any],
@@ -388,15 +400,7 @@ def evaluate_perplexity(
         show_progress=show_progress,
     )  # fmt: skip
     result = PerplexityResult(
-        nll_sum=run.sums["nll_sum"],
-        token_count=run.token_count,
-        num_sequences=run.num_sequences,
-        max_length=run.max_length,
-        stride=run.stride,
-        compute_seconds=run.timing["compute_seconds"],
-        process_seconds=run.timing["process_seconds"],
-        num_processes=run.accelerator.num_processes,
-        per_sequence=run.records,
+        nll_sum=run.sums["nll_sum"], process_seconds=run.timing["process_seconds"], **run.result_fields()
     )
     if output_dir is not None and run.accelerator.is_main_process:
         result.save(output_dir)
