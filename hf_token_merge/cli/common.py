@@ -115,7 +115,7 @@ def load_model(name: str):
         ) from error
 
 
-def load_text_helper(path: Path):
+def load_processing_class(path: Path):
     """The tokenizer (the processor, for an encoder-decoder) of a saved checkpoint folder, without loading the model.
 
     Raises:
