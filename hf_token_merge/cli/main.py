@@ -122,12 +122,8 @@ def _add_evaluate(subparsers) -> None:
     tts.add_argument("--temperature", type=float, default=1.0)
     tts.add_argument("--top-k", type=int)
     tts.add_argument("--top-p", type=float)
-    parser.add_argument(
-        "--baseline-model",
-        "--reference-model",  # its name before the rename; old scripts keep working
-        dest="baseline_model",
-        help="--task kl: the unmerged model (folder or Hub id)",
-    )
+    kl_help = "--task kl: the unmerged model (folder or Hub id); --reference-model is its old name"
+    parser.add_argument("--baseline-model", "--reference-model", dest="baseline_model", help=kl_help)
     parser.set_defaults(handler=run_evaluate)
 
 
