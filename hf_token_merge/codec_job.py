@@ -236,7 +236,7 @@ def run_codec_job(
     """
     from hf_token_merge.evaluation.kl import evaluate_kl
     from hf_token_merge.evaluation.tts.evaluate import whisper_asr
-    from hf_token_merge.job import analyse_merge_evaluate, job_folders
+    from hf_token_merge.job_steps import analyse_merge_evaluate, job_folders
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference import load_reference_speech_codec
     from hf_token_merge.reference.codec_llm import load_codec_speech_llm
@@ -263,7 +263,7 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
     from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
     from hf_token_merge.evaluation.confidence import compare_records
     from hf_token_merge.evaluation.provenance import provenance_of
-    from hf_token_merge.job import write_job_outputs
+    from hf_token_merge.job_steps import write_job_outputs
     from hf_token_merge.tables import ChangeRow
 
     before, after, result, merged = run.before, run.after, run.result, run.merged
