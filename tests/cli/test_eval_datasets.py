@@ -51,7 +51,7 @@ def test_compress_eval_on_a_dataset_reports_what_evaluate_does(cached_whisper, s
     assert merge["before"]["wer"] == before["metrics"]["wer"] and merge["after"]["wer"] == after["metrics"]["wer"]
     assert merge["eval_set"] == f"{saved_sonnets} (split test) (greedy ASR WER)"
     lines = [json.loads(line) for line in (out / "merge_predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and {"reference", "prediction_before", "prediction_after", "substitutions_after"} <= set(
+    assert len(lines) == 2 and {"target", "prediction_before", "prediction_after", "substitutions_after"} <= set(
         lines[0]
     )
     assert sum(line["substitutions_before"] for line in lines) == before["metrics"]["substitutions"]
