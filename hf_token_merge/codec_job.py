@@ -17,8 +17,6 @@ The report (Markdown, JSON, the analysis figures) and both models go to `outputs
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 import os
 from typing import Any
@@ -27,7 +25,6 @@ import numpy as np
 import torch
 
 from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.remap import apply_token_merge
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "reference-job")
 ASR_UTTERANCES = 100
@@ -77,6 +74,106 @@ def tts_sequences(tokenizer, data) -> list[list[int]]:
     return [builder.tts_example(text, codes)[0] for text, codes in zip(data["text"], data["codes"], strict=True)]
 
 
+def codec_asr_wer(
+    model,
+    tokenizer,
+    data,
+    *,
+    batch_size: int = 32,
+    device: str | None = "cpu",
+    output_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+):
+    """Greedy ASR WER of a codec speech-LLM (speech-understanding prompt of the codes → text): a `WerResult`.
+
+    Args:
+        model: The model (merged or not).
+        tokenizer: Its tokenizer.
+        data: Utterances with `codes` and `text`.
+        batch_size: Utterances per `generate` call.
+        device: `"cpu"`, or None for the accelerator's device.
+        output_dir: Write the report and the per-utterance predictions there.
+        show_progress: tqdm bars.
+
+    Returns:
+        The `WerResult`.
+    """
+    from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
+    from hf_token_merge.reference.codec_llm import (
+        SPEECH_UNDERSTANDING_END,
+        SPEECH_UNDERSTANDING_START,
+        TEXT_GENERATION_END,
+        TEXT_GENERATION_START,
+        normalize_text,
+    )
+
+    builder = unit_prompt_builder(
+        tokenizer,
+        units_column="codes",
+        prefix=[SPEECH_UNDERSTANDING_START],
+        suffix=[SPEECH_UNDERSTANDING_END, TEXT_GENERATION_START],
+    )
+    return evaluate_wer(
+        model,
+        data,
+        tokenizer=tokenizer,
+        prompt_builder=builder,
+        eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_GENERATION_END),
+        max_new_tokens=max(len(normalize_text(t)) for t in data["text"]) + 40,
+        batch_size=batch_size,
+        device=device,
+        output_dir=output_dir,
+        show_progress=show_progress,
+    )
+
+
+def codec_tts_wer(
+    model,
+    tokenizer,
+    data,
+    codec,
+    asr,
+    *,
+    batch_size: int = TTS_UTTERANCES,
+    device: str | None = "cpu",
+    output_dir: str | os.PathLike[str] | None = None,
+    show_progress: bool = True,
+):
+    """Greedy TTS WER of a codec speech-LLM (text → codes → the codec's log-mel → `asr`): a `TtsWerResult`.
+
+    Args:
+        model: The model (or an `OracleSpeechModel`).
+        tokenizer: Its tokenizer.
+        data: Sentences with `text` (and `codes`, for the oracle).
+        codec: The reference `SpeechCodec`.
+        asr: The ASR callable (`whisper_asr(features=True)`).
+        batch_size: Sentences per `generate` call.
+        device: `"cpu"`, or None for the accelerator's device.
+        output_dir: Write the report and the per-utterance predictions there.
+        show_progress: tqdm bars.
+
+    Returns:
+        The `TtsWerResult`.
+    """
+    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
+    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
+    from hf_token_merge.reference.codec_llm import normalize_text
+
+    longest = max(len(normalize_text(t)) for t in data["text"])
+    return evaluate_tts_wer(
+        model,
+        data,
+        adapter=codec_tts_adapter(tokenizer),
+        decode=codec_whisper_decoder(codec),
+        asr=asr,
+        max_new_tokens=min(1500, 6 * longest + 50),
+        batch_size=batch_size,
+        device=device,
+        output_dir=output_dir,
+        show_progress=show_progress,
+    )
+
+
 def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_progress: bool = True):
     """ASR WER and TTS WER of a (merged) codec speech-LLM.
 
@@ -92,47 +189,10 @@ def evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_
     Returns:
         `{"asr": WerResult, "tts": TtsWerResult}`.
     """
-    from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
-    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
-    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
-    from hf_token_merge.reference.codec_llm import (
-        SPEECH_UNDERSTANDING_END,
-        SPEECH_UNDERSTANDING_START,
-        TEXT_GENERATION_END,
-        TEXT_GENERATION_START,
-        normalize_text,
-    )
-
-    builder = unit_prompt_builder(
-        tokenizer,
-        units_column="codes",
-        prefix=[SPEECH_UNDERSTANDING_START],
-        suffix=[SPEECH_UNDERSTANDING_END, TEXT_GENERATION_START],
-    )
-    asr_result = evaluate_wer(
-        model,
-        asr_data,
-        tokenizer=tokenizer,
-        prompt_builder=builder,
-        eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_GENERATION_END),
-        max_new_tokens=max(len(normalize_text(t)) for t in asr_data["text"]) + 40,
-        batch_size=32,
-        device="cpu",
-        show_progress=show_progress,
-    )
-    longest = max(len(normalize_text(t)) for t in tts_data["text"])
-    tts_result = evaluate_tts_wer(
-        model,
-        tts_data,
-        adapter=codec_tts_adapter(tokenizer),
-        decode=codec_whisper_decoder(codec),
-        asr=asr,
-        max_new_tokens=min(1500, 6 * longest + 50),
-        batch_size=TTS_UTTERANCES,
-        device="cpu",
-        show_progress=show_progress,
-    )
-    return {"asr": asr_result, "tts": tts_result}
+    return {
+        "asr": codec_asr_wer(model, tokenizer, asr_data, show_progress=show_progress),
+        "tts": codec_tts_wer(model, tokenizer, tts_data, codec, asr, show_progress=show_progress),
+    }
 
 
 def _kl_rows(kl) -> tuple[dict[str, Any], Any]:
@@ -143,7 +203,7 @@ def _kl_rows(kl) -> tuple[dict[str, Any], Any]:
     tokens = [r["token_count"] for r in records]
     low, high = paired_bootstrap(np.zeros(len(records)), [r["kl_sum"] for r in records], tokens)
     nll = paired_difference(
-        [r["reference_nll_sum"] for r in records], [r["merged_nll_sum"] for r in records], tokens, metric="nll"
+        [r["baseline_nll_sum"] for r in records], [r["merged_nll_sum"] for r in records], tokens, metric="nll"
     )
     return {"mean_kl": kl.mean_kl, "ci_low": low, "ci_high": high, "tokens": sum(tokens)}, nll
 
@@ -174,21 +234,14 @@ def run_codec_job(
     Returns:
         The numbers of the report (also in `report.json`).
     """
-    from hf_token_merge.analysis import analyze_redundancy
-    from hf_token_merge.atomic import atomic_directory, check_target
-    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
-    from hf_token_merge.evaluation.confidence import compare_records
     from hf_token_merge.evaluation.kl import evaluate_kl
-    from hf_token_merge.evaluation.provenance import provenance_of
     from hf_token_merge.evaluation.tts.evaluate import whisper_asr
+    from hf_token_merge.job_steps import analyse_merge_evaluate, job_folders
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference import load_reference_speech_codec
     from hf_token_merge.reference.codec_llm import load_codec_speech_llm
-    from hf_token_merge.tables import ChangeRow, change_table
 
-    original_dir, merged_dir = os.path.join(output_dir, "original"), os.path.join(output_dir, "merged")
-    for folder in (original_dir, merged_dir):  # before any work
-        check_target(folder, overwrite=overwrite)
+    folders = job_folders(output_dir, overwrite)  # before any work
     config = config or load_recipe(RECIPE).config
     model, tokenizer = load_codec_speech_llm(model_dir)
     asr_data, tts_data = codec_eval_data(asr_limit, tts_limit)
@@ -196,28 +249,25 @@ def run_codec_job(
     os.makedirs(output_dir, exist_ok=True)
 
     sequences = tts_sequences(tokenizer, asr_data)
-    analysis = analyze_redundancy(
-        model,
-        config,
-        os.path.join(output_dir, "analysis"),
-        tokenizer=tokenizer,
-        inputs=[torch.tensor(ids) for ids in sequences],
-        maps=maps,
-        show_progress=show_progress,
-    )
-    before = evaluate_codec_model(model, tokenizer, asr_data, tts_data, codec, asr, show_progress)
-    with atomic_directory(original_dir, overwrite=overwrite) as folder:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    merged = copy.deepcopy(model)
-    result = apply_token_merge(merged, config, tokenizer=tokenizer, show_progress=show_progress)
-    with atomic_directory(merged_dir, overwrite=overwrite) as folder:
-        merged.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    after = evaluate_codec_model(merged, tokenizer, asr_data, tts_data, codec, asr, show_progress)
-    kl = evaluate_kl(model, merged, sequences, device="cpu", show_progress=show_progress)
-    kl_row, nll = _kl_rows(kl)
+    run = analyse_merge_evaluate(
+        model, tokenizer, config, output_dir,
+        lambda m: evaluate_codec_model(m, tokenizer, asr_data, tts_data, codec, asr, show_progress),
+        inputs=[torch.tensor(ids) for ids in sequences], maps=maps, show_progress=show_progress, overwrite=overwrite,
+    )  # fmt: skip
+    kl = evaluate_kl(model, run.merged, sequences, device="cpu", show_progress=show_progress)
+    return _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folders)
 
+
+def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folders) -> dict[str, Any]:
+    """The codec job's table (ASR and TTS WER, perplexity, KL, sizes), numbers and report files."""
+    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
+    from hf_token_merge.evaluation.confidence import compare_records
+    from hf_token_merge.evaluation.provenance import provenance_of
+    from hf_token_merge.job_steps import write_job_outputs
+    from hf_token_merge.tables import ChangeRow
+
+    before, after, result, merged = run.before, run.after, run.result, run.merged
+    kl_row, nll = _kl_rows(kl)
     asr_change = compare_records(before["asr"].predictions, after["asr"].predictions)
     tts_change = compare_records(before["tts"].predictions, after["tts"].predictions)
     kl_interval = f"95 % CI {kl_row['ci_low']:.5f} to {kl_row['ci_high']:.5f}"
@@ -242,9 +292,8 @@ def run_codec_job(
         ChangeRow("KL(unmerged || merged), nats/token", 0.0, kl.mean_kl, ".5f", kl_interval),
         ChangeRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",d"),
-        ChangeRow("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
+        ChangeRow("safetensors bytes", safetensors_bytes(folders[0]), safetensors_bytes(folders[1]), ",d"),
     ]
-    table = change_table(rows)
     record = provenance_of(
         merged,
         asr_data,
@@ -253,11 +302,7 @@ def run_codec_job(
         units=asr_change.units,
         generation={"decoding": "greedy", "tts_asr": "Whisper tiny.en", "codec": "reference SpeechCodec"},
     )
-    numbers = {
-        "config": config.to_dict(),
-        "table": [{"metric": row.metric, "before": row.before, "after": row.after} for row in rows],
-        "plan": result.plan.statistics,
-        "analysis": {"effective_rank": analysis.effective_rank, "threshold_curve": analysis.threshold_curve},
+    extra = {
         "asr_utterances": len(asr_data),
         "tts_utterances": len(tts_data),
         "asr_difference": asr_change.to_dict(),
@@ -265,22 +310,10 @@ def run_codec_job(
         "nll_difference": nll.to_dict(),
         "kl": kl_row,
         "tts_invalid": {"before": before["tts"].invalid, "after": after["tts"].invalid},
-        "provenance": record.to_dict(),
     }
-    report = (
-        "# Codec speech-LLM: merge report\n\n"
-        f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
+    intro = (
         f"ASR WER (greedy) and KL/perplexity (TTS sequences: text prompt + ground-truth codes) on the first "
         f"{len(asr_data)} test utterances of the codec corpus; TTS WER (greedy → codec decoder → Whisper tiny.en) "
         f"on the first {len(tts_data)} test sentences. Intervals: paired bootstrap, 95 %.\n\n"
-        + table
-        + "\n"
-        + record.markdown()
     )
-    from hf_token_merge.analysis.report_html import write_job_report
-
-    analysis_markdown = analysis.to_markdown(figure_folder="analysis")
-    write_job_report(output_dir, numbers, report, analysis_markdown, "Codec speech-LLM: merge report")
-    print("\n" + table)
-    print(f"report: {os.path.join(output_dir, 'report.md')}")
-    return numbers
+    return write_job_outputs(output_dir, "Codec speech-LLM: merge report", intro, run, config, rows, extra, record)

@@ -11,8 +11,6 @@ model go to `outputs/reference-job/` unless another folder is given.
 from __future__ import annotations
 
 import argparse
-import copy
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +18,7 @@ from typing import Any
 import torch
 
 from hf_token_merge.config import TokenMergeConfig
-from hf_token_merge.remap import apply_token_merge
+from hf_token_merge.job_steps import analyse_merge_evaluate, job_folders, write_job_outputs
 
 DEFAULT_OUTPUT_DIR = os.path.join("outputs", "reference-job")
 
@@ -81,95 +79,46 @@ def run_reference_job(
     Returns:
         The numbers of the report (also in `report.json`).
     """
-    from hf_token_merge.analysis import analyze_redundancy
-    from hf_token_merge.atomic import atomic_directory, check_target
+    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
+    from hf_token_merge.evaluation.confidence import compare_records
+    from hf_token_merge.evaluation.provenance import provenance_of
     from hf_token_merge.recipes import load_recipe
     from hf_token_merge.reference.speech_llm import load_reference_eval_set, load_reference_speech_llm
+    from hf_token_merge.tables import ChangeRow
 
-    original_dir = os.path.join(output_dir, "original")
-    merged_dir = os.path.join(output_dir, "merged")
-    for folder in (original_dir, merged_dir):  # before any work
-        check_target(folder, overwrite=overwrite)
+    original_dir, merged_dir = job_folders(output_dir, overwrite)  # before any work
     config = config or load_recipe("reference").config
     os.makedirs(output_dir, exist_ok=True)
     model, tokenizer = load_reference_speech_llm()
     eval_set = load_reference_eval_set()[:limit]
-
     inputs = [torch.tensor(ids) for ids in _continuation_sequences(tokenizer, eval_set)]
-    analysis = analyze_redundancy(
-        model,
-        config,
-        os.path.join(output_dir, "analysis"),
-        tokenizer=tokenizer,
-        inputs=inputs,
-        maps=maps,
-        show_progress=show_progress,
-    )
-    before = evaluate_reference(model, tokenizer, eval_set, show_progress)
-    with atomic_directory(original_dir, overwrite=overwrite) as folder:
-        model.save_pretrained(folder)
-
-    merged = copy.deepcopy(model)
-    result = apply_token_merge(merged, config, tokenizer=tokenizer, show_progress=show_progress)
-    with atomic_directory(merged_dir, overwrite=overwrite) as folder:
-        merged.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-    after = evaluate_reference(merged, tokenizer, eval_set, show_progress)
-
-    from hf_token_merge.evaluation.confidence import compare_records
-    from hf_token_merge.evaluation.provenance import provenance_of
-
+    run = analyse_merge_evaluate(
+        model, tokenizer, config, output_dir, lambda m: evaluate_reference(m, tokenizer, eval_set, show_progress),
+        inputs=inputs, maps=maps, show_progress=show_progress, overwrite=overwrite,
+    )  # fmt: skip
+    before, after, result = run.before, run.after, run.result
     difference = compare_records(before["wer"].predictions, after["wer"].predictions)
     record = provenance_of(
-        merged,
+        run.merged,
         eval_set,
         dataset_name="reference speech-LLM synthetic test split",
         split="test",
         units=difference.units,
         generation={"decoding": "greedy", "batch_size": 16},
     )
-    return _write_reports(
-        output_dir, config, model, merged, result, before, after, difference, record, analysis, eval_set
-    )
-
-
-def _write_reports(
-    output_dir, config, model, merged, result, before, after, difference, record, analysis, eval_set
-) -> dict[str, Any]:
-    """The before/after table, `report.json`, `.md` and `.html` of the job (printed too); returns the numbers."""
-    from hf_token_merge.analysis.report_html import write_job_report
-    from hf_token_merge.evaluation.compare import embedding_rows, safetensors_bytes
-    from hf_token_merge.tables import ChangeRow, change_table
-
-    original_dir, merged_dir = os.path.join(output_dir, "original"), os.path.join(output_dir, "merged")
     rows = [
         ChangeRow("WER (test split)", before["wer"].wer, after["wer"].wer, ".4f", difference.interval_text(1, "+.4f")),
         ChangeRow("unit perplexity", before["perplexity"].perplexity, after["perplexity"].perplexity, ".3f"),
-        ChangeRow("embedding rows", embedding_rows(model), embedding_rows(merged), ",d"),
+        ChangeRow("embedding rows", embedding_rows(model), embedding_rows(run.merged), ",d"),
         ChangeRow("parameters", result.parameters_before, result.parameters_after, ",d"),
         ChangeRow("safetensors bytes", safetensors_bytes(original_dir), safetensors_bytes(merged_dir), ",d"),
     ]
-    table = change_table(rows)
-    numbers = {
-        "config": config.to_dict(),
-        "table": [{"metric": row.metric, "before": row.before, "after": row.after} for row in rows],
-        "plan": result.plan.statistics,
-        "analysis": {"effective_rank": analysis.effective_rank, "threshold_curve": analysis.threshold_curve},
-        "utterances": len(eval_set),
-        "wer_difference": difference.to_dict(),
-        "provenance": record.to_dict(),
-    }
-    report = (
-        "# Reference speech-LLM: merge report\n\n"
-        f"{result}\n\nMerge: `{json.dumps({k: v for k, v in config.to_dict().items() if v is not None})}`\n\n"
+    intro = (
         f"Evaluated on the {len(eval_set)}-utterance held-out synthetic test split (greedy ASR; unit perplexity "
-        "on the continuation task).\n\n" + table + "\n" + record.markdown()
+        "on the continuation task).\n\n"
     )
-    analysis_markdown = analysis.to_markdown(figure_folder="analysis")
-    write_job_report(output_dir, numbers, report, analysis_markdown, "Reference speech-LLM: merge report")
-    print("\n" + table)
-    print(f"report: {os.path.join(output_dir, 'report.md')}")
-    return numbers
+    extra = {"utterances": len(eval_set), "wer_difference": difference.to_dict()}
+    return write_job_outputs(output_dir, "Reference speech-LLM: merge report", intro, run, config, rows, extra, record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,12 +16,8 @@ LIMIT = 60
 
 # "path:function" -> why it may be longer. Remove an entry once the function is split; the test fails on stale ones.
 ALLOWED = {
-    "evaluation/tts/evaluate.py:evaluate_tts_wer": "issue 14's branch reworks the TTS evaluator; split it there",
-    "serialization/export.py:rewrite_tokenizer": "issue 19's branch rewrites serialization (streaming)",
     "cli/main.py:_add_evaluate": "a flat list of argparse options; splitting it would scatter one command's help",
     "cli/sweep.py:add_parser": "a flat list of argparse options; splitting it would scatter one command's help",
-    "cli/sweep.py:_run_budget": "issue 14's branch changes sweep --eval; split it there",
-    "codec_job.py:run_codec_job": "issue 15's new default job, merged after the issue-20 split; split it next",
 }
 
 

@@ -20,7 +20,7 @@ PACKAGE_DIR = Path(hf_token_merge.__file__).parent
 REPO_ROOT = PACKAGE_DIR.parent
 # transformers imports accelerate itself when the quantizer registry loads, so it is not on this list.
 HEAVY_STACKS = ("datasets", "jiwer", "soundfile", "scipy", "matplotlib", "sklearn", "evaluate", "umap")
-HARNESS = ("reference", "evaluation", "analysis", "hub", "job", "codec_job", "cli")
+HARNESS = ("reference", "evaluation", "analysis", "hub", "job", "codec_job", "job_steps", "cli")
 
 
 def unit(module: str) -> str:

@@ -29,6 +29,35 @@ BUILTIN_EVALUATIONS = {
 }
 
 
+# --eval NAME -> `(name, processing_class, show_progress, **keywords) -> (model -> metrics)` registered from Python
+# (`register_evaluation`): checked before the built-in sets, so a project can score merges with its own metric.
+_REGISTERED_EVALUATIONS: dict[str, tuple[Callable[..., Callable[[Any], dict[str, Any]]], str]] = {}
+
+
+def register_evaluation(
+    name: str, factory: Callable[..., Callable[[Any], dict[str, Any]]], description: str
+) -> Callable[[], None]:
+    """Make `--eval NAME` (compress, sweep) score models with your own function.
+
+    Args:
+        name: The `--eval` name; it may not shadow a built-in set (`BUILTIN_EVALUATIONS`).
+        factory: Called as `factory(name, processing_class, show_progress, split=, records=, reports=, tts=,
+            data=, options=)` (the keywords of `builtin_evaluation`) and returning `model -> {"wer": ...}`; with
+            `records=True` it adds the per-utterance "records", with `reports=True` a "report".
+        description: What it measures, for reports and model cards.
+
+    Returns:
+        A function that removes the registration again.
+
+    Raises:
+        TokenMergeError: If `name` is a built-in set or already registered.
+    """
+    if name in BUILTIN_EVALUATIONS or name in _REGISTERED_EVALUATIONS:
+        raise TokenMergeError(f"--eval {name} is already defined. Fix: register the evaluation under another name.")
+    _REGISTERED_EVALUATIONS[name] = (factory, description)
+    return lambda: _REGISTERED_EVALUATIONS.pop(name, None)
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1 (a count such as --limit or --batch-size)."""
     try:
@@ -86,7 +115,7 @@ def load_model(name: str):
         ) from error
 
 
-def load_text_helper(path: Path):
+def load_processing_class(path: Path):
     """The tokenizer (the processor, for an encoder-decoder) of a saved checkpoint folder, without loading the model.
 
     Raises:
@@ -426,6 +455,8 @@ def describe_evaluation(name: str, options: dict[str, Any] | None = None) -> str
     """What `--eval NAME` measures, in words, for reports and model cards."""
     if name in BUILTIN_EVALUATIONS:
         return BUILTIN_EVALUATIONS[name]
+    if name in _REGISTERED_EVALUATIONS:
+        return _REGISTERED_EVALUATIONS[name][1]
     options = options or {}
     named = (("config", options.get("config_name")), ("split", options.get("split")))
     detail = ", ".join(f"{what} {value}" for what, value in named if value)
@@ -440,8 +471,8 @@ def load_evaluation_data(name: str, options: dict[str, Any] | None = None):
     Raises:
         TokenMergeError: Naming the fix, for data that cannot be used (FileNotFoundError for a missing path).
     """
-    if name == TTS_EVAL:
-        return None  # the codec corpus's sentences, loaded with the TTS options by `builtin_evaluation`
+    if name == TTS_EVAL or name in _REGISTERED_EVALUATIONS:
+        return None  # the codec corpus's sentences (or a registered set's own data), loaded by `builtin_evaluation`
     if name == "reference":
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
 
@@ -486,6 +517,10 @@ def builtin_evaluation(
     """
     from hf_token_merge.analysis.budget import describe_eval_set, with_records
 
+    if name in _REGISTERED_EVALUATIONS:
+        factory = _REGISTERED_EVALUATIONS[name][0]
+        keywords = {"split": split, "records": records, "tts": tts, "reports": reports, "data": data}
+        return factory(name, processing_class, show_progress, **keywords, options=options)
     if name == TTS_EVAL:
         from hf_token_merge.evaluation.tts.reference_codec import load_oracle_data
 

@@ -393,7 +393,7 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
     from transformers import AutoConfig
 
     from hf_token_merge.atomic import atomic_directory
-    from hf_token_merge.cli.common import config_from_args, load_text_helper
+    from hf_token_merge.cli.common import config_from_args, load_processing_class
     from hf_token_merge.evaluation.compare import safetensors_bytes
     from hf_token_merge.remap import calibration_counts
     from hf_token_merge.serialization.streaming import export_plain_streaming, write_streaming_checkpoint
@@ -401,7 +401,7 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
 
     source = Path(args.model).expanduser()
     config = config_from_args(args)
-    processing_class = load_text_helper(source)
+    processing_class = load_processing_class(source)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     check_calibration_args(args, config)
     token_counts = None

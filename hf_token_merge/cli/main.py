@@ -34,7 +34,7 @@ EVALUATE_EXAMPLES = """examples:
   hf-token-merge evaluate --model runs/ref/model --task perplexity --manifest seqs.jsonl --output-dir runs/ppl
   hf-token-merge evaluate --model runs/llasa/model --task tts-wer --family llasa --manifest texts.jsonl \
       --output-dir runs/tts                       # decodes with X-codec2 (pip install xcodec2), Whisper tiny.en
-  hf-token-merge evaluate --model runs/llasa/model --task kl --reference-model HKUSTAudio/Llasa-1B \
+  hf-token-merge evaluate --model runs/llasa/model --task kl --baseline-model HKUSTAudio/Llasa-1B \
       --manifest speech_sequences.jsonl --output-dir runs/kl
   hf-token-merge evaluate --model reference-codec-oracle --task tts-wer --split test --limit 20 \
       --output-dir runs/oracle                    # the reference codec's resynthesis WER through the TTS path
@@ -71,7 +71,7 @@ def _add_evaluate(subparsers) -> None:
         "--task",
         choices=["wer", "perplexity", "tts-wer", "kl"],
         help="default: wer for encoder-decoders, else perplexity; tts-wer: synthesize, decode, transcribe, score; "
-        "kl: per-token KL of --model (merged) from --reference-model (unmerged)",
+        "kl: per-token KL of --model (merged) from --baseline-model (unmerged)",
     )
     # required for every model but reference-codec-oracle, which reads the codec corpus (checked in run_evaluate)
     data = parser.add_mutually_exclusive_group()
@@ -122,7 +122,8 @@ def _add_evaluate(subparsers) -> None:
     tts.add_argument("--temperature", type=float, default=1.0)
     tts.add_argument("--top-k", type=int)
     tts.add_argument("--top-p", type=float)
-    parser.add_argument("--reference-model", help="--task kl: the unmerged model (folder)")
+    kl_help = "--task kl: the unmerged model (folder or Hub id); --reference-model is its old name"
+    parser.add_argument("--baseline-model", "--reference-model", dest="baseline_model", help=kl_help)
     parser.set_defaults(handler=run_evaluate)
 
 
@@ -307,11 +308,11 @@ def _evaluate_tts_or_kl(args: argparse.Namespace, task: str, model, processing_c
     if task == "kl":
         from hf_token_merge.evaluation.kl import evaluate_kl
 
-        if not args.reference_model:
-            raise TokenMergeError("--task kl compares --model with its unmerged original. Fix: pass --reference-model.")
-        reference, _ = load_model(args.reference_model)
+        if not args.baseline_model:
+            raise TokenMergeError("--task kl compares --model with its unmerged original. Fix: pass --baseline-model.")
+        baseline, _ = load_model(args.baseline_model)
         return evaluate_kl(
-            reference, model, data, tokenizer=processing_class, column=args.column, max_length=args.max_length,
+            baseline, model, data, tokenizer=processing_class, column=args.column, max_length=args.max_length,
             stride=args.stride, **common,
         )  # fmt: skip
     from hf_token_merge.evaluation.tts import adapter_for

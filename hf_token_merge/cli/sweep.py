@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
@@ -170,21 +171,7 @@ def _run_budget(args, config, strategy, model, processing_class, evaluate, token
 
     output = Path(args.output_dir)
     model_rows_before = model.get_input_embeddings().num_embeddings
-    tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
-    options = dataset_options(args)
-    tune = builtin_evaluation(
-        args.eval, processing_class, False, split=tune_split, records=True, options=options, tts=args.tts
-    )
-    report = None
-    if args.split_eval is not None:
-        split = ("report", args.split_eval)
-        report = builtin_evaluation(
-            args.eval, processing_class, False, split=split, records=True, options=options, tts=args.tts
-        )
-    elif args.report_eval:
-        report = builtin_evaluation(
-            args.report_eval, processing_class, False, records=True, options=options, tts=args.tts
-        )
+    tune, report = _budget_evaluations(args, processing_class)
     result = compress_within_budget(
         model,
         config,
@@ -217,10 +204,34 @@ def _run_budget(args, config, strategy, model, processing_class, evaluate, token
             model.save_pretrained(folder)
             processing_class.save_pretrained(folder)
             card.save(folder / "README.md")
-    rows_after = model.get_input_embeddings().num_embeddings
+    _print_budget(args, result, tune, report, model_rows_before, model.get_input_embeddings().num_embeddings)
+
+
+def _budget_evaluations(args, processing_class) -> tuple[Any, Any]:
+    """`(tune, report)` evaluations of the budget search: the tuning set, and the report set (None without one)."""
+    tune_split = ("tune", args.split_eval) if args.split_eval is not None else None
+    options = dataset_options(args)
+    tune = builtin_evaluation(
+        args.eval, processing_class, False, split=tune_split, records=True, options=options, tts=args.tts
+    )
+    report = None
+    if args.split_eval is not None:
+        split = ("report", args.split_eval)
+        report = builtin_evaluation(
+            args.eval, processing_class, False, split=split, records=True, options=options, tts=args.tts
+        )
+    elif args.report_eval:
+        report = builtin_evaluation(
+            args.report_eval, processing_class, False, records=True, options=options, tts=args.tts
+        )
+    return tune, report
+
+
+def _print_budget(args, result, tune, report, rows_before: int, rows_after: int) -> None:
+    """The budget search's outcome in two lines: the rows kept and the metrics on the tuning and report sets."""
     print(
         f"budget: {result.n_clusters} rows for the selection (ratio {result.ratio:.4f}); embedding rows "
-        f"{model_rows_before} -> {rows_after} ({1 - rows_after / model_rows_before:.1%} removed); "
+        f"{rows_before} -> {rows_after} ({1 - rows_after / rows_before:.1%} removed); "
         f"tuning set ({getattr(tune, 'eval_set_name', args.eval)}): before {result.before}, after {result.after}"
     )
     if report is not None:

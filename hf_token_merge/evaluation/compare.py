@@ -113,7 +113,7 @@ def _row(metric: str, before: Any, after: Any) -> ChangeRow:
 def quality_rows(task: str, before: Any, after: Any) -> list[ChangeRow]:
     """The metric rows of two evaluation results (`WerResult` or `PerplexityResult`) of one task, with the speed."""
     if task == "wer":
-        keys, speed = ("wer", "substitutions", "deletions", "insertions", "hits", "reference_words"), "rtfx"
+        keys, speed = ("wer", "substitutions", "deletions", "insertions", "hits", "target_words"), "rtfx"
         speed_name = "RTFx (audio s / compute s)"
     else:
         keys, speed = ("perplexity", "mean_nll", "bits_per_token", "token_count"), "tokens_per_second"

@@ -1,7 +1,7 @@
 """How sure a before/after difference is: a paired bootstrap confidence interval and a paired permutation test.
 
-The metric is a corpus rate, `sum(errors) / sum(units)` (WER: word errors over reference words; CER: character
-errors over reference characters), never a mean of per-utterance rates. Both models are scored on the same
+The metric is a corpus rate, `sum(errors) / sum(units)` (WER: word errors over target words; CER: character
+errors over target characters), never a mean of per-utterance rates. Both models are scored on the same
 utterances, so the comparison is paired: a bootstrap resample draws utterances with replacement (with a fixed
 seed) and recomputes BOTH corpus rates on the same draw; the interval is the percentile interval of the
 differences `after - before`. The permutation test swaps each utterance's before/after errors with probability
@@ -93,7 +93,7 @@ def _arrays(errors_before, errors_after, units) -> tuple[np.ndarray, np.ndarray,
             f"{units.shape}. Fix: score both models on the same utterances, in the same order."
         )
     if before.size == 0 or units.sum() <= 0:
-        raise TokenMergeError("Paired scores need at least one utterance with a non-empty reference. Fix: pass data.")
+        raise TokenMergeError("Paired scores need at least one utterance with a non-empty target text. Fix: pass data.")
     if (before < 0).any() or (after < 0).any() or (units < 0).any():
         raise TokenMergeError("Error and unit counts must be non-negative. Fix: pass counts, not rates.")
     return before, after, units
@@ -129,7 +129,7 @@ def paired_bootstrap(
     rng = np.random.Generator(np.random.PCG64(seed))
     draws = rng.integers(0, before.size, size=(resamples, before.size))
     total = units[draws].sum(axis=1)
-    # a resample of only empty references has no rate; such draws are left out (possible only with tiny inputs)
+    # a resample of only empty targets has no rate; such draws are left out (possible only with tiny inputs)
     keep = total > 0
     differences = (after[draws].sum(axis=1)[keep] - before[draws].sum(axis=1)[keep]) / total[keep]
     alpha = 1 - confidence
@@ -230,9 +230,11 @@ def _errors_and_units(records: Sequence[Mapping[str, Any]], metric: str) -> tupl
         else:
             from hf_token_merge.evaluation.text import character_error_counts
 
-            counts = character_error_counts(record["reference_normalized"], record["prediction_normalized"])
+            # files written before the rename name the ground truth "reference_normalized"
+            target = record["target_normalized"] if "target_normalized" in record else record["reference_normalized"]
+            counts = character_error_counts(target, record["prediction_normalized"])
             errors.append(counts.errors)
-            units.append(counts.reference_words)
+            units.append(counts.target_words)
         keys.append(record.get("id", record.get("index")))
     return errors, units, keys
 
@@ -251,7 +253,7 @@ def compare_records(
 
     Args:
         before: Records of the first model (`hits`, `substitutions`, `deletions`, `insertions`, and for CER
-            `reference_normalized` / `prediction_normalized`).
+            `target_normalized` / `prediction_normalized`; the older `reference_normalized` is read too).
         after: Records of the second model, same utterances in the same order.
         metric: `"wer"` or `"cer"` (characters of the normalised texts, spaces included).
         resamples: Bootstrap resamples.
@@ -266,7 +268,7 @@ def compare_records(
     errors_after, units_after, keys_after = _errors_and_units(after, metric)
     if keys_before != keys_after or units != units_after:
         raise TokenMergeError(
-            "The two evaluations did not score the same utterances in the same order (ids or reference lengths "
+            "The two evaluations did not score the same utterances in the same order (ids or target lengths "
             "differ). Fix: evaluate both models on the same data, with the same normaliser."
         )
     return paired_difference(

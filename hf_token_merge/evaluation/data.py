@@ -156,7 +156,7 @@ def load_eval_dataset(
         source: See above.
         audio_column: The column (or manifest key) of the audio; None when the data holds no audio (speech-LLM
             unit prompts). A `datasets` dataset's audio column is renamed `audio`.
-        text_column: The column of the reference transcript, renamed `text`.
+        text_column: The column of the target (ground-truth) transcript, renamed `text`.
         split: The split of a `DatasetDict` folder or of `load_dataset` (needed for a Hub id; a folder with one
             split needs none).
         config_name: The configuration of a Hub dataset that has several (`load_dataset(id, config_name, ...)`,

@@ -1,6 +1,6 @@
 """Codec-free proxy for what a merge does to generation: per-token KL divergence from the unmerged model.
 
-Teacher-forced on reference sequences (speech-token sequences of real utterances, or any text), each target
+Teacher-forced on recorded sequences (speech-token sequences of real utterances, or any text), each target
 position `t` compares the next-token distributions of the unmerged model `P` and the merged model `Q` given the
 same context: `KL(P || Q) = sum_v P(v) (log P(v) - log Q(v))` over the ORIGINAL vocabulary. A merged model answers
 in the original id space (its head spreads a merged row's probability over the row's members with the logit
@@ -14,7 +14,6 @@ from 1 on is scored once, whole batches are sharded over the processes, and sums
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,8 +23,8 @@ from typing import Any
 import torch
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.evaluation.perplexity import prepare_sequences, window_plan
-from hf_token_merge.evaluation.runner import get_accelerator, prepare_model, run_sharded, write_report
+from hf_token_merge.evaluation.perplexity import run_teacher_forced, window_plan
+from hf_token_merge.evaluation.runner import write_report
 from hf_token_merge.sequence import sequence_merge_handle
 
 
@@ -35,53 +34,53 @@ def _log_probs(model, inputs: torch.Tensor, mask: torch.Tensor | None = None) ->
     return torch.log_softmax(model(input_ids=inputs, **kwargs).logits.float(), dim=-1)
 
 
-def _kl_terms(ref: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
+def _kl_terms(baseline: torch.Tensor, merged: torch.Tensor) -> torch.Tensor:
     """`KL(P || Q)` per position from log-probabilities `(..., V)`, in float64; 0 * log 0 counts as 0."""
-    if ref.shape[-1] != merged.shape[-1]:
+    if baseline.shape[-1] != merged.shape[-1]:
         raise TokenMergeError(
-            f"The reference model returns {ref.shape[-1]} logits per position and the merged model "
+            f"The baseline (unmerged) model returns {baseline.shape[-1]} logits per position and the merged model "
             f"{merged.shape[-1]}. KL needs both over the original ids: a merged model with compact_logits=True "
             "returns merged-row logits. Fix: merge with compact_logits=False, and compare a model with its own merge."
         )
-    p = ref.double().exp()
-    terms = p * (ref.double() - merged.double())
+    p = baseline.double().exp()
+    terms = p * (baseline.double() - merged.double())
     return torch.where(p > 0, terms, torch.zeros_like(terms)).sum(-1)
 
 
 @torch.inference_mode()
 def sequence_kl(
-    reference_model, merged_model, ids: Sequence[int], max_length: int, stride: int
+    baseline_model, merged_model, ids: Sequence[int], max_length: int, stride: int
 ) -> tuple[float, float, float, int]:
     """Summed per-token KL and NLLs of one sequence, window by window (as `sequence_nll`).
 
     Args:
-        reference_model: The unmerged causal LM (P).
+        baseline_model: The unmerged causal LM (P).
         merged_model: The merged causal LM (Q), answering over the original ids.
         ids: The token ids.
         max_length: Most ids per forward pass.
         stride: Targets per window after the first.
 
     Returns:
-        `(kl_sum, reference_nll_sum, merged_nll_sum, token_count)`, sums in float64, count `len(ids) - 1`.
+        `(kl_sum, baseline_nll_sum, merged_nll_sum, token_count)`, sums in float64, count `len(ids) - 1`.
     """
     tokens = torch.as_tensor(list(ids), dtype=torch.long)
-    kl = ref_nll = merged_nll = torch.zeros((), dtype=torch.float64)
+    kl = baseline_nll = merged_nll = torch.zeros((), dtype=torch.float64)
     count = 0
     for a, s, e in window_plan(len(tokens), max_length, stride):
         inputs = tokens[a : e - 1].unsqueeze(0)
-        ref = _log_probs(reference_model, inputs.to(reference_model.device))[0, s - 1 - a :]
-        merged = _log_probs(merged_model, inputs.to(merged_model.device))[0, s - 1 - a :].to(ref.device)
-        targets = tokens[s:e].to(ref.device)[:, None]
-        if ref.shape[-1] <= int(targets.max()):
+        baseline = _log_probs(baseline_model, inputs.to(baseline_model.device))[0, s - 1 - a :]
+        merged = _log_probs(merged_model, inputs.to(merged_model.device))[0, s - 1 - a :].to(baseline.device)
+        targets = tokens[s:e].to(baseline.device)[:, None]
+        if baseline.shape[-1] <= int(targets.max()):
             raise TokenMergeError(
-                f"The models return {ref.shape[-1]} logits per position but the data holds id {int(targets.max())}. "
-                "Fix: check that the data fits the tokenizer."
+                f"The models return {baseline.shape[-1]} logits per position but the data holds id "
+                f"{int(targets.max())}. Fix: check that the data fits the tokenizer."
             )
-        kl = kl + _kl_terms(ref, merged).sum().cpu()
-        ref_nll = ref_nll - ref.gather(-1, targets).double().sum().cpu()
+        kl = kl + _kl_terms(baseline, merged).sum().cpu()
+        baseline_nll = baseline_nll - baseline.gather(-1, targets).double().sum().cpu()
         merged_nll = merged_nll - merged.gather(-1, targets).double().sum().cpu()
         count += e - s
-    return float(kl), float(ref_nll), float(merged_nll), count
+    return float(kl), float(baseline_nll), float(merged_nll), count
 
 
 @dataclass
@@ -90,7 +89,7 @@ class KLResult:
 
     Attributes:
         kl_sum: Summed per-token KL(unmerged || merged), nats.
-        reference_nll_sum: Summed NLL of the targets under the unmerged model.
+        baseline_nll_sum: Summed NLL of the targets under the unmerged model.
         merged_nll_sum: The same under the merged model.
         token_count: Scored tokens.
         num_sequences: Sequences.
@@ -98,11 +97,11 @@ class KLResult:
         stride: Stride used.
         compute_seconds: Wall time of the sharded loop.
         num_processes: Processes that shared the work.
-        per_sequence: `{"index", "kl_sum", "reference_nll_sum", "merged_nll_sum", "token_count"}`, in order.
+        per_sequence: `{"index", "kl_sum", "baseline_nll_sum", "merged_nll_sum", "token_count"}`, in order.
     """
 
     kl_sum: float
-    reference_nll_sum: float
+    baseline_nll_sum: float
     merged_nll_sum: float
     token_count: int
     num_sequences: int
@@ -120,7 +119,7 @@ class KLResult:
     @property
     def nll_increase(self) -> float:
         """Mean NLL of the targets, merged minus unmerged (nats per token)."""
-        return (self.merged_nll_sum - self.reference_nll_sum) / self.token_count
+        return (self.merged_nll_sum - self.baseline_nll_sum) / self.token_count
 
     def metrics(self) -> dict[str, Any]:
         """The deterministic numbers (identical for any number of processes)."""
@@ -128,7 +127,7 @@ class KLResult:
             "mean_kl": self.mean_kl,
             "kl_sum": self.kl_sum,
             "nll_increase": self.nll_increase,
-            "reference_nll_sum": self.reference_nll_sum,
+            "baseline_nll_sum": self.baseline_nll_sum,
             "merged_nll_sum": self.merged_nll_sum,
             "token_count": self.token_count,
             "sequences": self.num_sequences,
@@ -155,20 +154,20 @@ class KLResult:
         )
 
 
-def _refuse_models(reference_model, merged_model) -> None:
+def _refuse_models(baseline_model, merged_model) -> None:
     """Refuse encoder-decoders, the same object twice, and a model with a sequence merge installed."""
-    for name, model in (("reference_model", reference_model), ("merged_model", merged_model)):
+    for name, model in (("baseline_model", baseline_model), ("merged_model", merged_model)):
         if getattr(model.config, "is_encoder_decoder", False):
             raise TokenMergeError(
                 f"evaluate_kl scores causal LMs; {name} is an encoder-decoder ({type(model).__name__}). "
                 "Fix: pass causal LMs (e.g. LlamaForCausalLM)."
             )
-    if reference_model is merged_model:
+    if baseline_model is merged_model:
         raise TokenMergeError(
             "evaluate_kl got the same model object twice; the merge works in place, so this compares the merged "
             "model with itself. Fix: load the unmerged model separately (or copy.deepcopy it before merging)."
         )
-    for model in (reference_model, merged_model):
+    for model in (baseline_model, merged_model):
         if sequence_merge_handle(model) is not None:
             raise TokenMergeError(
                 "evaluate_kl needs a distribution at every input position, but a sequence merge is installed and "
@@ -177,19 +176,19 @@ def _refuse_models(reference_model, merged_model) -> None:
 
 
 def _kl_records(
-    reference_model, merged_model, sequences: list, max_length: int, stride: int, indices: list[int]
+    baseline_model, merged_model, sequences: list, max_length: int, stride: int, indices: list[int]
 ) -> list[dict[str, Any]]:
     """KL and NLL sums of the sequences at `indices` (one process's shard)."""
     out = []
     for index in indices:
-        kl, ref_nll, merged_nll, count = sequence_kl(
-            reference_model, merged_model, sequences[index], max_length, stride
+        kl, baseline_nll, merged_nll, count = sequence_kl(
+            baseline_model, merged_model, sequences[index], max_length, stride
         )
         out.append(
             {
                 "index": index,
                 "kl_sum": kl,
-                "reference_nll_sum": ref_nll,
+                "baseline_nll_sum": baseline_nll,
                 "merged_nll_sum": merged_nll,
                 "token_count": count,
             }
@@ -198,7 +197,7 @@ def _kl_records(
 
 
 def evaluate_kl(
-    reference_model,
+    baseline_model,
     merged_model,
     data,
     *,
@@ -215,15 +214,15 @@ def evaluate_kl(
     """Per-token KL divergence of a merged model's next-token distribution from its unmerged model's.
 
     Args:
-        reference_model: The unmerged causal LM (load it twice, or `copy.deepcopy` it before merging: the merge
+        baseline_model: The unmerged causal LM (load it twice, or `copy.deepcopy` it before merging: the merge
             works in place).
         merged_model: The merged causal LM (`compact_logits=False`, the default).
-        data: Reference sequences, as for `evaluate_perplexity`: lists of ids, strings (with `tokenizer`), a
+        data: The sequences to teacher-force, as for `evaluate_perplexity`: lists of ids, strings (with `tokenizer`), a
             tensor, or a Dataset / list of dicts with `input_ids` or `text`. For TTS, the speech-token sequences of
             real utterances (prompt + codes) are the natural choice.
         tokenizer: Tokenizes strings.
         column: Column to read from a Dataset.
-        max_length: Most ids per forward pass; default: the reference model's `max_position_embeddings`.
+        max_length: Most ids per forward pass; default: the baseline model's `max_position_embeddings`.
         stride: Targets per window after the first; default `max_length // 2`.
         dtype: Evaluate both models in this dtype; default: their own.
         device: `"cpu"` forces CPU.
@@ -234,37 +233,15 @@ def evaluate_kl(
     Returns:
         A `KLResult` (the same on every process).
     """
-    _refuse_models(reference_model, merged_model)
-    sequences, max_length, stride = prepare_sequences(
-        data,
-        reference_model,
-        tokenizer=tokenizer,
-        column=column,
-        max_length=max_length,
-        stride=stride,
-        caller="evaluate_kl",
-    )
-    accelerator = get_accelerator(accelerator, device)
-    reference_model = prepare_model(reference_model, accelerator, dtype, device)
-    merged_model = prepare_model(merged_model, accelerator, dtype, device)
-
-    process = functools.partial(_kl_records, reference_model, merged_model, sequences, max_length, stride)
-
-    records, timing = run_sharded(accelerator, len(sequences), 1, process, "kl", show_progress)
-    sums = {"kl_sum": 0.0, "reference_nll_sum": 0.0, "merged_nll_sum": 0.0}
-    for record in records:  # dataset order: the same float sums for any number of processes
-        for key in sums:
-            sums[key] += record[key]
-    result = KLResult(
-        **sums,
-        token_count=sum(record["token_count"] for record in records),
-        num_sequences=len(sequences),
-        max_length=max_length,
-        stride=stride,
-        compute_seconds=timing["compute_seconds"],
-        num_processes=accelerator.num_processes,
-        per_sequence=records,
-    )
-    if output_dir is not None and accelerator.is_main_process:
+    _refuse_models(baseline_model, merged_model)
+    options = {"tokenizer": tokenizer, "column": column, "max_length": max_length, "stride": stride}
+    options |= {"dtype": dtype, "device": device, "accelerator": accelerator}
+    summed = ["kl_sum", "baseline_nll_sum", "merged_nll_sum"]
+    run = run_teacher_forced(
+        [baseline_model, merged_model], data, _kl_records, summed, options=options, caller="evaluate_kl",
+        show_progress=show_progress,
+    )  # fmt: skip
+    result = KLResult(**run.sums, **run.result_fields())
+    if output_dir is not None and run.accelerator.is_main_process:
         result.save(output_dir)
     return result

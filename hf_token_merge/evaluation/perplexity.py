@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -256,6 +256,90 @@ def prepare_sequences(
     return sequences, max_length, stride
 
 
+@dataclass
+class TeacherForcedRun:
+    """What `run_teacher_forced` measured: the per-sequence records, their sums and the settings.
+
+    Attributes:
+        records: One dict per sequence, in dataset order (whatever the number of processes).
+        sums: The `summed` keys of the records, added in dataset order (the same floats for 1 or N processes).
+        token_count: Scored tokens.
+        num_sequences: Sequences.
+        max_length: Window size used.
+        stride: Stride used.
+        timing: `run_sharded`'s timing (`compute_seconds`, `process_seconds`).
+        accelerator: The accelerator the run used.
+    """
+
+    records: list[dict[str, Any]]
+    sums: dict[str, float]
+    token_count: int
+    num_sequences: int
+    max_length: int
+    stride: int
+    timing: dict[str, float]
+    accelerator: Any
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields every teacher-forced result shares (counts, settings, compute time, per-sequence records)."""
+        return {
+            "token_count": self.token_count,
+            "num_sequences": self.num_sequences,
+            "max_length": self.max_length,
+            "stride": self.stride,
+            "compute_seconds": self.timing["compute_seconds"],
+            "num_processes": self.accelerator.num_processes,
+            "per_sequence": self.records,
+        }
+
+
+def run_teacher_forced(
+    models: Sequence[Any],
+    data,
+    score: Callable[..., list[dict[str, Any]]],
+    summed: Sequence[str],
+    *,
+    options: dict[str, Any],
+    caller: str,
+    show_progress: bool,
+) -> TeacherForcedRun:
+    """The shared loop of `evaluate_perplexity` and `evaluate_kl`: check the data, place the models, shard, sum.
+
+    Args:
+        models: The causal LMs to run; the first one's vocabulary and `max_position_embeddings` apply.
+        data: The sequences, as `prepare_sequences` reads them.
+        score: `score(*models, sequences, max_length, stride, indices) -> records` of one process's shard; each
+            record has `token_count` and the `summed` keys.
+        summed: The record keys to add up.
+        options: The evaluator's `tokenizer`, `column`, `max_length`, `stride`, `dtype`, `device`, `accelerator`.
+        caller: Named in error messages and the progress bar.
+        show_progress: tqdm bar on the main process.
+
+    Returns:
+        A `TeacherForcedRun`.
+    """
+    sequences, max_length, stride = prepare_sequences(
+        data,
+        models[0],
+        tokenizer=options["tokenizer"],
+        column=options["column"],
+        max_length=options["max_length"],
+        stride=options["stride"],
+        caller=caller,
+    )
+    accelerator = get_accelerator(options["accelerator"], options["device"])
+    prepared = [prepare_model(model, accelerator, options["dtype"], options["device"]) for model in models]
+    process = functools.partial(score, *prepared, sequences, max_length, stride)
+    label = caller.removeprefix("evaluate_")
+    records, timing = run_sharded(accelerator, len(sequences), 1, process, label, show_progress)
+    sums = dict.fromkeys(summed, 0.0)
+    for record in records:  # dataset order: the same float sums for any number of processes
+        for key in sums:
+            sums[key] += record[key]
+    token_count = sum(record["token_count"] for record in records)
+    return TeacherForcedRun(records, sums, token_count, len(sequences), max_length, stride, timing, accelerator)
+
+
 def _nll_records(model, sequences: list, max_length: int, stride: int, indices: list[int]) -> list[dict[str, Any]]:
     """NLL sums of the sequences at `indices` (one process's shard)."""
     out = []
@@ -309,34 +393,15 @@ def evaluate_perplexity(
             "evaluate_perplexity needs a logit for every input position, but a sequence merge is installed and "
             "shortens the input. Fix: measure perplexity before apply_sequence_merge or after handle.remove()."
         )
-    sequences, max_length, stride = prepare_sequences(
-        data,
-        model,
-        tokenizer=tokenizer,
-        column=column,
-        max_length=max_length,
-        stride=stride,
-        caller="evaluate_perplexity",
-    )
-    accelerator = get_accelerator(accelerator, device)
-    model = prepare_model(model, accelerator, dtype, device)
-
-    process = functools.partial(_nll_records, model, sequences, max_length, stride)
-    records, timing = run_sharded(accelerator, len(sequences), 1, process, "perplexity", show_progress)
-    nll_sum = 0.0
-    for record in records:  # dataset order: the same float sum for any number of processes
-        nll_sum += record["nll_sum"]
+    options = {"tokenizer": tokenizer, "column": column, "max_length": max_length, "stride": stride}
+    options |= {"dtype": dtype, "device": device, "accelerator": accelerator}
+    run = run_teacher_forced(
+        [model], data, _nll_records, ["nll_sum"], options=options, caller="evaluate_perplexity",
+        show_progress=show_progress,
+    )  # fmt: skip
     result = PerplexityResult(
-        nll_sum=nll_sum,
-        token_count=sum(record["token_count"] for record in records),
-        num_sequences=len(sequences),
-        max_length=max_length,
-        stride=stride,
-        compute_seconds=timing["compute_seconds"],
-        process_seconds=timing["process_seconds"],
-        num_processes=accelerator.num_processes,
-        per_sequence=records,
+        nll_sum=run.sums["nll_sum"], process_seconds=run.timing["process_seconds"], **run.result_fields()
     )
-    if output_dir is not None and accelerator.is_main_process:
+    if output_dir is not None and run.accelerator.is_main_process:
         result.save(output_dir)
     return result

@@ -1,8 +1,8 @@
 """The shared scoring core of every transcript-based evaluation (WER), whatever model made the transcripts.
 
 A *front end* knows one kind of model: it turns a batch of example indices into `Transcript`s (example id,
-reference text, hypothesis text, optional extra per-utterance fields such as `duration` in seconds). The core does
-the rest, the same for every front end:
+target (ground-truth) text, hypothesis text, optional extra per-utterance fields such as `duration` in seconds).
+The core does the rest, the same for every front end:
 
 * shard: batches are fixed before sharding and whole batches go to the processes (`runner.run_sharded`), so an
   example sees the same computation under 1 or N processes;
@@ -12,7 +12,7 @@ the rest, the same for every front end:
 
 Front ends: encoder-decoder ASR (Whisper) and causal speech-LLM ASR from unit prompts (`asr.py`), and TTS
 (`tts/evaluate.py`: text -> generated speech codes -> decoded audio -> ASR transcript), which yields the sentence as
-the reference, the ASR transcript as the hypothesis and the generated seconds as `duration`.
+the target, the ASR transcript as the hypothesis and the generated seconds as `duration`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Transcript:
     Attributes:
         index: Position in the dataset (records are put back in this order).
         id: The example's name.
-        reference: Reference text.
+        target: The correct (ground-truth) text.
         hypothesis: The model's text.
         extra: Further per-utterance fields, written into the record after the counts. `duration` (seconds of
             audio, or None) is summed into `WerResult.audio_seconds`.
@@ -45,7 +45,7 @@ class Transcript:
 
     index: int
     id: str
-    reference: str
+    target: str
     hypothesis: str
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -71,19 +71,19 @@ def transcript_record(
     Returns:
         A JSON-serialisable dict (one line of `wer_predictions.jsonl`).
     """
-    reference, hypothesis = transcript.reference, transcript.hypothesis
-    reference_normalized = normalize_transcript(reference, spelling) if normalize else reference
+    target, hypothesis = transcript.target, transcript.hypothesis
+    target_normalized = normalize_transcript(target, spelling) if normalize else target
     hypothesis_normalized = normalize_transcript(hypothesis, spelling) if normalize else hypothesis
     if metric == "wer":
-        counts = error_counts(reference, hypothesis, normalize, spelling)
+        counts = error_counts(target, hypothesis, normalize, spelling)
     else:
-        counts = character_error_counts(reference_normalized, hypothesis_normalized)
+        counts = character_error_counts(target_normalized, hypothesis_normalized)
     return {
         "index": transcript.index,
         "id": transcript.id,
-        "reference": reference,
+        "target": target,
         "prediction": hypothesis,
-        "reference_normalized": reference_normalized,
+        "target_normalized": target_normalized,
         "prediction_normalized": hypothesis_normalized,
         **counts.to_dict(),
         **transcript.extra,
@@ -163,12 +163,12 @@ class WerResult:
         rtfx = f", RTFx {self.rtfx:.1f}" if self.rtfx is not None else ""
         return (
             f"WER {c.wer:.4f} ({c.substitutions} sub + {c.deletions} del + {c.insertions} ins "
-            f"/ {c.reference_words} words, {self.num_utterances} utterances{rtfx})"
+            f"/ {c.target_words} words, {self.num_utterances} utterances{rtfx})"
         )
 
 
 # Per-utterance fields that do not depend on the model; `paired_predictions` writes them once.
-SHARED_FIELDS = ("index", "id", "reference", "reference_normalized", "duration")
+SHARED_FIELDS = ("index", "id", "target", "target_normalized", "duration")
 
 
 def paired_predictions(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -179,7 +179,7 @@ def paired_predictions(before: list[dict[str, Any]], after: list[dict[str, Any]]
         after: `WerResult.predictions` of the merged model, on the same data.
 
     Returns:
-        Dicts with the shared fields (`index`, `id`, `reference`, ...) once and every other field twice,
+        Dicts with the shared fields (`index`, `id`, `target`, ...) once and every other field twice,
         suffixed `_before` and `_after` (`prediction_before`, `substitutions_after`, ...).
 
     Raises:

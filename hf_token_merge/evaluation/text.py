@@ -67,7 +67,7 @@ class ErrorCounts:
     Attributes:
         hits: Correct words.
         substitutions: Substituted words.
-        deletions: Reference words missing from the hypothesis.
+        deletions: Target words missing from the hypothesis.
         insertions: Extra hypothesis words.
     """
 
@@ -77,9 +77,14 @@ class ErrorCounts:
     insertions: int = 0
 
     @property
-    def reference_words(self) -> int:
-        """Words in the reference: hits + substitutions + deletions."""
+    def target_words(self) -> int:
+        """Words in the target (ground-truth) text: hits + substitutions + deletions."""
         return self.hits + self.substitutions + self.deletions
+
+    @property
+    def reference_words(self) -> int:
+        """Deprecated name of `target_words` (kept so that code written before the rename still runs)."""
+        return self.target_words
 
     @property
     def errors(self) -> int:
@@ -88,10 +93,10 @@ class ErrorCounts:
 
     @property
     def wer(self) -> float:
-        """Errors / reference words (inf if the reference is empty but the hypothesis is not, else 0)."""
-        if self.reference_words == 0:
+        """Errors / target words (inf if the target is empty but the hypothesis is not, else 0)."""
+        if self.target_words == 0:
             return 0.0 if self.errors == 0 else float("inf")
-        return self.errors / self.reference_words
+        return self.errors / self.target_words
 
     def __add__(self, other: ErrorCounts) -> ErrorCounts:
         return ErrorCounts(
@@ -102,80 +107,80 @@ class ErrorCounts:
         )
 
     def to_dict(self) -> dict[str, float | int]:
-        """Counts plus `reference_words` and `wer`, JSON-serialisable."""
-        return {"wer": self.wer, **asdict(self), "reference_words": self.reference_words}
+        """Counts plus `target_words` and `wer`, JSON-serialisable."""
+        return {"wer": self.wer, **asdict(self), "target_words": self.target_words}
 
 
 def error_counts(
-    reference: str, hypothesis: str, normalize: bool = True, spelling: Mapping[str, str] | None = None
+    target: str, hypothesis: str, normalize: bool = True, spelling: Mapping[str, str] | None = None
 ) -> ErrorCounts:
-    """Align one hypothesis with its reference.
+    """Align one hypothesis with its target.
 
     Args:
-        reference: Correct transcript.
+        target: Correct transcript.
         hypothesis: Recognised transcript.
         normalize: Apply `normalize_transcript` to both first.
         spelling: The normaliser's spelling map (see `spelling_map_of`).
 
     Returns:
-        The utterance's `ErrorCounts`; an empty reference counts every hypothesis word as an insertion.
+        The utterance's `ErrorCounts`; an empty target counts every hypothesis word as an insertion.
     """
     if normalize:
-        reference, hypothesis = normalize_transcript(reference, spelling), normalize_transcript(hypothesis, spelling)
-    ref_words, hyp_words = reference.split(), hypothesis.split()
-    if not ref_words:  # jiwer refuses empty references
-        return ErrorCounts(insertions=len(hyp_words))
-    if not hyp_words:
-        return ErrorCounts(deletions=len(ref_words))
-    out = jiwer.process_words(" ".join(ref_words), " ".join(hyp_words))
+        target, hypothesis = normalize_transcript(target, spelling), normalize_transcript(hypothesis, spelling)
+    target_tokens, hypothesis_tokens = target.split(), hypothesis.split()
+    if not target_tokens:  # jiwer refuses empty targets
+        return ErrorCounts(insertions=len(hypothesis_tokens))
+    if not hypothesis_tokens:
+        return ErrorCounts(deletions=len(target_tokens))
+    out = jiwer.process_words(" ".join(target_tokens), " ".join(hypothesis_tokens))
     return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)
 
 
-def corpus_error_counts(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = True) -> ErrorCounts:
+def corpus_error_counts(targets: Sequence[str], hypotheses: Sequence[str], normalize: bool = True) -> ErrorCounts:
     """Sum of `error_counts` over a corpus.
 
     Args:
-        references: Correct transcripts.
+        targets: Correct transcripts.
         hypotheses: Recognised transcripts, same order.
         normalize: Apply `normalize_transcript` to both first.
 
     Returns:
         The summed counts; `.wer` is the corpus WER.
     """
-    if len(references) != len(hypotheses):
-        raise TokenMergeError(f"Got {len(references)} references but {len(hypotheses)} hypotheses.")
+    if len(targets) != len(hypotheses):
+        raise TokenMergeError(f"Got {len(targets)} targets but {len(hypotheses)} hypotheses.")
     total = ErrorCounts()
-    for reference, hypothesis in zip(references, hypotheses, strict=True):
-        total = total + error_counts(reference, hypothesis, normalize)
+    for target, hypothesis in zip(targets, hypotheses, strict=True):
+        total = total + error_counts(target, hypothesis, normalize)
     return total
 
 
-def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+def word_error_rate(targets: Sequence[str], hypotheses: Sequence[str]) -> float:
     """Corpus word error rate of normalised transcripts.
 
     Args:
-        references: Correct transcripts.
+        targets: Correct transcripts.
         hypotheses: Recognised transcripts, same order.
 
     Returns:
-        (substitutions + deletions + insertions) / reference words, over the whole corpus.
+        (substitutions + deletions + insertions) / target words, over the whole corpus.
     """
-    return corpus_error_counts(references, hypotheses).wer
+    return corpus_error_counts(targets, hypotheses).wer
 
 
-def character_error_counts(reference: str, hypothesis: str) -> ErrorCounts:
+def character_error_counts(target: str, hypothesis: str) -> ErrorCounts:
     """Align two (already normalised) texts character by character, spaces included, for CER.
 
     Args:
-        reference: Correct text.
+        target: Correct text.
         hypothesis: Recognised text.
 
     Returns:
-        `ErrorCounts` over characters: `reference_words` is then the reference's character count and `wer` its CER.
+        `ErrorCounts` over characters: `target_words` is then the target's character count and `wer` its CER.
     """
-    if not reference:
+    if not target:
         return ErrorCounts(insertions=len(hypothesis))
     if not hypothesis:
-        return ErrorCounts(deletions=len(reference))
-    out = jiwer.process_characters(reference, hypothesis)
+        return ErrorCounts(deletions=len(target))
+    out = jiwer.process_characters(target, hypothesis)
     return ErrorCounts(out.hits, out.substitutions, out.deletions, out.insertions)

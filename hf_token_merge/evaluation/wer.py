@@ -75,19 +75,19 @@ def required_columns(
     return [text_column] + ([prompt_builder.units_column] if hasattr(prompt_builder, "units_column") else [])
 
 
-def check_references(dataset, text_column: str) -> None:
-    """Refuse a reference that is not a string (null/5 would be scored as the words "none"/"five").
+def check_targets(dataset, text_column: str) -> None:
+    """Refuse a target (ground-truth text) that is not a string (null/5 would be scored as the words "none"/"five").
 
     Raises:
         TokenMergeError: Naming the example, its value and the fix.
     """
-    references = dataset[text_column] if hasattr(dataset, "column_names") else [e[text_column] for e in dataset]
-    for index, reference in enumerate(references):
-        if not isinstance(reference, str):
+    targets = dataset[text_column] if hasattr(dataset, "column_names") else [e[text_column] for e in dataset]
+    for index, target in enumerate(targets):
+        if not isinstance(target, str):
             raise TokenMergeError(
                 f"evaluate_wer: example {index} (counting from 0; line {index + 1} of a manifest without blank lines) "
-                f"has {text_column}={reference!r} ({type(reference).__name__}), not a transcript string. "
-                "Fix: give every example its reference transcript as a string, or remove the example."
+                f"has {text_column}={target!r} ({type(target).__name__}), not a transcript string. "
+                "Fix: give every example its target transcript as a string, or remove the example."
             )
 
 
@@ -123,7 +123,7 @@ def evaluate_wer(
         processor: Feature extractor + tokenizer of an encoder-decoder (e.g. `WhisperProcessor`).
         tokenizer: Tokenizer of a speech-LLM (decodes the generated text).
         prompt_builder: Speech-LLMs: `example -> prompt ids` (see `unit_prompt_builder`).
-        audio_column, text_column, id_column: Audio, reference transcript and (optional) utterance name columns.
+        audio_column, text_column, id_column: Audio, target transcript and (optional) utterance name columns.
         batch_size: Examples per `generate` call (fixed before sharding, so results do not depend on processes).
         dtype, device: Evaluate in this dtype (`"float32"`, `"bfloat16"`, `"float16"`; default: the model's) and on
             this device (`"cpu"` forces CPU; default: the accelerator's).
@@ -139,7 +139,7 @@ def evaluate_wer(
     """
     needed = required_columns(model, processor, tokenizer, prompt_builder, audio_column, text_column)
     num_examples = check_columns(dataset, needed, "evaluate_wer")
-    check_references(dataset, text_column)
+    check_targets(dataset, text_column)
     dataset = undecoded_audio(dataset, audio_column)  # never let datasets decode through torchcodec/FFmpeg
     accelerator = get_accelerator(accelerator, device)
     model = prepare_model(model, accelerator, dtype, device)

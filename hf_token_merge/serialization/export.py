@@ -230,47 +230,9 @@ def rewrite_tokenizer(tokenizer: Any, plan: MergePlan, layout: PlainLayout | Non
     if layout is None:
         layout = plain_layout(plan, tokenizer)
     table = layout.old_to_plain.tolist()
-    selected = set(plan.selected_ids.tolist())
-    representatives = set(plan.representative_ids.tolist())
-    id_to_content = {entry["id"]: entry["content"] for entry in state["added_tokens"]}
-    rewrites: list[tuple[str, str]] = []
-    for cluster, representative in enumerate(plan.representative_ids.tolist()):
-        if representative not in id_to_content:
-            continue  # a base-vocabulary cluster: its members leave the vocabulary instead
-        others = [id_to_content[i] for i in plan.members(cluster).tolist() if i != representative]
-        if others:
-            pattern = "|".join(re.escape(text) for text in others)
-            rewrites.append((pattern, id_to_content[representative]))
-
-    added = []
-    for entry in state["added_tokens"]:
-        old_id = entry["id"]
-        if old_id in selected and old_id not in representatives:
-            continue
-        entry = dict(entry, id=table[old_id])
-        if old_id in representatives and rewrites:
-            entry["normalized"] = True  # matched after the Replace normaliser has rewritten its mates
-        added.append(entry)
+    rewrites = _member_rewrites(plan, state["added_tokens"])
     vocab = state["model"].get("vocab")
-    named = [entry["id"] for entry in added] + [
-        table[i] for i in (vocab.values() if isinstance(vocab, dict) else []) if i < len(table) and table[i] >= 0
-    ]
-    # a tokenizer's ids have no holes: name every row from its last token on (rows a model already had past its
-    # tokenizer, then the padding), so the padding rows keep their ids
-    first = max(named, default=-1) + 1 if layout.padding_ids else layout.vocab_size
-    for plain_id in range(first, layout.vocab_size):
-        added.append(
-            {
-                "id": plain_id,
-                "content": f"<|vocab_pad_{plain_id - first}|>",
-                "single_word": False,
-                "lstrip": False,
-                "rstrip": False,
-                "normalized": False,
-                "special": True,
-            }
-        )
-    state["added_tokens"] = added
+    state["added_tokens"] = _plain_added_tokens(state["added_tokens"], plan, layout, vocab, bool(rewrites))
 
     model = state["model"]
     if layout.removed_ids:
@@ -290,6 +252,57 @@ def rewrite_tokenizer(tokenizer: Any, plan: MergePlan, layout: PlainLayout | Non
     rewritten = copy.deepcopy(tokenizer)
     rewritten._tokenizer = new_backend
     return rewritten
+
+
+def _member_rewrites(plan: MergePlan, added_tokens: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """`(pattern, representative string)` per cluster of added tokens: its other members' strings, rewritten."""
+    id_to_content = {entry["id"]: entry["content"] for entry in added_tokens}
+    rewrites = []
+    for cluster, representative in enumerate(plan.representative_ids.tolist()):
+        if representative not in id_to_content:
+            continue  # a base-vocabulary cluster: its members leave the vocabulary instead
+        others = [id_to_content[i] for i in plan.members(cluster).tolist() if i != representative]
+        if others:
+            pattern = "|".join(re.escape(text) for text in others)
+            rewrites.append((pattern, id_to_content[representative]))
+    return rewrites
+
+
+def _plain_added_tokens(
+    added_tokens: list[dict[str, Any]], plan: MergePlan, layout: PlainLayout, vocab: Any, rewritten: bool
+) -> list[dict[str, Any]]:
+    """The added tokens over plain ids: merged members dropped, then a `<|vocab_pad_N|>` for each row past them."""
+    table = layout.old_to_plain.tolist()
+    selected = set(plan.selected_ids.tolist())
+    representatives = set(plan.representative_ids.tolist())
+    added = []
+    for entry in added_tokens:
+        old_id = entry["id"]
+        if old_id in selected and old_id not in representatives:
+            continue
+        entry = dict(entry, id=table[old_id])
+        if old_id in representatives and rewritten:
+            entry["normalized"] = True  # matched after the Replace normaliser has rewritten its mates
+        added.append(entry)
+    named = [entry["id"] for entry in added] + [
+        table[i] for i in (vocab.values() if isinstance(vocab, dict) else []) if i < len(table) and table[i] >= 0
+    ]
+    # a tokenizer's ids have no holes: name every row from its last token on (rows a model already had past its
+    # tokenizer, then the padding), so the padding rows keep their ids
+    first = max(named, default=-1) + 1 if layout.padding_ids else layout.vocab_size
+    for plain_id in range(first, layout.vocab_size):
+        added.append(
+            {
+                "id": plain_id,
+                "content": f"<|vocab_pad_{plain_id - first}|>",
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": True,
+            }
+        )
+    return added
 
 
 def _trim_base_vocabulary(model: dict[str, Any], removed_ids: list[int], table: list[int]) -> None:

@@ -59,7 +59,7 @@ def utilisation(codes: list[np.ndarray], codebook_size: int) -> dict:
 
 def wer_report(texts: list[str], hyps: list[str], asr) -> dict:
     counts = score(texts, hyps, asr)
-    return {"wer": counts.wer, "errors": counts.errors, "words": counts.reference_words}
+    return {"wer": counts.wer, "errors": counts.errors, "words": counts.target_words}
 
 
 def evaluate(

@@ -22,17 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hf_token_merge.codec_job import codec_tts_adapter
+from hf_token_merge.codec_job import codec_asr_wer, codec_tts_wer
 from hf_token_merge.evaluation.confidence import paired_bootstrap
 from hf_token_merge.reference.codec_corpus import load_codec_corpus
-from hf_token_merge.reference.codec_llm import (
-    SPEECH_UNDERSTANDING_END,
-    SPEECH_UNDERSTANDING_START,
-    TEXT_GENERATION_END,
-    TEXT_GENERATION_START,
-    load_codec_speech_llm,
-    normalize_text,
-)
+from hf_token_merge.reference.codec_llm import load_codec_speech_llm
 
 CHECK_UTTERANCES = {"asr": 8, "tts": 4}  # the first utterances that tests/reference/test_codec_llm.py re-scores
 
@@ -55,26 +48,10 @@ def interval(records: list[dict]) -> dict:
 
 def asr_wer(model, tokenizer, data, output_dir: Path | None = None, batch_size: int = 32) -> dict:
     """ASR WER of the model on a codec-corpus split."""
-    from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
-
-    builder = unit_prompt_builder(
-        tokenizer,
-        units_column="codes",
-        prefix=[SPEECH_UNDERSTANDING_START],
-        suffix=[SPEECH_UNDERSTANDING_END, TEXT_GENERATION_START],
-    )
     started = time.perf_counter()
-    result = evaluate_wer(
-        model,
-        data,
-        tokenizer=tokenizer,
-        prompt_builder=builder,
-        eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_GENERATION_END),
-        max_new_tokens=max(len(normalize_text(t)) for t in data["text"]) + 40,
-        batch_size=batch_size,
-        device="cpu" if not torch.cuda.is_available() else None,
-        output_dir=output_dir,
-        show_progress=False,
+    device = "cpu" if not torch.cuda.is_available() else None
+    result = codec_asr_wer(
+        model, tokenizer, data, batch_size=batch_size, device=device, output_dir=output_dir, show_progress=False
     )
     return {
         **interval(result.predictions),
@@ -86,23 +63,12 @@ def asr_wer(model, tokenizer, data, output_dir: Path | None = None, batch_size: 
 
 def tts_wer(model, tokenizer, data, codec, asr, output_dir: Path | None = None, batch_size: int = 32) -> dict:
     """TTS WER of the model (or an `OracleSpeechModel`) on a codec-corpus split."""
-    from hf_token_merge.evaluation.tts.evaluate import evaluate_tts_wer
-    from hf_token_merge.evaluation.tts.reference_codec import codec_whisper_decoder
-
-    longest = max(len(normalize_text(t)) for t in data["text"])
     started = time.perf_counter()
-    result = evaluate_tts_wer(
-        model,
-        data,
-        adapter=codec_tts_adapter(tokenizer),
-        decode=codec_whisper_decoder(codec),
-        asr=asr,
-        max_new_tokens=min(1500, 6 * longest + 50),
-        batch_size=batch_size,
-        device="cpu" if not torch.cuda.is_available() else None,
-        output_dir=output_dir,
+    device = "cpu" if not torch.cuda.is_available() else None
+    result = codec_tts_wer(
+        model, tokenizer, data, codec, asr, batch_size=batch_size, device=device, output_dir=output_dir,
         show_progress=False,
-    )
+    )  # fmt: skip
     return {
         **interval(result.predictions),
         "utterances": len(data),

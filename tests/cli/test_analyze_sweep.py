@@ -13,6 +13,17 @@ from tests.models import build_llama, frequent_ids_shared_metric
 
 
 @pytest.fixture
+def registered():
+    """`registered(name, factory)`: `--eval name` runs `factory` for the test (the public seam, no patching)."""
+    from hf_token_merge.cli.common import register_evaluation
+
+    removers = []
+    yield lambda name, factory: removers.append(register_evaluation(name, factory, f"{name}: a test metric"))
+    for remove in removers:
+        remove()
+
+
+@pytest.fixture
 def saved_llama(tmp_path):
     bundle = build_llama(n_speech=48, n_centers=8)
     folder = tmp_path / "llama"
@@ -210,22 +221,16 @@ def test_sweep_on_the_reference_model(tmp_path, capsys):
     assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
 
 
-def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, monkeypatch):
+def test_sweep_budget_only_with_calibration_text(saved_llama, tmp_path, capsys, registered):
     from transformers import AutoTokenizer
-
-    import hf_token_merge.cli.sweep as sweep_cli
 
     tokenizer = AutoTokenizer.from_pretrained(saved_llama)
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
-    monkeypatch.setattr(
-        sweep_cli,
-        "builtin_evaluation",
-        lambda name, helper, show_progress, **kwargs: frequent_ids_shared_metric(frequent),
-    )
+    registered("frequent-ids", lambda name, processing_class, show_progress, **_: frequent_ids_shared_metric(frequent))
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
     out = tmp_path / "budget"
-    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference"]
+    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "frequent-ids"]
     arguments += ["--calibration-text", str(calibration), "--budget-only", "--budget-strategy", "drop_least_frequent"]
     status = main([*arguments, "--max-wer-increase", "0", "--min-ratio", "0.02", "--output-dir", str(out)])
     assert status == 0
@@ -353,37 +358,37 @@ def test_split_indices_is_a_seeded_partition():
         split_indices(3, 0.1, "tune")
 
 
-def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path, capsys, monkeypatch):
+def test_sweep_budget_with_a_split_eval_reports_both_sets(saved_llama, tmp_path, capsys, registered):
     from transformers import AutoTokenizer
 
-    import hf_token_merge.cli.sweep as sweep_cli
     from hf_token_merge.analysis.budget import describe_eval_set
 
     tokenizer = AutoTokenizer.from_pretrained(saved_llama)
     frequent = tokenizer.convert_tokens_to_ids(["<|s_5|>", "<|s_9|>", "<|s_20|>"])
     calls = []
 
-    def fake(name, helper, show_progress, split=None, records=False, **kwargs):
+    def split_aware(name, processing_class, show_progress, split=None, records=False, **kwargs):
         calls.append((name, split, records))
         part = split[0] if split else "all"
         examples = [{"id": f"{part}{i}"} for i in range(3)]
         return describe_eval_set(frequent_ids_shared_metric(frequent), f"{name} {part}", examples)
 
-    monkeypatch.setattr(sweep_cli, "builtin_evaluation", fake)
+    registered("split-metric", split_aware)
     calibration = tmp_path / "calibration.txt"
     calibration.write_text("<|s_5|> <|s_9|>\t2\n<|s_9|>\n<|s_20|>\t0.5\n", encoding="utf-8")
     out = tmp_path / "budget"
-    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "reference", "--budget-only"]
+    arguments = ["sweep", "--model", str(saved_llama), "--preset", "llasa", "--eval", "split-metric"]
+    arguments += ["--budget-only"]
     arguments += ["--calibration-text", str(calibration), "--budget-strategy", "drop_least_frequent"]
     status = main([*arguments, "--max-wer-increase", "0", "--min-ratio", "0.02", "--split-eval", "0.5",
                    "--output-dir", str(out)])  # fmt: skip
     assert status == 0
-    assert ("reference", ("tune", 0.5), True) in calls and ("reference", ("report", 0.5), True) in calls
+    assert ("split-metric", ("tune", 0.5), True) in calls and ("split-metric", ("report", 0.5), True) in calls
     budget = json.loads((out / "budget.json").read_text())
-    assert (budget["tune_set"], budget["report_set"]) == ("reference tune", "reference report")
+    assert (budget["tune_set"], budget["report_set"]) == ("split-metric tune", "split-metric report")
     assert budget["tune"]["after"] == {"wer": 0.10} and budget["report"]["after"] == {"wer": 0.10}
     assert budget["tuned_on_report_set"] is False and budget["criterion"] == "estimate"
-    assert "report set (reference report): before {'wer': 0.1}" in capsys.readouterr().out
+    assert "report set (split-metric report): before {'wer': 0.1}" in capsys.readouterr().out
     card = (out / "budgeted" / "README.md").read_text()
     assert (
         "| wer (tuning set) | 0.1 | 0.1 | +0 (+0.0%) |" in card
@@ -403,11 +408,10 @@ def test_sweep_refuses_to_report_on_the_tuning_set(saved_llama, tmp_path, capsys
     assert status == 2 and "pass one of them" in capsys.readouterr().err
 
 
-def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_path, monkeypatch):
-    import hf_token_merge.cli.compress as compress_cli
+def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_path, registered):
     from hf_token_merge.remap import MergedEmbedding
 
-    def fake(name, helper, show_progress, records=False, **kwargs):
+    def two_errors_after_merging(name, processing_class, show_progress, records=False, **kwargs):
         def evaluate(model):
             merged = isinstance(model.get_input_embeddings(), MergedEmbedding)
             rows = [{"id": f"u{i}", "hits": 10 - (merged and i < 2), "substitutions": int(merged and i < 2),
@@ -416,9 +420,9 @@ def test_compress_card_shows_the_wer_interval_and_provenance(saved_llama, tmp_pa
 
         return evaluate
 
-    monkeypatch.setattr(compress_cli, "builtin_evaluation", fake)
+    registered("two-errors", two_errors_after_merging)
     out = tmp_path / "run"
-    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8", "--eval", "librivox"]
+    argv = ["compress", "--model", str(saved_llama), "--recipe", "llasa", "--n-clusters", "8", "--eval", "two-errors"]
     assert main([*argv, "--output-dir", str(out)]) == 0
     merge = json.loads((out / "merge.json").read_text())
     assert merge["before"] == {"wer": 0.0} and merge["after"] == {"wer": 0.05}  # records kept out
@@ -468,3 +472,13 @@ def test_compress_streaming_refusals_are_one_line(saved_llama, tmp_path, capsys)
     assert main([*argv, "--model", str(saved_llama)]) == 2
     assert "model.safetensors is damaged" in capsys.readouterr().err
     assert not (tmp_path / "o" / "model").exists()
+
+
+def test_a_registered_evaluation_may_not_shadow_a_built_in_set(registered):
+    from hf_token_merge.errors import TokenMergeError
+
+    with pytest.raises(TokenMergeError, match="--eval librivox is already defined. Fix: register the evaluation"):
+        registered("librivox", lambda *args, **kwargs: None)
+    registered("mine", lambda *args, **kwargs: None)
+    with pytest.raises(TokenMergeError, match="--eval mine is already defined"):
+        registered("mine", lambda *args, **kwargs: None)

@@ -33,9 +33,9 @@ def test_evaluate_a_saved_dataset(cached_whisper, saved_sonnets, tmp_path):
     argv = ["evaluate", "--model", "whisper-tiny-en", "--dataset", str(saved_sonnets), "--split", "test"]
     assert main([*argv, "--text-column", "sentence", "--no-progress", "--output-dir", str(out)]) == 0
     report = json.loads((out / "wer.json").read_text())
-    assert report["metrics"]["utterances"] == 2 and report["metrics"]["reference_words"] > 20
+    assert report["metrics"]["utterances"] == 2 and report["metrics"]["target_words"] > 20
     predictions = [json.loads(line) for line in (out / "wer_predictions.jsonl").read_text().splitlines()]
-    assert len(predictions) == 2 and all(p["reference"] and p["prediction"] for p in predictions)
+    assert len(predictions) == 2 and all(p["target"] and p["prediction"] for p in predictions)
 
 
 def test_compress_eval_on_a_dataset_reports_what_evaluate_does(cached_whisper, saved_sonnets, tmp_path, capsys):
@@ -46,12 +46,12 @@ def test_compress_eval_on_a_dataset_reports_what_evaluate_does(cached_whisper, s
     assert printed.err.count("WER:   0%") == 2  # the progress bar of each evaluation, as `evaluate` shows it
     merge = json.loads((out / "merge.json").read_text())
     before, after = merge["wer_before"], merge["wer_after"]
-    assert {"substitutions", "deletions", "insertions", "reference_words", "hits", "wer"} <= set(before["metrics"])
+    assert {"substitutions", "deletions", "insertions", "target_words", "hits", "wer"} <= set(before["metrics"])
     assert before["metrics"]["utterances"] == 2 and before["timing"]["rtfx"] > 0 and after["timing"]["rtfx"] > 0
     assert merge["before"]["wer"] == before["metrics"]["wer"] and merge["after"]["wer"] == after["metrics"]["wer"]
     assert merge["eval_set"] == f"{saved_sonnets} (split test) (greedy ASR WER)"
     lines = [json.loads(line) for line in (out / "merge_predictions.jsonl").read_text().splitlines()]
-    assert len(lines) == 2 and {"reference", "prediction_before", "prediction_after", "substitutions_after"} <= set(
+    assert len(lines) == 2 and {"target", "prediction_before", "prediction_after", "substitutions_after"} <= set(
         lines[0]
     )
     assert sum(line["substitutions_before"] for line in lines) == before["metrics"]["substitutions"]

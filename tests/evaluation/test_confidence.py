@@ -62,14 +62,14 @@ def test_permutation_test_exact_and_monte_carlo():
 def test_paired_inputs_are_validated():
     with pytest.raises(TokenMergeError, match=r"one value per utterance on each side; got \(2,\), \(3,\)"):
         paired_difference([0, 0], [1, 1, 1], [1, 1, 1])
-    with pytest.raises(TokenMergeError, match="non-empty reference"):
+    with pytest.raises(TokenMergeError, match="non-empty target text"):
         paired_difference([0], [0], [0])
     with pytest.raises(TokenMergeError, match="metric must be 'wer', 'cer' or 'nll'"):
         paired_difference([0], [0], [1], metric="bleu")
 
 
-def _record(uid, reference, prediction, counts: ErrorCounts):
-    return {"id": uid, "reference_normalized": reference, "prediction_normalized": prediction, **counts.to_dict()}
+def _record(uid, target, prediction, counts: ErrorCounts):
+    return {"id": uid, "target_normalized": target, "prediction_normalized": prediction, **counts.to_dict()}
 
 
 def test_compare_records_wer_and_cer():
@@ -88,6 +88,10 @@ def test_compare_records_wer_and_cer():
     assert (cer.after, cer.units, cer.unit_name) == (1 / 12, 12, "characters")
     with pytest.raises(TokenMergeError, match="did not score the same utterances"):
         compare_records(before, after[::-1])
+    # records written before the rename name the ground truth "reference_normalized"; they are still read
+    renamed = [{("reference_normalized" if k == "target_normalized" else k): v for k, v in r.items()} for r in after]
+    old = compare_records(before, renamed, metric="cer")
+    assert (old.after, old.units) == (cer.after, cer.units)
 
 
 def test_character_error_counts_edges():

@@ -51,7 +51,7 @@ def test_missing_durations_and_a_broken_front_end():
     result = score_transcripts(SpokenSentences([1.0, None, 1.0]), 3, accelerator=accelerator, show_progress=False)
     assert result.audio_seconds is None and result.rtfx is None
     record = transcript_record(Transcript(0, "a", "Two.", "2"), normalize=False)
-    assert (record["reference_normalized"], record["substitutions"]) == ("Two.", 1)
+    assert (record["target_normalized"], record["substitutions"]) == ("Two.", 1)
 
     def reordered(indices):
         return [Transcript(i, str(i), "a", "a") for i in reversed(indices)]

@@ -65,13 +65,17 @@ def test_cli_kl_and_tts_errors(tmp_path, capsys):
     manifest.write_text("\n".join(json.dumps({"input_ids": [bundle.tokenizer.bos_token_id, *speech[i::5]]})
                                   for i in range(3)))  # fmt: skip
     out = tmp_path / "kl"
-    argv = ["evaluate", "--model", str(merged), "--task", "kl", "--reference-model", str(original)]
+    argv = ["evaluate", "--model", str(merged), "--task", "kl", "--baseline-model", str(original)]
     assert main([*argv, "--manifest", str(manifest), "--output-dir", str(out), "--no-progress"]) == 0
     report = json.loads((out / "kl.json").read_text())
     assert report["task"] == "kl" and report["metrics"]["mean_kl"] > 0
     assert report["metrics"]["token_count"] == sum(len(speech[i::5]) for i in range(3))
+    assert report["metrics"]["baseline_nll_sum"] > 0 and "reference_nll_sum" not in report["metrics"]
+    renamed = ["--reference-model" if a == "--baseline-model" else a for a in argv]  # the flag's old name
+    assert main([*renamed, "--manifest", str(manifest), "--output-dir", str(tmp_path / "kl_old"), "--no-progress"]) == 0
+    assert json.loads((tmp_path / "kl_old" / "kl.json").read_text())["metrics"] == report["metrics"]
     assert main([*argv[:5], "--manifest", str(manifest), "--output-dir", str(out)]) == 2
-    assert "Fix: pass --reference-model" in capsys.readouterr().err
+    assert "Fix: pass --baseline-model" in capsys.readouterr().err
     tts = ["evaluate", "--model", str(merged), "--task", "tts-wer", "--manifest", str(manifest), "--output-dir", "x"]
     assert main(tts) == 2
     assert "Fix: pass --family" in capsys.readouterr().err

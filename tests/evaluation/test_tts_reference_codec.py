@@ -43,7 +43,7 @@ def test_oracle_tts_wer_is_the_resynthesis_wer(runs):
     assert counts == (resynthesis.hits, resynthesis.substitutions, resynthesis.deletions, resynthesis.insertions)
     assert [record["prediction"] for record in oracle["codec_oracle_predictions"]] == transcripts
     words = sum(len(normalize_transcript(text).split()) for text in data["text"])
-    assert metrics["reference_words"] == resynthesis.reference_words == words == 40
+    assert metrics["target_words"] == resynthesis.target_words == words == 40
     assert metrics["wer"] == resynthesis.wer <= WER_BOUND, list(zip(data["text"], transcripts, strict=True))
     assert (metrics["invalid_generations"], metrics["undecodable_generations"]) == (0, 0)
     assert metrics["generations_without_end_token"] == 0
@@ -75,7 +75,7 @@ def test_cli_reference_codec_oracle(reference_cache, tmp_path, monkeypatch, caps
     report = json.loads((out / "tts_wer.json").read_text())
     metrics, data = report["metrics"], load_oracle_data("test", 2)
     words = sum(len(normalize_transcript(text).split()) for text in data["text"])
-    assert metrics["reference_words"] == words and metrics["utterances"] == 2
+    assert metrics["target_words"] == words and metrics["utterances"] == 2
     assert metrics["generated_seconds"] == pytest.approx(sum(len(codes) for codes in data["codes"]) / 50)
     assert (metrics["invalid_generations"], metrics["generations_without_end_token"]) == (0, 0)
     assert report["settings"]["decoding"] == "oracle" and report["settings"]["spelling_map"] is True

@@ -52,8 +52,8 @@ def test_oracle_cer():
     result = evaluate_tts_wer(OracleSpeechModel(), data, adapter=adapter, decode=word_decode, asr=word_asr,
                               metric="cer", show_progress=False)  # fmt: skip
     # "the cat sat on the mat" vs "the mat sat on the mat": one character of 22
-    assert (result.counts.errors, result.counts.reference_words) == (1, 22)
-    assert result.metrics()["cer"] == pytest.approx(1 / 22) and result.metrics()["reference_characters"] == 22
+    assert (result.counts.errors, result.counts.target_words) == (1, 22)
+    assert result.metrics()["cer"] == pytest.approx(1 / 22) and result.metrics()["target_characters"] == 22
 
 
 def test_invalid_undecodable_and_unended_generations_are_counted():
@@ -79,7 +79,7 @@ def test_invalid_undecodable_and_unended_generations_are_counted():
         if record["status"] == "undecodable":
             assert record["error"] == "RuntimeError: odd frame count" or "no complete codec frame" in record["error"]
         if record["status"] != "ok":  # scored as an empty transcript: every reference word deleted
-            assert record["deletions"] == len(record["reference"].split()) and record["prediction"] == ""
+            assert record["deletions"] == len(record["target"].split()) and record["prediction"] == ""
     assert result.unended == sum(not record["ended"] for record in result.predictions)
     assert result.unended >= 1  # 6 new tokens: the random model rarely ends
 

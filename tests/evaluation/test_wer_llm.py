@@ -28,7 +28,7 @@ def test_counts_add_up_and_match_jiwer():
     hypotheses = ["2 when 40 winter", "the cat sat mat", "hello world again"]
     total = corpus_error_counts(references, hypotheses)
     assert total == ErrorCounts(hits=8, substitutions=1, deletions=2, insertions=2)
-    assert total.reference_words == 11
+    assert total.target_words == 11
     normalized = (
         [normalize_transcript(text) for text in references],
         [normalize_transcript(text) for text in hypotheses],
@@ -79,7 +79,7 @@ def test_speech_llm_wer_mechanics_and_determinism(tmp_path):
     again = _llm_wer(bundle, examples, batch_size=3)
     assert first.predictions == again.predictions and first.metrics() == again.metrics()
     assert first.num_utterances == 7 and first.audio_seconds is None and first.rtfx is None
-    assert first.counts.reference_words == sum(len(example["text"].split()) for example in examples)
+    assert first.counts.target_words == sum(len(example["text"].split()) for example in examples)
     assert [record["id"] for record in first.predictions] == [example["id"] for example in examples]
 
     # The generated continuation is what a direct greedy generate() of the same prompt decodes to.

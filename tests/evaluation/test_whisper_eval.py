@@ -46,9 +46,9 @@ def comparison(whisper_tiny_en, librivox, reference_cache, tmp_path_factory):
 def test_whisper_tiny_en_wer_on_librivox(comparison):
     result, output = comparison
     before = result.before
-    assert before.wer < WER_BOUND, [(p["reference"], p["prediction"]) for p in before.predictions]
+    assert before.wer < WER_BOUND, [(p["target"], p["prediction"]) for p in before.predictions]
     counts = before.counts
-    assert counts.reference_words == 357 and counts.hits + counts.substitutions + counts.deletions == 357
+    assert counts.target_words == 357 and counts.hits + counts.substitutions + counts.deletions == 357
     assert before.audio_seconds == pytest.approx(157.83, abs=0.01) and before.rtfx > 0
     lines = (output / "before_wer_predictions.jsonl").read_text().splitlines()
     assert [json.loads(line)["id"] for line in lines] == [p["id"] for p in before.predictions]

@@ -208,7 +208,7 @@ class TtsWerResult:
         counts = self.counts.to_dict()
         counts[self.metric] = counts.pop("wer")
         if self.metric == "cer":
-            counts["reference_characters"] = counts.pop("reference_words")
+            counts["target_characters"] = counts.pop("target_words")
         return {
             **counts,
             "utterances": self.num_utterances,
@@ -237,7 +237,7 @@ class TtsWerResult:
         rtf = self.timing.get("rtf_total")
         return (
             f"TTS {self.metric.upper()} {self.wer:.4f} ({c.substitutions} sub + {c.deletions} del + {c.insertions} ins "
-            f"/ {c.reference_words} {unit}, {self.num_utterances} utterances; {self.invalid} invalid, "
+            f"/ {c.target_words} {unit}, {self.num_utterances} utterances; {self.invalid} invalid, "
             f"{self.undecodable} undecodable, {self.unended} without end token; {self.generated_seconds:.1f} s "
             f"generated" + (f", RTF {rtf:.3g}" if rtf is not None else "") + ")"
         )
@@ -330,7 +330,7 @@ class TtsFrontEnd:
             Transcript(
                 index=index,
                 id=str(example[self.id_column]) if self.has_ids else str(index),
-                reference=example[self.text_column],
+                target=example[self.text_column],
                 hypothesis=heard.get(row, ""),
                 extra=extras[row],
             )
@@ -403,55 +403,69 @@ def evaluate_tts_wer(
     oracle = isinstance(model, OracleSpeechModel)
     num_examples = check_columns(data, [text_column] + ([model.codes_column] if oracle else []), "evaluate_tts_wer")
     if prompt_builder is None and not oracle:
-        if not hasattr(adapter, "prompt"):
-            raise TokenMergeError(
-                f"The {adapter.family} adapter has no built-in prompt. Fix: pass prompt_builder=example -> ids."
-            )
-
-        def prompt_builder(example: dict[str, Any]) -> list[int]:
-            return adapter.prompt(example[text_column])
-
+        prompt_builder = _adapter_prompt_builder(adapter, text_column)
     accelerator = get_accelerator(accelerator, device)
     if not oracle:
         model = prepare_model(model, accelerator, dtype, device)
     asr = asr if asr is not None else whisper_asr()
-    pad = adapter.tokenizer.pad_token_id
-    pad = pad if pad is not None else adapter.end_token_ids[0]
     sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p} if do_sample else {}
-    generation = {
-        "end_token_ids": adapter.end_token_ids,
-        "pad_token_id": pad,
-        "max_new_tokens": max_new_tokens,
-        "do_sample": do_sample,
-        **{k: v for k, v in sampling.items() if v is not None},
-    }
     front_end = TtsFrontEnd(
         model, data, adapter=adapter, decode=decode, asr=asr, prompt_builder=prompt_builder, text_column=text_column,
-        id_column=id_column, generation=generation, seed=seed, speaker_similarity=speaker_similarity,
+        id_column=id_column, generation=_generation(adapter, max_new_tokens, do_sample, sampling), seed=seed,
+        speaker_similarity=speaker_similarity,
     )  # fmt: skip
     spelling = getattr(asr, "spelling", None)  # Whisper's spelling map, where the ASR tokenizer provides it
     scored: WerResult = score_transcripts(
         front_end, num_examples, accelerator=accelerator, batch_size=batch_size, normalize=normalize,
         spelling=spelling, show_progress=show_progress, desc="TTS WER", metric=metric,
     )  # fmt: skip
-    seconds = front_end.seconds
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        parts = gather_object([seconds])
-        seconds = {key: max(part[key] for part in parts) for key in seconds}
-    records = scored.predictions
-    generated_seconds = float(scored.audio_seconds or 0.0)
-    similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
-
-    def rtf(compute: float) -> float | None:
-        return compute / generated_seconds if generated_seconds > 0 else None
-
     settings = {
         "decoding": "oracle" if oracle else ("sampled" if do_sample else "greedy"),
         **({} if oracle else {"max_new_tokens": max_new_tokens}),
         **({"seed": seed, "seed_per_utterance": "seed + index", **sampling} if do_sample and not oracle else {}),
         "batch_size": batch_size,
+        **_pipeline_settings(adapter, decode, asr, metric, normalize, spelling),
+    }
+    seconds = _gathered_seconds(front_end.seconds, accelerator)
+    result = _tts_result(scored, num_examples, seconds, settings, accelerator)
+    if output_dir is not None and accelerator.is_main_process:
+        result.save(output_dir)
+    return result
+
+
+def _adapter_prompt_builder(adapter: SpeechTokenAdapter, text_column: str) -> Callable[[dict[str, Any]], list[int]]:
+    """`example -> adapter.prompt(example[text_column])`, refused for an adapter without a prompt."""
+    if not hasattr(adapter, "prompt"):
+        raise TokenMergeError(
+            f"The {adapter.family} adapter has no built-in prompt. Fix: pass prompt_builder=example -> ids."
+        )
+
+    def prompt_builder(example: dict[str, Any]) -> list[int]:
+        return adapter.prompt(example[text_column])
+
+    return prompt_builder
+
+
+def _generation(
+    adapter: SpeechTokenAdapter, max_new_tokens: int, do_sample: bool, sampling: dict[str, Any]
+) -> dict[str, Any]:
+    """The `generate` settings of the TTS front end: the family's end tokens, padding, length and sampling."""
+    pad = adapter.tokenizer.pad_token_id
+    pad = pad if pad is not None else adapter.end_token_ids[0]
+    return {
+        "end_token_ids": adapter.end_token_ids,
+        "pad_token_id": pad,
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        **{k: v for k, v in sampling.items() if v is not None},
+    }
+
+
+def _pipeline_settings(
+    adapter: SpeechTokenAdapter, decode: Callable, asr: Callable, metric: str, normalize: bool, spelling: Any
+) -> dict[str, Any]:
+    """The family, codec, decoder, ASR and scoring of the evaluation, for the report's settings."""
+    return {
         "family": adapter.family,
         "codec": adapter.codec,
         "decode": getattr(decode, "__qualname__", type(decode).__name__),
@@ -460,9 +474,32 @@ def evaluate_tts_wer(
         "normalize": normalize,
         "spelling_map": spelling is not None,
     }
-    result = TtsWerResult(
+
+
+def _gathered_seconds(seconds: dict[str, float], accelerator) -> dict[str, float]:
+    """Generation, decode and ASR seconds: the slowest process's, when several shared the work."""
+    if accelerator.num_processes == 1:
+        return seconds
+    from accelerate.utils import gather_object
+
+    parts = gather_object([seconds])
+    return {key: max(part[key] for part in parts) for key in seconds}
+
+
+def _tts_result(
+    scored: WerResult, num_examples: int, seconds: dict[str, float], settings: dict[str, Any], accelerator
+) -> TtsWerResult:
+    """The `TtsWerResult` of scored transcripts: counts, the statuses of the generations, timing and settings."""
+    records = scored.predictions
+    generated_seconds = float(scored.audio_seconds or 0.0)
+    similarities = [r["speaker_similarity"] for r in records if "speaker_similarity" in r]
+
+    def rtf(compute: float) -> float | None:
+        return compute / generated_seconds if generated_seconds > 0 else None
+
+    return TtsWerResult(
         counts=scored.counts,
-        metric=metric,
+        metric=settings["metric"],
         num_utterances=num_examples,
         invalid=sum(r["status"] == "invalid" for r in records),
         undecodable=sum(r["status"] == "undecodable" for r in records),
@@ -481,6 +518,3 @@ def evaluate_tts_wer(
         num_processes=accelerator.num_processes,
         predictions=records,
     )
-    if output_dir is not None and accelerator.is_main_process:
-        result.save(output_dir)
-    return result

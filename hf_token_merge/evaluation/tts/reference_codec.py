@@ -126,11 +126,11 @@ def resynthesis_transcripts(
     return transcripts
 
 
-def score(references: Sequence[str], transcripts: Sequence[str], asr: Any = None) -> ErrorCounts:
+def score(targets: Sequence[str], transcripts: Sequence[str], asr: Any = None) -> ErrorCounts:
     """Corpus counts of transcripts, scored as `evaluate_tts_wer` scores them (normaliser + the ASR's spelling map).
 
     Args:
-        references: Reference texts.
+        targets: Target (ground-truth) texts.
         transcripts: Transcripts, same order.
         asr: The ASR callable (its `spelling` map is used; `whisper_asr` sets it).
 
@@ -139,8 +139,8 @@ def score(references: Sequence[str], transcripts: Sequence[str], asr: Any = None
     """
     spelling = getattr(asr, "spelling", None)
     total = ErrorCounts()
-    for reference, transcript in zip(references, transcripts, strict=True):
-        total = total + error_counts(reference, transcript, True, spelling)
+    for target, transcript in zip(targets, transcripts, strict=True):
+        total = total + error_counts(target, transcript, True, spelling)
     return total
 
 
