@@ -35,7 +35,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.reference.speech_llm import character_tokenizer
+from hf_token_merge.reference.speech_llm import character_tokenizer, load_trained_llama, reference_llama_config
 
 PAD, BOS, EOS, UNK = "<|pad|>", "<|bos|>", "<|eos|>", "<|unk|>"
 TEXT_GENERATION_START, TEXT_GENERATION_END = "<|TEXT_GENERATION_START|>", "<|TEXT_GENERATION_END|>"
@@ -107,19 +107,15 @@ def codec_llama_config(
     Returns:
         The `LlamaConfig`.
     """
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
+    # the same tied Llama as the reference speech-LLM (same special-token names), only sized differently
+    return reference_llama_config(
+        tokenizer,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size or 3 * hidden_size,
         num_hidden_layers=num_layers,
         num_attention_heads=num_heads,
         num_key_value_heads=num_heads,
         max_position_embeddings=max_positions,
-        rope_theta=10_000.0,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
     )
 
 
@@ -213,10 +209,4 @@ def load_codec_speech_llm(
         The model (eval mode, CPU) and its tokenizer.
     """
     folder = Path(path) if path is not None else codec_speech_llm_dir()
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no trained model; train it with `python recipes/speech_llm/train.py` (see its README)."
-        )
-    model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
-    return model.eval(), tokenizer
+    return load_trained_llama(folder, dtype, "train it with `python recipes/speech_llm/train.py` (see its README).")

@@ -298,11 +298,29 @@ def load_reference_speech_llm(
     Returns:
         The model (eval mode, CPU) and its tokenizer.
     """
-    folder = reference_speech_llm_dir()
+    return load_trained_llama(
+        reference_speech_llm_dir(), dtype, "build it with `python recipes/reference_model/run_all.py`."
+    )
+
+
+def load_trained_llama(
+    folder: Path, dtype: torch.dtype, how_to_build: str
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """Load a Llama and its fast tokenizer from a local folder written by one of the reference recipes.
+
+    Args:
+        folder: The model folder.
+        dtype: Parameter dtype.
+        how_to_build: The fix named when the folder holds no model (e.g. "train it with `python ...`.").
+
+    Returns:
+        The model (eval mode, CPU) and its tokenizer.
+
+    Raises:
+        FileNotFoundError: The folder has no `config.json`.
+    """
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{folder} holds no trained model; build it with `python recipes/reference_model/run_all.py`."
-        )
+        raise FileNotFoundError(f"{folder} holds no trained model; {how_to_build}")
     model = LlamaForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
     return model.eval(), tokenizer
