@@ -14,13 +14,16 @@ is made from the files first; then each path runs in its own subprocess and its 
 
 Goal: streaming peak RSS <= 1.5 x (embedding + head bytes) + the interpreter's baseline (the peak RSS of a
 subprocess that imports the same modules and does nothing). The generated checkpoint and outputs are deleted at the
-end unless `--keep`.
+end unless `--keep`, also when the run is interrupted (Ctrl-C, SIGTERM, SIGHUP: the measured subprocesses are
+killed first); nothing else under `--workdir` is touched, and the folder itself is removed only if the run made it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -151,7 +154,11 @@ def worker(mode: str, checkpoint: str, plan_dir: str, out: str, method: str) -> 
 
 
 def measure(mode: str, *arguments: str) -> dict[str, float]:
-    """Run one path in a child of a fresh parent; returns its seconds and peak RSS (bytes)."""
+    """Run one path in a child of a fresh parent; returns its seconds and peak RSS (bytes).
+
+    Parent and child run in a session of their own, so an interruption of this script (Ctrl-C, SIGTERM) kills both
+    (`os.killpg`) before the generated files are deleted: a surviving child would keep writing gigabytes there.
+    """
     probe = (
         "import json, resource, subprocess, sys; "
         f"run = subprocess.run([sys.executable, {__file__!r}, '--worker', *sys.argv[1:]], capture_output=True, "
@@ -159,10 +166,37 @@ def measure(mode: str, *arguments: str) -> dict[str, float]:
         "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024; "
         "print(json.dumps({**json.loads(run.stdout.strip().splitlines()[-1]), 'peak': peak}))"
     )
-    run = subprocess.run([sys.executable, "-c", probe, mode, *arguments], capture_output=True, text=True)
-    if run.returncode:
-        raise RuntimeError(f"{mode} failed:\n{run.stderr[-3000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])
+    process = subprocess.Popen(
+        [sys.executable, "-c", probe, mode, *arguments],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = process.communicate()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    if process.returncode:
+        raise RuntimeError(f"{mode} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+CREATED = ("checkpoint", "plan", "none", "streamed", "in_memory")  # everything the script writes under --workdir
+
+
+def remove_generated(work: Path, made_workdir: bool) -> None:
+    """Delete what this run wrote under `work` (and `work` itself only if the run made it), ignoring new signals."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not stop the deletion half-way
+    for name in CREATED:
+        shutil.rmtree(work / name, ignore_errors=True)
+    if made_workdir:
+        with contextlib.suppress(OSError):
+            work.rmdir()  # only if empty: never a file the script did not write
 
 
 def main() -> None:
@@ -189,8 +223,12 @@ def main() -> None:
     work = Path(args.workdir)
     if work.exists() and any(work.iterdir()):
         parser.error(f"{work} is not empty")
+    made_workdir = not work.exists()
+    work.mkdir(parents=True, exist_ok=True)
     checkpoint, plan = work / "checkpoint", work / "plan"
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still deletes the generated checkpoint
+    # SIGTERM (a timeout, `kill`) and SIGHUP (a closed terminal) unwind like Ctrl-C, through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, _: sys.exit(128 + signum))
     try:
         start = time.perf_counter()
         total = generate(checkpoint, args)
@@ -203,7 +241,7 @@ def main() -> None:
         in_memory = measure("in_memory", *common, str(work / "in_memory"), args.method)
     finally:
         if not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_generated(work, made_workdir)
 
     gib = 2**30
     goal = 1.5 * table + baseline["peak"]

@@ -4,12 +4,16 @@ At Llasa scale (65,536 rows of width 2,048 into 8,192 clusters) one full-space a
 2 TFLOP. Searching in a 256-dimensional PCA projection makes each iteration 8x cheaper; a final
 assignment in the full space then puts every row with its nearest centroid under the configured metric.
 
-Large problems (n * k * width >= `LARGE_WORK`) go faster two ways. The PCA axes come from a seeded sample of
-`PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment). And where bfloat16
-matrix products are faster than float32 ones on the device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the
-products of the Lloyd search in the projection run in bfloat16: they only rank centroids, and a row whose two best
-centroids score within bfloat16 rounding of each other may pick the second, which the next iteration and the final
-full-space assignment (float32, exact) correct. Small problems stay in float32, exactly as before.
+Large problems (n * k * width >= `LARGE_WORK`) go faster several ways. The PCA axes and the k-means++ seeds come from
+a seeded sample of `PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment, the
+seeding over all rows more than half of it). Where bfloat16 matrix products are faster than float32 ones on the
+device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the products of the Lloyd search in the projection run in
+bfloat16: they only rank centroids, and a row whose two best centroids score within bfloat16 rounding of each other
+may pick the second, which the next iteration and the final assignment correct. That final full-space assignment then
+ranks every centroid in bfloat16 too and scores each row's `RERANK` best in float32 (`assign_reranked`, half the
+time of a float32 assignment): it misses the float32 nearest only if rounding pushes it out of the row's top
+`RERANK`. The search stops after at most `LARGE_MAX_ITER` Lloyd iterations. Small problems stay in float32, exactly
+as before.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from hf_token_merge.clustering.similarity import blocks, scores, squared_distanc
 
 LARGE_WORK = 2**32  # n * k * width from which the PCA sample and bfloat16 ranking products apply
 PCA_SAMPLE = 16_384  # rows the PCA axes of a large problem are estimated from
+RERANK = 8  # best bfloat16-ranked centroids per row that a large problem's final assignment scores in float32
+LARGE_MAX_ITER = 6  # Lloyd iterations of a large problem's search (at most; `max_iter` still caps it)
 _FAST_BF16: dict[str, bool] = {}
 
 
@@ -148,6 +154,37 @@ def assign(
     return labels, best
 
 
+def assign_reranked(
+    rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int, keep: int = RERANK
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assign` ranked in bfloat16, then each row's `keep` best centroids scored again in float32.
+
+    Args:
+        rows: `(n, d)` float32 prepared rows.
+        centroids: `(k, d)` float32 centroids.
+        metric: "cosine" or "euclidean" (see `scores`).
+        block_size: Rows per block.
+        keep: Candidates per row scored in float32.
+
+    Returns:
+        `(labels, best_scores)`, both of length n; the scores are float32.
+    """
+    keep = min(keep, centroids.shape[0])
+    sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
+    ranking = centroids.to(torch.bfloat16)
+    ranking_sq_norm = sq_norm.to(torch.bfloat16) if sq_norm is not None else None
+    labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    for part in blocks(rows.shape[0], block_size):
+        ids = scores(rows[part].to(torch.bfloat16), ranking, metric, ranking_sq_norm).topk(keep, dim=1).indices
+        exact = torch.bmm(centroids[ids], rows[part, :, None])[:, :, 0]
+        if sq_norm is not None:
+            exact.mul_(2).sub_(sq_norm[ids])
+        best[part], pick = exact.max(dim=1)
+        labels[part] = ids.gather(1, pick[:, None])[:, 0]
+    return labels, best
+
+
 def centroids_of(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str) -> torch.Tensor:
     """Mean row of every cluster (unit-normalised for cosine); empty clusters give zero rows."""
     sums = torch.zeros(k, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, labels, rows)
@@ -222,9 +259,17 @@ def kmeans(
     # rows orders neighbours exactly like cosine similarity.
     search_metric = "euclidean" if projected else metric
 
-    initial = kmeans_plus_plus(search_rows, k, search_metric, generator)
+    if large and n > PCA_SAMPLE:
+        # D^2 sampling over all rows cost more than half a full-space product at the Llasa shape: seed from a
+        # sample (at least k rows); the Lloyd iterations over every row move the centroids from there.
+        seeds = torch.randperm(n, generator=generator)[: max(PCA_SAMPLE, k)].sort().values.to(rows.device)
+        initial = seeds[kmeans_plus_plus(search_rows[seeds], k, search_metric, generator)]
+    else:
+        initial = kmeans_plus_plus(search_rows, k, search_metric, generator)
     centroids = search_rows[initial].clone()
     labels = torch.full((n,), -1, dtype=torch.long, device=rows.device)
+    if large:
+        max_iter = min(max_iter, LARGE_MAX_ITER)
     progress = tqdm(range(max_iter), desc=f"k-means (k={k})", disable=not show_progress, leave=False)
     for _ in progress:
         new_labels, best = assign(search_rows, centroids, search_metric, block_size, rank_dtype)
@@ -239,6 +284,10 @@ def kmeans(
 
     if projected:
         del search_rows
-        labels, best = assign(rows, centroids_of(rows, labels, k, metric), metric, block_size)
+        final = centroids_of(rows, labels, k, metric)
+        if rank_dtype is None:
+            labels, best = assign(rows, final, metric, block_size)
+        else:
+            labels, best = assign_reranked(rows, final, metric, block_size)
         labels = fill_empty_clusters(labels, best, k)
     return labels

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hf_token_merge.clustering import canonical_labels, cluster_rows, prepare_rows
+from hf_token_merge.clustering.kmeans import LARGE_WORK
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.remap.locate import EmbeddingPair, locate_embeddings
@@ -371,6 +372,8 @@ def _fit_to_merged_row(rows: torch.Tensor, labels: torch.Tensor, sizes: torch.Te
 
 def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, block_size: int) -> torch.Tensor:
     """Index (into rows) of each cluster's medoid: the member with the best total score to its mates."""
+    if metric == "cosine" and rows.shape[0] * k * rows.shape[1] >= LARGE_WORK:
+        return _cosine_medoids(rows, labels, k, block_size)
     order = torch.argsort(labels, stable=True)
     sizes = torch.bincount(labels, minlength=k).tolist()
     medoids = torch.empty(k, dtype=torch.long)
@@ -392,6 +395,28 @@ def _medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, metric: str, bloc
                 totals[part : part + block_size] = gaps.clamp_min_(0).sqrt_().sum(1)
         medoids[cluster] = members[int(totals.argmin())]
     return medoids
+
+
+def _cosine_medoids(rows: torch.Tensor, labels: torch.Tensor, k: int, block_size: int) -> torch.Tensor:
+    """`_medoids` for cosine without a Python loop over clusters (8 s for 8,192 clusters at the Llasa shape).
+
+    A member's total cosine to its mates is its dot product with the sum of the cluster's rows. The totals are summed
+    in another order than the loop's, so on large problems (the only ones sent here) a member within rounding of the
+    best may win instead; ties go to the lowest index, as in the loop.
+    """
+    n = rows.shape[0]
+    sums = torch.zeros(k, rows.shape[1], dtype=rows.dtype, device=rows.device).index_add_(0, labels, rows)
+    totals = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    for start in range(0, n, block_size):
+        part = slice(start, start + block_size)
+        totals[part] = (rows[part] * sums[labels[part]]).sum(1)
+    index = torch.arange(n, device=rows.device)
+    best = torch.full((k,), -math.inf, dtype=rows.dtype, device=rows.device).scatter_reduce_(0, labels, totals, "amax")
+    winners = torch.where(totals == best[labels], index, n)
+    medoids = torch.full((k,), n, device=rows.device).scatter_reduce_(0, labels, winners, "amin")
+    first = torch.full((k,), n, device=rows.device).scatter_reduce_(0, labels, index, "amin")
+    pairs = torch.bincount(labels, minlength=k) <= 2  # either member of a pair is a medoid: the first, as in the loop
+    return torch.where(pairs, first, medoids).cpu()
 
 
 def _model_configs(model: torch.nn.Module) -> tuple[Any, ...]:

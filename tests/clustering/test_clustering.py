@@ -355,6 +355,38 @@ def test_large_kmeans_path_recovers_planted_clusters(monkeypatch, fast_bfloat16)
     assert torch.equal(canonical_labels(labels), expected)
 
 
+def test_large_kmeans_seeds_from_a_sample_and_caps_its_lloyd_iterations(monkeypatch):
+    """Above PCA_SAMPLE rows, k-means++ sees a sample; the search runs at most LARGE_MAX_ITER iterations."""
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    monkeypatch.setattr(module, "LARGE_WORK", 1)
+    monkeypatch.setattr(module, "PCA_SAMPLE", 40)
+    monkeypatch.setattr(module, "LARGE_MAX_ITER", 2)
+    monkeypatch.setattr(module, "bfloat16_is_faster", lambda device: False)
+    seeded, assigned = [], []
+    seed, assign = module.kmeans_plus_plus, module.assign
+    monkeypatch.setattr(module, "kmeans_plus_plus", lambda rows, *a: seeded.append(len(rows)) or seed(rows, *a))
+    monkeypatch.setattr(module, "assign", lambda rows, *a: assigned.append(rows.shape[1]) or assign(rows, *a))
+    rows, expected = shuffled_planted(width=32)
+    labels = kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=8, block_size=7, show_progress=False)
+    assert seeded == [40]  # of the 60 rows
+    assert assigned == [8, 8, 32]  # two searches in the projection, then the full-space assignment
+    assert torch.equal(canonical_labels(labels), expected)
+
+
+def test_reranked_assignment_picks_the_float32_nearest():
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    rows, labels = planted(n=48, k=8, width=32, noise=0.3)
+    centroids = module.centroids_of(rows, labels, 8, "euclidean")
+    for metric in ("cosine", "euclidean"):
+        prepared = prepare_rows(rows, metric)
+        exact, exact_best = module.assign(prepared, centroids, metric, 5)
+        reranked, best = module.assign_reranked(prepared, centroids, metric, 5, keep=3)
+        assert torch.equal(reranked, exact)
+        assert best.dtype == torch.float32 and torch.allclose(best, exact_best, atol=1e-5)
+    one, _ = module.assign_reranked(rows, centroids[:1], "cosine", 5)  # keep > k: every centroid is a candidate
+    assert torch.equal(one, torch.zeros(48, dtype=torch.long))
+
+
 def test_pca_sample_of_every_row_is_the_full_pca():
     rows, _ = planted(n=48, width=16)
     generator = torch.Generator().manual_seed(0)

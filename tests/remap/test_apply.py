@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import warnings
 
 import pytest
@@ -981,3 +982,17 @@ def test_planning_and_applying_log_their_decisions(llama_untied, caplog):
         ("hf_token_merge.remap.apply", messages[2][1]),
     ]
     assert messages[2][1].startswith("merge applied: 75 -> 31 embedding rows, ")
+
+
+def test_cosine_medoids_of_large_problems_match_the_loop(monkeypatch):
+    """The vectorised cosine medoids (large problems) pick the loop's medoid, pairs and singletons included."""
+    plan_module = importlib.import_module("hf_token_merge.remap.plan")
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.nn.functional.normalize(torch.randn(200, 16, generator=generator), dim=1)
+    labels = torch.randint(0, 40, (200,), generator=generator)
+    labels[:3] = torch.tensor([40, 41, 41])  # a singleton and a pair
+    looped = plan_module._medoids(rows, labels, 42, "cosine", 7)
+    monkeypatch.setattr(plan_module, "LARGE_WORK", 1)
+    vectorised = plan_module._medoids(rows, labels, 42, "cosine", 7)
+    assert torch.equal(vectorised, looped)
+    assert vectorised[40] == 0 and vectorised[41] == 1
