@@ -59,7 +59,10 @@ def plot_curve(log: list[dict], path: Path) -> None:
 def _cell(row: dict | None) -> str:
     if not row:
         return "not measured"
-    return f"{row['wer']:.3f} (95 % CI {row['ci_low']:.3f}-{row['ci_high']:.3f}; {row['utterances']} utt.)"
+    return (
+        f"{row['wer']:.3f} (95 % CI {row['ci_low']:.3f}-{row['ci_high']:.3f}; "
+        f"{row['utterances']} utt., {row['words']:,} words)"
+    )
 
 
 def results_table(results: dict) -> str:
@@ -104,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--card-dir", default=str(REPO / "model_cards" / "codec-speech-llm"))
     parser.add_argument("--asset-dir", default=None)
     parser.add_argument("--commands", default="", help="the exact commands, for the card")
+    parser.add_argument("--notes", default="", help="what else a reader of the training section must know")
     args = parser.parse_args(argv)
     run, card = Path(args.run), Path(args.card_dir)
     card.mkdir(parents=True, exist_ok=True)
@@ -145,6 +149,7 @@ of about {settings["batch_tokens"]:,} padded tokens, {training["epochs"]:.2f} ep
 {"(stopped early at the time limit)" if training["stopped_early"] else ""}.
 Last dev loss (96 dev utterances, teacher forced): TTS {last[0].get("dev_tts", float("nan")):.3f},
 ASR {last[0].get("dev_asr", float("nan")):.3f} nats/token.
+{args.notes}
 
 ![training curve](training_curve.png)
 
@@ -157,7 +162,7 @@ resamples, seed 0).
 
 {results_table(results)}
 
-{"Evaluated on the first " + str(results["limit"]) + " utterances of each split." if results.get("limit") else ""}
+{limits(results)}
 
 Goals of issue 15:
 
