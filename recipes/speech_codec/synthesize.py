@@ -87,6 +87,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--splits", nargs="+", default=["test", "dev", "train"])
+    parser.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
     args = parser.parse_args()
     folder = audio_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -94,8 +95,8 @@ def main() -> None:
     jobs = [
         (row["id"], row["text"], row["voice"], str(folder / f"{row['id']}.flac"))
         for split in args.splits
-        for row in rows
-        if row["split"] == split and not (folder / f"{row['id']}.flac").exists()
+        for row in [row for row in rows if row["split"] == split][: args.limit]
+        if not (folder / f"{row['id']}.flac").exists()
     ]
     print(f"{len(jobs)} utterances to synthesise into {folder}", flush=True)
     start = time.time()

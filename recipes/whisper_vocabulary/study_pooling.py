@@ -91,13 +91,10 @@ def run(args, model, processor) -> None:
         for form, threshold in runs:
             start = time.perf_counter()
             after, stats = pooled_run(model, processor, name, form, threshold, spelling)
-            groups = {name: list(range(len(base)))}
-            if name == "everyday":
-                for voice in S.EVERYDAY_VOICES:
-                    groups[f"everyday-{voice}"] = [i for i, r in enumerate(rows) if r["voice"] == voice]
-            for group, index in groups.items():
+            for group, index in S.groups_of(name, rows).items():
                 diff = compare_records([base[i] for i in index], [after[i] for i in index])
                 result = {"set": group, "form": form, "threshold": threshold, **stats, **diff.to_dict()}
+                result["delta_points"] = 100 * diff.difference
                 out.append(result)
                 print(
                     f"{group} {form} tau {threshold}: frames kept {stats['retention']:.3f} "
@@ -107,6 +104,14 @@ def run(args, model, processor) -> None:
                     flush=True,
                 )
             print(f"  ({time.perf_counter() - start:.0f} s)", flush=True)
+    if args.command == "tune":
+        trials = [r for r in out if r["set"] == "dev"]
+        for form, trial in S.choose_within_budget(trials, args.max_wer_increase, "retention", "form").items():
+            print(
+                f"chosen on dev for {form}: tau {trial['threshold']} (frames kept {trial['retention']:.3f}), "
+                f"{trial['delta_points']:+.2f} points",
+                flush=True,
+            )
     if args.output:
         Path(args.output).write_text(json.dumps(out, indent=1))
 
@@ -117,6 +122,7 @@ def main() -> None:
     p = sub.add_parser("tune")
     p.add_argument("--thresholds", type=float, nargs="+", required=True)
     p.add_argument("--forms", nargs="+", default=list(FORMS), choices=list(FORMS))
+    p.add_argument("--max-wer-increase", type=float, default=0.5, help="dev budget in WER points for the choice")
     p.add_argument("--output")
     p = sub.add_parser("report")
     p.add_argument("--runs", nargs="+", required=True, help="FORM:THRESHOLD, e.g. both:0.99")

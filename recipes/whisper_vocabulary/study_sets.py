@@ -2,9 +2,9 @@
 
 Sets (none of them is a calibration source):
 
-* `dev`: the first 40 of the 300 dev sentences of the synthetic KJV corpus (`recipes/speech_codec/corpus.jsonl`,
+* `dev`: the 300 dev sentences of the synthetic KJV corpus (`recipes/speech_codec/corpus.jsonl`,
   file order, all 7 voices); the ONLY set the vocabulary trim and the encoder-pooling threshold are tuned on.
-* `test`: the first 40 of its 600 test sentences (file order; all 7 voices), a report set.
+* `test`: its 600 test sentences (all 7 voices), a report set.
 * `librivox`: the 12 LibriVox sonnet utterances (357 words, real speech), a report set.
 * `everyday`: the 153 everyday sentences of `everyday_sentences.txt` (`synthesize_everyday.py`), sentence i read
   by voice `EVERYDAY_VOICES[i % 5]` (30-31 sentences a voice), a report set; `everyday-<voice>` is one voice's part.
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "speech_codec"))
 sys.path.insert(0, str(HERE))
 EVERYDAY_VOICES = ("flite-slt", "flite-awb", "flite-rms", "flite-kal16", "piper-joe-1.00")
-SUBSET = 40  # utterances of the dev and test splits (the CPU budget of the study; see the recipe README)
+SUBSET = None  # utterances of the dev and test splits (None: the whole splits, 300 and 600)
 
 
 def study_dir() -> Path:
@@ -163,6 +163,30 @@ def wer_of(recs: list[dict]) -> tuple[float, int]:
     errors = sum(r["substitutions"] + r["deletions"] + r["insertions"] for r in recs)
     words = sum(r["substitutions"] + r["deletions"] + r["hits"] for r in recs)
     return errors / words, words
+
+
+def choose_within_budget(trials: list[dict], budget_points: float, cost: str, group_by: str) -> dict[str, dict]:
+    """The dev choice of each `group_by` value: of its trials with `delta_points <= budget_points`, the one with the
+    lowest `cost` (rows kept, frames kept), ties broken by the smaller delta. Groups with no trial within the budget
+    are left out."""
+    chosen: dict[str, dict] = {}
+    for trial in trials:
+        if trial["delta_points"] > budget_points:
+            continue
+        best = chosen.get(trial[group_by])
+        if best is None or (trial[cost], trial["delta_points"]) < (best[cost], best["delta_points"]):
+            chosen[trial[group_by]] = trial
+    return chosen
+
+
+def groups_of(name: str, rows: list[dict]) -> dict[str, list[int]]:
+    """Row indices of a set and of each of its voices (`<set>-<voice>`), for per-voice reports."""
+    groups = {name: list(range(len(rows)))}
+    voices = sorted({r["voice"] for r in rows})
+    if len(voices) > 1:
+        for voice in voices:
+            groups[f"{name}-{voice}"] = [i for i, r in enumerate(rows) if r["voice"] == voice]
+    return groups
 
 
 def encoder_dir(name: str) -> Path:

@@ -91,9 +91,25 @@ def tune(args, model, processor) -> None:
             }
             results.append(result)
             print(json.dumps(result), flush=True)
+    chosen = S.choose_within_budget(results, args.max_wer_increase, cost="rows", group_by="ranking")
+    for name, trial in chosen.items():
+        print(
+            f"chosen on dev for {name}: keep {trial['keep']} ({trial['removed']:.1%} removed), "
+            f"{trial['delta_points']:+.2f} points",
+            flush=True,
+        )
     if args.output:
         Path(args.output).write_text(
-            json.dumps({"dev_words": words, "baseline": base_wer, "trials": results}, indent=1)
+            json.dumps(
+                {
+                    "dev_words": words,
+                    "baseline": base_wer,
+                    "budget_points": args.max_wer_increase,
+                    "chosen": chosen,
+                    "trials": results,
+                },
+                indent=1,
+            )
         )
 
 
@@ -129,11 +145,7 @@ def report(args, model, processor) -> None:
         texts, _ = S.decode_cached(model, processor, S.cached_encoder(name, base), [r["frames"] for r in base])
         rows = S.load_set(name)
         after = S.records(rows, texts, spelling)
-        groups = {name: range(len(base))}
-        if name == "everyday":
-            for voice in S.EVERYDAY_VOICES:
-                groups[f"everyday-{voice}"] = [i for i, r in enumerate(rows) if r["voice"] == voice]
-        for group, index in groups.items():
+        for group, index in S.groups_of(name, rows).items():
             diff = compare_records([base[i] for i in index], [after[i] for i in index])
             changed = [
                 (base[i]["prediction"], after[i]["prediction"])
@@ -230,6 +242,7 @@ def main() -> None:
     p = sub.add_parser("tune", help="emulated trims on the dev subset")
     p.add_argument("--keeps", type=int, nargs="+", required=True)
     p.add_argument("--rankings", nargs="*")
+    p.add_argument("--max-wer-increase", type=float, default=0.5, help="dev budget in WER points for the choice")
     p.add_argument("--output")
     p = sub.add_parser("report", help="the real merge on the report sets")
     p.add_argument("--ranking", required=True, help="a ranking of `rank`, or a name for --calibration")
