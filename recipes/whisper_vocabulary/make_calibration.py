@@ -23,6 +23,17 @@ needs keep count 0 and follow by id (GPT-2's merge order), as the `frequency` me
 
     PYTHONPATH=. python recipes/whisper_vocabulary/make_calibration.py --wordfreq 200000 --tiers 60 \
         --output calibration-words.txt
+
+With `--fused CALIBRATION` (issue 16: the ranking the `whisper` recipe's `english_frequency` variant uses) the file
+is token level: the `fused` ranking of `rankings.py` (rank fusion of the counts of CALIBRATION, the output of
+`--wordfreq 200000`, and the whole-word `wordfreq_max`), one line per selected token, its text TAB its score, so
+that `--calibration-text` counts each token exactly its score. A token that is no text by itself (a piece of a UTF-8
+character) is written as the shortest completion to a character whose tokenization holds it, so the other pieces
+of that character get at least the same score.
+
+    PYTHONPATH=. python recipes/whisper_vocabulary/make_calibration.py --wordfreq 200000 --output calibration.txt
+    PYTHONPATH=. python recipes/whisper_vocabulary/make_calibration.py --wordfreq 200000 --fused calibration.txt \
+        --output calibration-fused.txt
 """
 
 from __future__ import annotations
@@ -69,12 +80,62 @@ def tiered_lines(top: int, tiers: int) -> tuple[list[str], list[float]]:
     return [texts[i] for i in order], [10.0 ** (5 * (tiers - 1 - rank // size)) for rank in range(len(order))]
 
 
+def fused_lines(calibration: str, top: int) -> list[str]:
+    """`text TAB score` of every selected token of the `fused` ranking with a score (see `completed_text`)."""
+    from rankings import SELECTED, rankings
+
+    from hf_token_merge.reference import load_whisper_tiny_en
+
+    tokenizer = load_whisper_tiny_en()[1].tokenizer
+    scores = rankings(tokenizer, top=top, calibration_file=calibration)["fused"]
+    ids = [i for i in range(*SELECTED) if scores[i] > 0]
+    texts = [tokenizer.decode([i]) for i in ids]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lines = []
+    for i, text, back in zip(ids, texts, encoded, strict=True):
+        if back != [i] or not text.strip() or "\n" in text or "\r" in text:
+            text = completed_text(tokenizer, i)
+        if text is not None:
+            lines.append(f"{text}\t{scores[i]:.0f}")
+    return lines
+
+
+def completed_text(tokenizer, token_id: int) -> str | None:
+    """A one-line text whose tokenization holds `token_id`, for a token that is not a text by itself (a piece of a
+    UTF-8 character, completed with a lead or continuation byte); None if none of the tried completions works."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {char: byte for byte, char in bytes_to_unicode().items()}
+    raw = bytes(byte_of[char] for char in tokenizer.convert_ids_to_tokens(token_id))
+    continuation = [bytes([b]) for b in range(0x80, 0xC0)]
+    prefixes = [b""] + [bytes([b]) for b in range(0xC2, 0xF5)] + [b"\xe2\x80", b"\xf0\x9f", b"\xe2\x84"]
+    suffixes = [b""] + continuation + [c + b"\x80" for c in continuation] + [c + b"\x80\x80" for c in continuation]
+    for prefix in prefixes:
+        for suffix in suffixes:
+            try:
+                text = (prefix + raw + suffix).decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            usable = text.strip() and "\n" not in text and "\r" not in text
+            if usable and token_id in tokenizer(text, add_special_tokens=False)["input_ids"]:
+                return text
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", required=True, help="calibration file to write")
     parser.add_argument("--wordfreq", type=int, default=0, help="also the N most frequent English words (wordfreq)")
     parser.add_argument("--tiers", type=int, default=0, help="whole-word tiers of the wordfreq words only (issue 16)")
+    parser.add_argument("--fused", metavar="CALIBRATION", help="token-level file of the `fused` ranking (issue 16)")
     args = parser.parse_args()
+    if args.fused:
+        if not args.wordfreq:
+            raise SystemExit("--fused ranks with the wordfreq words too: pass --wordfreq N.")
+        lines = fused_lines(args.fused, args.wordfreq)
+        Path(args.output).write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+        print(f"{len(lines)} token lines -> {args.output}")
+        return
     if args.tiers:
         if not args.wordfreq:
             raise SystemExit("--tiers ranks the wordfreq words: pass --wordfreq N too.")

@@ -12,6 +12,10 @@ smaller id first). Only ids 256..50255 are ever selected (the single bytes and t
 * `bpe_rank`: GPT-2's merge order (a token's id is its merge rank; earlier merges were more frequent in GPT-2's
   training text): score = -id.
 * `wordfreq_max_bpe`: `wordfreq_max` first, then the tokens no word needs by merge order.
+* `fused` (with a calibration file): rank fusion of `calibration` and `wordfreq_max`: a token is worth its better
+  place in the two orders, so keeping the top k keeps roughly the top k/2 of each (more where they agree). The
+  calibration text brings what a word list lacks (punctuation pieces such as `."`, names, the domain's words), the
+  word list brings the numbers and the everyday words the calibration text never uses.
 
 Numbers: wordfreq has no multi-digit numbers, so every spelling also includes 0..100, the years 1900..2030 and
 the round numbers 200..1000 (step 100), 2000..10000 (step 1000) at the frequency of wordfreq's 5,000th word.
@@ -79,6 +83,21 @@ def bpe_prior() -> np.ndarray:
     return 1.0 - (np.arange(VOCAB) + 1.0) / (VOCAB + 1.0)
 
 
+def order_ranks(scores: np.ndarray) -> np.ndarray:
+    """Place of every selected id in the order of `scores` (0 = kept first; ties: smaller id), others `VOCAB`."""
+    low, high = SELECTED
+    ids = np.arange(low, high)
+    order = np.lexsort((ids, -scores[low:high]))
+    ranks = np.full(VOCAB, VOCAB, dtype=np.int64)
+    ranks[ids[order]] = np.arange(len(order))
+    return ranks
+
+
+def rank_fusion(*scores: np.ndarray) -> np.ndarray:
+    """Score by the best place of each id in any of the orders (higher is kept first; non-negative, as counts)."""
+    return (VOCAB - np.minimum.reduce([order_ranks(s) for s in scores])).astype(np.float64)
+
+
 def rankings(tokenizer, top: int = 200_000, calibration_file: str | None = None) -> dict[str, np.ndarray]:
     """All candidate rankings (see the module docstring); `calibration` only when `calibration_file` is given."""
     texts, weights = spellings(word_list(top))
@@ -95,6 +114,7 @@ def rankings(tokenizer, top: int = 200_000, calibration_file: str | None = None)
         from hf_token_merge.remap import calibration_counts
 
         out["calibration"] = calibration_counts(tokenizer, calibration_file, VOCAB).numpy()
+        out["fused"] = rank_fusion(out["calibration"], out["wordfreq_max"])
     return out
 
 
