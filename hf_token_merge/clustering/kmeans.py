@@ -27,6 +27,7 @@ LARGE_WORK = 2**32  # n * k * width from which the PCA sample and bfloat16 ranki
 PCA_SAMPLE = 16_384  # rows the PCA axes of a large problem are estimated from
 RERANK = 8  # best bfloat16-ranked centroids per row that a large problem's final assignment scores in float32
 LARGE_MAX_ITER = 6  # Lloyd iterations of a large problem's search (at most; `max_iter` still caps it)
+RANK_BLOCK = 512  # rows per ranking product of a large problem: a (512, 8192) bfloat16 score block stays in cache
 _FAST_BF16: dict[str, bool] = {}
 
 
@@ -142,15 +143,41 @@ def assign(
     Returns:
         `(labels, best_scores)`, both of length n.
     """
-    sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
     if product_dtype is not None:
-        centroids = centroids.to(product_dtype)
-        sq_norm = sq_norm.to(product_dtype) if sq_norm is not None else None
+        return _assign_ranked(rows, centroids, metric, min(block_size, RANK_BLOCK), product_dtype)
+    sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
     labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
     best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
     for part in blocks(rows.shape[0], block_size):
-        queries = rows[part] if product_dtype is None else rows[part].to(product_dtype)
-        best[part], labels[part] = scores(queries, centroids, metric, sq_norm).max(dim=1)
+        best[part], labels[part] = scores(rows[part], centroids, metric, sq_norm).max(dim=1)
+    return labels, best
+
+
+def _assign_ranked(
+    rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assign` with the products in `dtype`, each score block made by one product and read once by `max`.
+
+    The Euclidean score `2 q.c - |c|^2` is the product of the row extended by a 1 with the centroid doubled and
+    extended by `-|c|^2`: at the Llasa shape the separate doubling and subtraction passes over each score block cost
+    more than the bfloat16 product itself. Small blocks (`RANK_BLOCK` rows) keep the score block in cache between
+    the product and the `max`, which then no longer waits on memory.
+    """
+    n, width = rows.shape
+    keys = centroids
+    if metric == "euclidean":
+        keys = torch.cat([2 * centroids, -centroids.pow(2).sum(dim=1, keepdim=True)], dim=1)
+    keys = keys.to(dtype)
+    queries = torch.empty(min(block_size, n), keys.shape[1], dtype=dtype, device=rows.device)
+    queries[:, width:] = 1  # the Euclidean extension; absent for cosine
+    products = torch.empty(queries.shape[0], keys.shape[0], dtype=dtype, device=rows.device)
+    labels = torch.empty(n, dtype=torch.long, device=rows.device)
+    best = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    for part in blocks(n, block_size):
+        size = part.stop - part.start
+        queries[:size, :width] = rows[part]
+        torch.mm(queries[:size], keys.T, out=products[:size])
+        best[part], labels[part] = products[:size].max(dim=1)
     return labels, best
 
 
