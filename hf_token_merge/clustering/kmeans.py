@@ -27,6 +27,8 @@ LARGE_WORK = 2**32  # n * k * width from which the PCA sample and bfloat16 ranki
 PCA_SAMPLE = 16_384  # rows the PCA axes of a large problem are estimated from
 RERANK = 8  # best bfloat16-ranked centroids per row that a large problem's final assignment scores in float32
 LARGE_MAX_ITER = 6  # Lloyd iterations of a large problem's search (at most; `max_iter` still caps it)
+# Twice a bfloat16 score's rounding error, as a share of the row's score scale, is below 3 * 2^-7 < 2^-5
+RESCORE_MARGIN = 2**-5
 RANK_BLOCK = 512  # rows per ranking product of a large problem: a (512, 8192) bfloat16 score block stays in cache
 _FAST_BF16: dict[str, bool] = {}
 
@@ -184,30 +186,57 @@ def _assign_ranked(
 def assign_reranked(
     rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int, keep: int = RERANK
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`assign` ranked in bfloat16, then each row's `keep` best centroids scored again in float32.
+    """`assign` ranked in bfloat16, then the centroids that may be a row's float32 best scored again in float32.
+
+    A row's candidates are those of its `keep` bfloat16-best centroids that score within `RESCORE_MARGIN` times the
+    row's score scale of its bfloat16 best: bfloat16 rounding (a unit roundoff of 2^-8, on the inputs and on the
+    product) moves the gap between two scores by less than that, so a centroid outside the margin cannot beat the
+    best in float32. Most rows keep one candidate, so the float32 rescoring reads about one centroid per row instead
+    of `keep`. The float32 best is missed only when more than `keep` centroids lie within the margin.
 
     Args:
         rows: `(n, d)` float32 prepared rows.
         centroids: `(k, d)` float32 centroids.
         metric: "cosine" or "euclidean" (see `scores`).
-        block_size: Rows per block.
-        keep: Candidates per row scored in float32.
+        block_size: Rows per block (at most `RANK_BLOCK` are ranked at a time).
+        keep: Most candidates per row scored in float32.
 
     Returns:
         `(labels, best_scores)`, both of length n; the scores are float32.
     """
+    n, width = rows.shape
     keep = min(keep, centroids.shape[0])
+    block_size = min(block_size, RANK_BLOCK)
+    reach = centroids.norm(dim=1).max()
     sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
-    ranking = centroids.to(torch.bfloat16)
-    ranking_sq_norm = sq_norm.to(torch.bfloat16) if sq_norm is not None else None
-    labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
-    best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
-    for part in blocks(rows.shape[0], block_size):
-        ids = scores(rows[part].to(torch.bfloat16), ranking, metric, ranking_sq_norm).topk(keep, dim=1).indices
-        exact = torch.bmm(centroids[ids], rows[part, :, None])[:, :, 0]
+    # one bfloat16 product per block, the Euclidean score folded in as in `_assign_ranked`
+    keys = centroids if sq_norm is None else torch.cat([2 * centroids, -sq_norm[:, None]], dim=1)
+    keys = keys.to(torch.bfloat16)
+    queries = torch.empty(min(block_size, n), keys.shape[1], dtype=torch.bfloat16, device=rows.device)
+    queries[:, width:] = 1
+    products = torch.empty(queries.shape[0], keys.shape[0], dtype=torch.bfloat16, device=rows.device)
+    labels = torch.empty(n, dtype=torch.long, device=rows.device)
+    best = torch.empty(n, dtype=rows.dtype, device=rows.device)
+    for part in blocks(n, block_size):
+        size = part.stop - part.start
+        block = rows[part]
+        queries[:size, :width] = block
+        torch.mm(queries[:size], keys.T, out=products[:size])
+        ranked, ids = products[:size].topk(keep, dim=1)
+        # the largest score a row can reach: |q| |c|, and for Euclidean 2 |q| |c| + |c|^2
+        scale = block.norm(dim=1) * reach
         if sq_norm is not None:
-            exact.mul_(2).sub_(sq_norm[ids])
-        best[part], pick = exact.max(dim=1)
+            scale = 2 * scale + reach**2
+        ranked = ranked.to(rows.dtype)
+        near = ranked >= ranked[:, :1] - RESCORE_MARGIN * scale[:, None]
+        pair_row, pair_slot = near.nonzero(as_tuple=True)
+        pair_centroid = ids[pair_row, pair_slot]
+        exact = (block[pair_row] * centroids[pair_centroid]).sum(dim=1)
+        if sq_norm is not None:
+            exact = exact.mul_(2).sub_(sq_norm[pair_centroid])
+        rescored = torch.full((size, keep), -torch.inf, dtype=rows.dtype, device=rows.device)
+        rescored[pair_row, pair_slot] = exact
+        best[part], pick = rescored.max(dim=1)
         labels[part] = ids.gather(1, pick[:, None])[:, 0]
     return labels, best
 
