@@ -29,6 +29,7 @@ RERANK = 8  # best bfloat16-ranked centroids per row that a large problem's fina
 LARGE_MAX_ITER = 6  # Lloyd iterations of a large problem's search (at most; `max_iter` still caps it)
 # Twice a bfloat16 score's rounding error, as a share of the row's score scale, is below 3 * 2^-7 < 2^-5
 RESCORE_MARGIN = 2**-5
+MAX_GROUP = 256  # columns per group of a large problem's two-step row maximum (`_row_max`)
 RANK_BLOCK = 512  # rows per ranking product of a large problem: a (512, 8192) bfloat16 score block stays in cache
 _FAST_BF16: dict[str, bool] = {}
 
@@ -179,8 +180,30 @@ def _assign_ranked(
         size = part.stop - part.start
         queries[:size, :width] = rows[part]
         torch.mm(queries[:size], keys.T, out=products[:size])
-        best[part], labels[part] = products[:size].max(dim=1)
+        best[part], labels[part] = _row_max(products[:size])
     return labels, best
+
+
+def _row_max(scores: torch.Tensor, group: int = MAX_GROUP) -> tuple[torch.Tensor, torch.Tensor]:
+    """`scores.max(dim=1)` of a `(b, k)` block, values and the first index of the maximum, in two steps.
+
+    On the CPU, `max` with indices over a bfloat16 row runs about three times slower than `amax` without them; the
+    maximum of each group of `group` columns (`amax`), then the group holding the best one and its position in that
+    group, give the same values and first indices for less than two thirds of the time at k = 8,192.
+    """
+    b, k = scores.shape
+    whole = k - k % group
+    if whole < 2 * group:
+        return scores.max(dim=1)
+    grouped = scores[:, :whole].unflatten(1, (whole // group, group))
+    best, which = grouped.amax(dim=2).max(dim=1)
+    index = which * group + grouped[torch.arange(b, device=scores.device), which].argmax(dim=1)
+    if whole < k:
+        tail_best, tail_index = scores[:, whole:].max(dim=1)
+        later = tail_best > best  # ties keep the earlier index, as `max` does
+        best = torch.where(later, tail_best, best)
+        index = torch.where(later, tail_index + whole, index)
+    return best, index
 
 
 def assign_reranked(
