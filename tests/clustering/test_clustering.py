@@ -364,7 +364,9 @@ def test_large_kmeans_seeds_from_a_sample_and_caps_its_lloyd_iterations(monkeypa
     monkeypatch.setattr(module, "bfloat16_is_faster", lambda device: False)
     seeded, assigned = [], []
     seed, assign = module.kmeans_plus_plus, module.assign
-    monkeypatch.setattr(module, "kmeans_plus_plus", lambda rows, *a: seeded.append(len(rows)) or seed(rows, *a))
+    monkeypatch.setattr(
+        module, "kmeans_plus_plus", lambda rows, *a, **kw: seeded.append(len(rows)) or seed(rows, *a, **kw)
+    )
     monkeypatch.setattr(module, "assign", lambda rows, *a: assigned.append(rows.shape[1]) or assign(rows, *a))
     rows, expected = shuffled_planted(width=32)
     labels = kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=8, block_size=7, show_progress=False)
@@ -457,3 +459,12 @@ def test_large_kmeans_path_is_seeded(monkeypatch):
     first = kmeans(rows, 30, "cosine", seed=2, projection_dim=12, block_size=64, show_progress=False)
     assert torch.equal(first, kmeans(rows, 30, "cosine", seed=2, projection_dim=12, block_size=64, show_progress=False))
     assert (torch.bincount(first, minlength=30) > 0).all()
+
+
+def test_lean_kmeans_plus_plus_picks_the_same_seeds():
+    """The large problems' one-product distances differ from the full ones only by rounding: the same D^2 draws."""
+    rows = torch.randn(500, 24, generator=torch.Generator().manual_seed(7))
+    for seed in range(5):
+        full = kmeans_plus_plus(rows, 40, "euclidean", torch.Generator().manual_seed(seed))
+        lean = kmeans_plus_plus(rows, 40, "euclidean", torch.Generator().manual_seed(seed), lean=True)
+        assert torch.equal(full, lean), seed
