@@ -6,14 +6,19 @@ assignment in the full space then puts every row with its nearest centroid under
 
 Large problems (n * k * width >= `LARGE_WORK`) go faster several ways. The PCA axes and the k-means++ seeds come from
 a seeded sample of `PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment, the
-seeding over all rows more than half of it). Where bfloat16 matrix products are faster than float32 ones on the
-device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the products of the Lloyd search in the projection run in
-bfloat16: they only rank centroids, and a row whose two best centroids score within bfloat16 rounding of each other
-may pick the second, which the next iteration and the final assignment correct. That final full-space assignment then
-ranks every centroid in bfloat16 too and scores each row's `RERANK` best in float32 (`assign_reranked`, half the
-time of a float32 assignment): it misses the float32 nearest only if rounding pushes it out of the row's top
-`RERANK`. The search stops after at most `LARGE_MAX_ITER` Lloyd iterations. Small problems stay in float32, exactly
-as before.
+seeding over all rows more than half of it); the projection subtracts the projected mean instead of centring every
+row, and each k-means++ round takes its squared distances from one product (`lean`). Where bfloat16 matrix products
+are faster than float32 ones on the device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the products of the
+Lloyd search in the projection run in bfloat16: they only rank centroids, and a row whose two best centroids score
+within bfloat16 rounding of each other may pick the second, which the next iteration and the final assignment correct.
+Each ranking is one product per block of `RANK_BLOCK` rows, read once: the Euclidean score `2 q.c - |c|^2` is folded
+into the product (the row extended by a 1, the doubled centroid by `-|c|^2`), and the row maximum takes the best of
+each group of `MAX_GROUP` columns first (`_row_max`); at the Llasa shape the separate scoring passes and `max` with
+indices had cost three times the product. The search stops after at most `LARGE_MAX_ITER` Lloyd iterations. The final
+full-space assignment ranks every centroid in bfloat16 too and scores again in float32 only the candidates among a
+row's `RERANK` best whose bfloat16 score lies within the bfloat16 error bound (`RESCORE_MARGIN`) of its best
+(`assign_reranked`, about one candidate a row at the Llasa shape): it misses the float32 nearest only if more than
+`RERANK` centroids lie within that bound. Small problems stay in float32, exactly as before.
 """
 
 from __future__ import annotations
@@ -25,12 +30,12 @@ from hf_token_merge.clustering.similarity import blocks, scores, squared_distanc
 
 LARGE_WORK = 2**32  # n * k * width from which the PCA sample and bfloat16 ranking products apply
 PCA_SAMPLE = 16_384  # rows the PCA axes of a large problem are estimated from
-RERANK = 8  # best bfloat16-ranked centroids per row that a large problem's final assignment scores in float32
+RERANK = 8  # most bfloat16-ranked candidates per row that a large problem's final assignment scores in float32
 LARGE_MAX_ITER = 6  # Lloyd iterations of a large problem's search (at most; `max_iter` still caps it)
 # Twice a bfloat16 score's rounding error, as a share of the row's score scale, is below 3 * 2^-7 < 2^-5
 RESCORE_MARGIN = 2**-5
 MAX_GROUP = 256  # columns per group of a large problem's two-step row maximum (`_row_max`)
-RANK_BLOCK = 512  # rows per ranking product of a large problem: a (512, 8192) bfloat16 score block stays in cache
+RANK_BLOCK = 512  # rows per ranking product of a large problem (fastest of 128-1024 at the Llasa shape)
 _FAST_BF16: dict[str, bool] = {}
 
 
