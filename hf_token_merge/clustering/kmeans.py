@@ -4,21 +4,22 @@ At Llasa scale (65,536 rows of width 2,048 into 8,192 clusters) one full-space a
 2 TFLOP. Searching in a 256-dimensional PCA projection makes each iteration 8x cheaper; a final
 assignment in the full space then puts every row with its nearest centroid under the configured metric.
 
-Large problems (n * k * width >= `LARGE_WORK`) go faster several ways. The PCA axes and the k-means++ seeds come from
-a seeded sample of `PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment, the
-seeding over all rows more than half of it); the projection subtracts the projected mean instead of centring every
-row, and each k-means++ round takes its squared distances from one product (`lean`). Where bfloat16 matrix products
-are faster than float32 ones on the device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the products of the
-Lloyd search in the projection run in bfloat16: they only rank centroids, and a row whose two best centroids score
-within bfloat16 rounding of each other may pick the second, which the next iteration and the final assignment correct.
-Each ranking is one product per block of `RANK_BLOCK` rows, read once: the Euclidean score `2 q.c - |c|^2` is folded
-into the product (the row extended by a 1, the doubled centroid by `-|c|^2`), and the row maximum takes the best of
-each group of `MAX_GROUP` columns first (`_row_max`); at the Llasa shape the separate scoring passes and `max` with
-indices had cost three times the product. The search stops after at most `LARGE_MAX_ITER` Lloyd iterations. The final
-full-space assignment ranks every centroid in bfloat16 too and scores again in float32 only the candidates among a
-row's `RERANK` best whose bfloat16 score lies within the bfloat16 error bound (`RESCORE_MARGIN`) of its best
-(`assign_reranked`, about one candidate a row at the Llasa shape): it misses the float32 nearest only if more than
-`RERANK` centroids lie within that bound. Small problems stay in float32, exactly as before.
+Large problems (n * k * width >= `LARGE_WORK`) go faster several ways. The PCA axes and the k-means++ seeds come
+from a seeded sample of `PCA_SAMPLE` rows (the covariance of all rows would cost a quarter of the final assignment,
+the seeding over all rows more than half of it); the projection subtracts the projected mean instead of centring
+every row, and each k-means++ round takes its squared distances from one product (`lean`). Where bfloat16 matrix
+products are faster than float32 ones on the device (CUDA, CPUs with AMX or AVX512-BF16; measured once), the
+products of the Lloyd search in the projection run in bfloat16: they only rank centroids, and a row whose two best
+centroids score within bfloat16 rounding of each other may pick the second, which the next iteration and the final
+assignment correct. Each ranking is one product per block of `RANK_BLOCK` rows, read once: the Euclidean score
+`2 q.c - |c|^2` is folded into the product (the row extended by a 1, the doubled centroid by `-|c|^2`), and the row
+maximum takes the best of each group of `MAX_GROUP` columns first (`_row_max`); at the Llasa shape the separate
+scoring passes and `max` with indices had cost more than twice the product. The search stops after at most
+`LARGE_MAX_ITER` Lloyd iterations. The final full-space assignment ranks every centroid in bfloat16 too and scores
+again in float32 only the candidates among a row's `RERANK` best whose bfloat16 score lies within the bfloat16 error
+bound (`RESCORE_MARGIN`) of its best (`assign_reranked`, about one candidate a row at the Llasa shape): it misses
+the float32 nearest only if more than `RERANK` centroids lie within that bound. Small problems stay in float32,
+exactly as before.
 """
 
 from __future__ import annotations
