@@ -251,7 +251,9 @@ def assign_reranked(
     row's score scale of its bfloat16 best: bfloat16 rounding (a unit roundoff of 2^-8, on the inputs and on the
     product) moves the gap between two scores by less than that, so a centroid outside the margin cannot beat the
     best in float32. Most rows keep one candidate, so the float32 rescoring reads about one centroid per row instead
-    of `keep`. The float32 best is missed only when more than `keep` centroids lie within the margin.
+    of `keep`. The float32 best is missed only when more than `keep` centroids lie within the margin. The bound
+    assumes float32 accumulation inside the product (oneDNN on CPUs); CUDA's reduced-precision bfloat16 reductions,
+    where enabled, may exceed it, and the rescoring then falls back to the best of the candidates it has.
 
     Args:
         rows: `(n, d)` float32 prepared rows.
