@@ -364,7 +364,9 @@ def test_large_kmeans_seeds_from_a_sample_and_caps_its_lloyd_iterations(monkeypa
     monkeypatch.setattr(module, "bfloat16_is_faster", lambda device: False)
     seeded, assigned = [], []
     seed, assign = module.kmeans_plus_plus, module.assign
-    monkeypatch.setattr(module, "kmeans_plus_plus", lambda rows, *a: seeded.append(len(rows)) or seed(rows, *a))
+    monkeypatch.setattr(
+        module, "kmeans_plus_plus", lambda rows, *a, **kw: seeded.append(len(rows)) or seed(rows, *a, **kw)
+    )
     monkeypatch.setattr(module, "assign", lambda rows, *a: assigned.append(rows.shape[1]) or assign(rows, *a))
     rows, expected = shuffled_planted(width=32)
     labels = kmeans(prepare_rows(rows, "cosine"), 6, "cosine", projection_dim=8, block_size=7, show_progress=False)
@@ -404,3 +406,65 @@ def test_bfloat16_assignment_ranks_like_float32():
         assert torch.equal(ranked, exact) and best.dtype == torch.float32
     assert isinstance(module.bfloat16_is_faster(torch.device("cpu")), bool)
     assert module.bfloat16_is_faster(torch.device("meta")) is False
+
+
+@pytest.mark.parametrize("k", [8192, 8200, 600, 100])
+def test_row_max_gives_the_values_and_first_indices_of_max(k):
+    """The two-step row maximum of large problems equals `max` and keeps the first of tied columns."""
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    generator = torch.Generator().manual_seed(k)
+    scores = (4 * torch.randn(37, k, generator=generator)).round().to(torch.bfloat16)  # many ties per row
+    scores[0] = 0  # every column ties: index 0
+    scores[1, -1] = 100  # the best in the tail beyond the last whole group
+    best, index = module._row_max(scores, group=256)
+    expected = scores.max(dim=1).values
+    assert torch.equal(best, expected)
+    assert torch.equal(index, (scores == expected[:, None]).int().argmax(dim=1))  # argmax of a 0/1 row: the first 1
+    assert index[0] == 0 and index[1] == k - 1
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_reranked_assignment_resolves_gaps_below_bfloat16_resolution(metric):
+    """Two centroids whose scores differ by far less than a bfloat16 step: float32 rescoring picks the true best."""
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    generator = torch.Generator().manual_seed(0)
+    rows = prepare_rows(torch.randn(64, 48, generator=generator), metric)
+    far = prepare_rows(torch.randn(30, 48, generator=generator), metric)
+    disagreements = []
+    for tilt in (1e-4, -1e-4):
+        # per row: a centroid at cosine 0.6 to it and, later in the list, one a hair closer (or further) in float32
+        other = prepare_rows(torch.randn(64, 48, generator=generator), "cosine")
+        other = prepare_rows(other - (other * rows).sum(1, keepdim=True) * rows, "cosine")  # orthogonal to the row
+        near = 0.6 * rows + 0.8 * other
+        nearer = (0.6 + tilt) * rows + (0.8**2 - 2 * 0.6 * tilt) ** 0.5 * other
+        if metric == "cosine":
+            near, nearer = prepare_rows(near, metric), prepare_rows(nearer, metric)
+        centroids = torch.cat([far, near, nearer])
+        exact, exact_best = module.assign(rows, centroids, metric, 16)
+        reranked, best = module.assign_reranked(rows, centroids, metric, 16)
+        assert torch.equal(reranked, exact)
+        assert torch.allclose(best, exact_best, atol=1e-6)
+        ranked_only, _ = module.assign(rows, centroids, metric, 16, torch.bfloat16)
+        disagreements.append(int((ranked_only != exact).sum()))
+    assert disagreements[0] > 0  # the bfloat16 ranking alone misses the float32 best: the rescoring is tested
+
+
+def test_large_kmeans_path_is_seeded(monkeypatch):
+    """The large-problem path with bfloat16 ranking gives the same labels for the same seed."""
+    module = importlib.import_module("hf_token_merge.clustering.kmeans")
+    monkeypatch.setattr(module, "LARGE_WORK", 1)
+    monkeypatch.setattr(module, "PCA_SAMPLE", 100)
+    monkeypatch.setattr(module, "bfloat16_is_faster", lambda device: True)
+    rows = prepare_rows(torch.randn(300, 40, generator=torch.Generator().manual_seed(5)), "cosine")
+    first = kmeans(rows, 30, "cosine", seed=2, projection_dim=12, block_size=64, show_progress=False)
+    assert torch.equal(first, kmeans(rows, 30, "cosine", seed=2, projection_dim=12, block_size=64, show_progress=False))
+    assert (torch.bincount(first, minlength=30) > 0).all()
+
+
+def test_lean_kmeans_plus_plus_picks_the_same_seeds():
+    """The large problems' one-product distances differ from the full ones only by rounding: the same D^2 draws."""
+    rows = torch.randn(500, 24, generator=torch.Generator().manual_seed(7))
+    for seed in range(5):
+        full = kmeans_plus_plus(rows, 40, "euclidean", torch.Generator().manual_seed(seed))
+        lean = kmeans_plus_plus(rows, 40, "euclidean", torch.Generator().manual_seed(seed), lean=True)
+        assert torch.equal(full, lean), seed

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from hf_token_merge import MergePlan, TokenMergeConfig, apply_token_merge, plan_token_merge
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.remap.plan import PLAN_META_NAME
+from hf_token_merge.remap.plan import PLAN_META_NAME, EmbeddingRows, scan_rows
 from tests.models import assert_unchanged, build_llama, logits_of, sample_ids, snapshot
 
 # --- non-finite calibration counts and rows ------------------------------------------------------------------
@@ -93,6 +93,20 @@ def test_non_finite_unselected_rows_do_not_matter(llama_tied):
         show_progress=False,
     )
     assert plan.num_clusters == 8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_row_scan_names_non_finite_rows_and_not_rows_whose_sum_overflows(dtype):
+    """The scan finds NaN and inf rows from row sums; a finite row whose sum overflows is checked exactly."""
+    big = torch.finfo(dtype).max
+    weight = torch.zeros(6, 4, dtype=dtype)
+    weight[1, 2] = float("nan")
+    weight[2, 0], weight[2, 1] = big, big  # finite elements, sum overflows to inf
+    weight[3, 3] = float("-inf")
+    weight[4, 0], weight[4, 1] = float("inf"), float("-inf")  # sum NaN
+    weight[5, 0], weight[5, 1] = -big, -big
+    scan = scan_rows(EmbeddingRows.from_tensors(weight), torch.arange(6), block_size=4)
+    assert scan.non_finite_input == [1, 3, 4]
 
 
 # --- plan fingerprints ---------------------------------------------------------------------------------------
