@@ -98,7 +98,7 @@ def evaluate_encoder_merges(
     *,
     window: int = 1,
     show_progress: bool = True,
-    proportional_attention: bool = False,
+    proportional_attention: bool = True,
     split_at_audio_end: bool = False,
 ) -> list[SequencePoint]:
     """The encoder-decoder analogue: evaluate without and with encoder-frame pooling at each threshold.

@@ -69,8 +69,10 @@ def add_parser(subparsers) -> None:
     encoder.add_argument("--encoder-window", type=int, default=1, help="frames of the open group compared")
     encoder.add_argument(
         "--encoder-proportional-attention",
-        action="store_true",
-        help="add log(frames pooled) to each pooled frame's cross-attention score (keeps the attention mass)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add log(frames pooled) to each pooled frame's cross-attention score (keeps the attention mass; on by "
+        "default, --no-encoder-proportional-attention for the method before issue 16)",
     )
     encoder.add_argument(
         "--encoder-split-at-audio-end", action="store_true", help="never pool across the end of the real audio"

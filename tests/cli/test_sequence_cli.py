@@ -54,7 +54,7 @@ def test_whisper_encoder_frames_on_real_speech(whisper_tiny_en, librivox, refere
     assert baseline["retention"] == 1.0 and baseline["flops_ratio"] is None
     # 30 s windows of 1,500 frames: the padding after 7-17 s of speech pools into few frames even at tau 0.99
     assert 0.1 < merged["retention"] < 0.9
-    assert merged["name"] == "encoder frames tau 0.99 window 1"
+    assert merged["name"] == "encoder frames tau 0.99 window 1, proportional attention"
     assert baseline["metrics"]["wer"] < 0.2 and merged["metrics"]["wer"] < 0.3
 
 

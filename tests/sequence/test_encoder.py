@@ -89,10 +89,10 @@ def test_proportional_attention_makes_pooling_duplicates_exact():
     with torch.no_grad():
         planted = _planted_frames(model, frames)
         before = model(input_features=features, decoder_input_ids=decoder_ids).logits
-        with apply_encoder_merge(model, threshold=0.999, proportional_attention=True) as handle:
+        with apply_encoder_merge(model, threshold=0.999) as handle:  # proportional attention is the default
             exact = model(input_features=features, decoder_input_ids=decoder_ids).logits
             assert handle.frames_out == 3 and handle.sizes.tolist() == [[3.0, 1.0, 4.0]]
-        with apply_encoder_merge(model, threshold=0.999):
+        with apply_encoder_merge(model, threshold=0.999, proportional_attention=False):
             plain = model(input_features=features, decoder_input_ids=decoder_ids).logits
         planted.remove()
     torch.testing.assert_close(exact, before, atol=1e-5, rtol=1e-5)
