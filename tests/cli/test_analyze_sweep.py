@@ -318,7 +318,7 @@ def test_recipe_variant_from_the_command_line(tmp_path):
         return config_from_args(build_parser().parse_args(["compress", "--model", "m", "--output-dir", "o", *extra]))
 
     chosen = config("--recipe", "whisper", "--recipe-variant", "english_frequency")
-    assert (chosen.method, chosen.n_clusters, chosen.token_id_range) == ("frequency", 27099, (256, 50256))
+    assert (chosen.method, chosen.n_clusters, chosen.token_id_range) == ("frequency", 34001, (256, 50256))
     assert config("--recipe", "whisper").method == "kmeans"
     with pytest.raises(ValueError, match="--recipe-variant needs a recipe. Fix: add --recipe NAME."):
         config("--recipe-variant", "english_frequency", "--preset", "llasa", "--n-clusters", "4")
