@@ -29,10 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import study_sets as S  # noqa: E402
 
+# every option spelled out: `apply_encoder_merge`'s defaults changed with this study (proportional attention is on)
 FORMS = {
-    "plain": {},
-    "proportional": {"proportional_attention": True},
-    "split": {"split_at_audio_end": True},
+    "plain": {"proportional_attention": False, "split_at_audio_end": False},
+    "proportional": {"proportional_attention": True, "split_at_audio_end": False},
+    "split": {"proportional_attention": False, "split_at_audio_end": True},
     "both": {"proportional_attention": True, "split_at_audio_end": True},
 }
 
