@@ -2,6 +2,7 @@
 
     python benchmarks/merge_at_scale.py                 # the merge, the reference product, the quality check
     python benchmarks/merge_at_scale.py --quality-only  # only the synthetic quality check (e.g. on another checkout)
+    python benchmarks/merge_at_scale.py --quality-only --quality-large  # also 65,536 rows around 8,192 centres
 
 Goals: the whole merge (`apply_token_merge`, planning included) in at most 1.5 x the time of one full-space product
 of the selected rows with k rows (float32, timed in the same run: the work of a final full-space assignment);
@@ -86,14 +87,17 @@ def synthetic_quality(
     }
 
 
-def print_quality() -> None:
-    """Run and print `synthetic_quality`."""
-    quality = synthetic_quality()
-    print(
-        "synthetic block (16,384 rows x 512 around 2,048 known centres): mean member-to-row cosine "
-        f"{quality['mean_cosine']:.4f}, worst {quality['worst_cosine']:.4f}, purity {quality['purity']:.4f}, "
-        f"clustered in {quality['seconds']:.1f} s"
-    )
+def print_quality(large: bool = False) -> None:
+    """Run and print `synthetic_quality`; `large` adds a 65,536-row block, beyond the 16,384-row PCA and seeding
+    sample of large problems, so their sampled path is measured too."""
+    shapes = [(16_384, 2_048)] + ([(65_536, 8_192)] if large else [])
+    for n, k in shapes:
+        quality = synthetic_quality(n=n, k=k)
+        print(
+            f"synthetic block ({n:,} rows x 512 around {k:,} known centres): mean member-to-row cosine "
+            f"{quality['mean_cosine']:.4f}, worst {quality['worst_cosine']:.4f}, purity {quality['purity']:.4f}, "
+            f"clustered in {quality['seconds']:.1f} s"
+        )
 
 
 def main() -> None:
@@ -106,9 +110,12 @@ def main() -> None:
         help="allocate new merged tables (memory shrinks at once; higher peak) instead of reusing the original storage",
     )
     parser.add_argument("--quality-only", action="store_true", help="only the synthetic quality check")
+    parser.add_argument(
+        "--quality-large", action="store_true", help="also a 65,536-row block (the sampled PCA and seeding path)"
+    )
     args = parser.parse_args()
     if args.quality_only:
-        print_quality()
+        print_quality(args.quality_large)
         return
 
     model = build_llasa_shaped_model(args.layers)
@@ -139,7 +146,7 @@ def main() -> None:
         f"{speech_block / gib:.2f} GiB = {budget / gib:.2f} GiB budget: {'PASS' if peak <= budget else 'FAIL'}"
     )
     print(f"peak / budget ratio: {peak / budget:.3f}")
-    print_quality()
+    print_quality(args.quality_large)
 
 
 if __name__ == "__main__":
