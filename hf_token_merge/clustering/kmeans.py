@@ -24,6 +24,8 @@ exactly as before.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from tqdm.auto import tqdm
 
@@ -192,15 +194,15 @@ def assign(
     return labels, best
 
 
-def _assign_ranked(
+def _ranking_blocks(
     rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`assign` with the products in `dtype`, each score block made by one product and read once by `_row_max`.
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Each block of rows with its `(rows, k)` score block, one product in `dtype` per block (a reused buffer).
 
     The Euclidean score `2 q.c - |c|^2` is the product of the row extended by a 1 with the centroid doubled and
     extended by `-|c|^2`: at the Llasa shape the separate doubling and subtraction passes over each score block cost
     more than the bfloat16 product itself. Blocks of `RANK_BLOCK` rows were the fastest measured (128 to 1,024): the
-    score block is still in cache when the maximum reads it.
+    score block is still in cache when the caller reads it.
     """
     n, width = rows.shape
     keys = centroids
@@ -210,13 +212,21 @@ def _assign_ranked(
     queries = torch.empty(min(block_size, n), keys.shape[1], dtype=dtype, device=rows.device)
     queries[:, width:] = 1  # the Euclidean extension; absent for cosine
     products = torch.empty(queries.shape[0], keys.shape[0], dtype=dtype, device=rows.device)
-    labels = torch.empty(n, dtype=torch.long, device=rows.device)
-    best = torch.empty(n, dtype=rows.dtype, device=rows.device)
     for part in blocks(n, block_size):
         size = part.stop - part.start
         queries[:size, :width] = rows[part]
         torch.mm(queries[:size], keys.T, out=products[:size])
-        best[part], labels[part] = _row_max(products[:size])
+        yield part, products[:size]
+
+
+def _assign_ranked(
+    rows: torch.Tensor, centroids: torch.Tensor, metric: str, block_size: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`assign` with the products in `dtype` (`_ranking_blocks`), each score block read once by `_row_max`."""
+    labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    for part, products in _ranking_blocks(rows, centroids, metric, block_size, dtype):
+        best[part], labels[part] = _row_max(products)
     return labels, best
 
 
@@ -265,25 +275,16 @@ def assign_reranked(
     Returns:
         `(labels, best_scores)`, both of length n; the scores are float32.
     """
-    n, width = rows.shape
     keep = min(keep, centroids.shape[0])
-    block_size = min(block_size, RANK_BLOCK)
     reach = centroids.norm(dim=1).max()
     sq_norm = centroids.pow(2).sum(dim=1) if metric == "euclidean" else None
-    # one bfloat16 product per block, the Euclidean score folded in as in `_assign_ranked`
-    keys = centroids if sq_norm is None else torch.cat([2 * centroids, -sq_norm[:, None]], dim=1)
-    keys = keys.to(torch.bfloat16)
-    queries = torch.empty(min(block_size, n), keys.shape[1], dtype=torch.bfloat16, device=rows.device)
-    queries[:, width:] = 1
-    products = torch.empty(queries.shape[0], keys.shape[0], dtype=torch.bfloat16, device=rows.device)
-    labels = torch.empty(n, dtype=torch.long, device=rows.device)
-    best = torch.empty(n, dtype=rows.dtype, device=rows.device)
-    for part in blocks(n, block_size):
-        size = part.stop - part.start
+    labels = torch.empty(rows.shape[0], dtype=torch.long, device=rows.device)
+    best = torch.empty(rows.shape[0], dtype=rows.dtype, device=rows.device)
+    ranking = _ranking_blocks(rows, centroids, metric, min(block_size, RANK_BLOCK), torch.bfloat16)
+    for part, products in ranking:
         block = rows[part]
-        queries[:size, :width] = block
-        torch.mm(queries[:size], keys.T, out=products[:size])
-        ranked, ids = products[:size].topk(keep, dim=1)
+        size = block.shape[0]
+        ranked, ids = products.topk(keep, dim=1)
         # the largest score a row can reach: |q| |c|, and for Euclidean 2 |q| |c| + |c|^2
         scale = block.norm(dim=1) * reach
         if sq_norm is not None:
