@@ -63,6 +63,8 @@ class EncoderMergeHandle(HookHandle):
         self.sizes: torch.Tensor | None = None
         self._mel_mask: torch.Tensor | None = None
         self._features: torch.Tensor | None = None
+        # the decoder layers' cross-attention mask of the last call, by dtype; None when they need none
+        self._cross_masks: dict[torch.dtype, torch.Tensor] | None = None
 
     @property
     def retention(self) -> float:
@@ -174,6 +176,9 @@ def apply_encoder_merge(
         offsets = torch.arange(batch, device=hidden.device)[:, None] * pooled.valid.shape[1]
         sizes.index_add_(0, (pooled.slot + offsets).flatten(), torch.ones(batch * length, device=hidden.device))
         handle.valid, handle.sizes = pooled.valid, sizes.view(pooled.valid.shape)
+        # no padding and (without the log-size bias, or with nothing pooled) no bias: leave the decoder as it is
+        unchanged = bool(pooled.valid.all()) and (not proportional_attention or bool((handle.sizes == 1).all()))
+        handle._cross_masks = None if unchanged else {}
         handle._mel_mask = handle._features = None
         handle.frames_in += batch * length
         handle.frames_out += int(pooled.valid.sum())
@@ -183,13 +188,15 @@ def apply_encoder_merge(
         return output
 
     def before_decoder_layer(module, args, kwargs):
-        nothing_pooled = bool((handle.sizes == 1).all()) if handle.valid is not None else True
-        if handle.valid is None or (bool(handle.valid.all()) and (not proportional_attention or nothing_pooled)):
+        if handle._cross_masks is None:
             return None
         hidden = args[0] if args else kwargs["hidden_states"]
-        mask = additive_mask(handle.valid, hidden.dtype)
-        if proportional_attention:
-            mask = mask + torch.where(handle.valid, handle.sizes.clamp_min(1).log(), 0).to(hidden.dtype)
+        mask = handle._cross_masks.get(hidden.dtype)
+        if mask is None:  # once per encoder call, not per decoder layer and step
+            mask = additive_mask(handle.valid, hidden.dtype)
+            if proportional_attention:
+                mask = mask + torch.where(handle.valid, handle.sizes.clamp_min(1).log(), 0).to(hidden.dtype)
+            handle._cross_masks[hidden.dtype] = mask
         kwargs["encoder_attention_mask"] = mask[:, None, None, :].expand(-1, 1, hidden.shape[1], -1)
         return args, kwargs
 
