@@ -118,9 +118,20 @@ def main(argv=None) -> int:
     settings = training["settings"]
     where = "cpu" if training["device"] == "cpu" else "gpu"
     last = [r for r in log if "dev_tts" in r][-1:] or [{}]
+    aids = []
+    if settings.get("init_from"):
+        aids.append(f"started from the weights in `{settings['init_from']}` (the previous committed model)")
+    if settings.get("guide_weight"):
+        aids.append(
+            f"guided attention (weight {settings['guide_weight']}, layers {settings['guide_layers']}, heads "
+            f"{settings['guide_heads']}, band sigma {settings['guide_sigma']})"
+        )
+    if settings.get("corrupt_codes"):
+        aids.append(f"{settings['corrupt_codes']:.0%} of the input codes replaced by random codes")
+    aids_line = ("This run " + "; ".join(aids) + ".") if aids else ""
     text = f"""# codec_speech_llm
 
-A speech-LLM trained **here**, from scratch, in Llasa's layout: a tied `LlamaForCausalLM`
+A speech-LLM trained **here** in Llasa's layout: a tied `LlamaForCausalLM`
 ({settings["layers"]} layers, hidden {settings["hidden"]}, {settings["parameters"]:,} parameters) whose vocabulary holds
 4 special tokens, Llasa's 8 task markers, 34 characters and the reference codec's **4,375 FSQ codes `<|s_0|>` …
 `<|s_4374|>`** (50 per second). Two tasks: TTS (text → codes, the main one) and ASR (codes → text), trained on the
@@ -147,6 +158,7 @@ Trained on **{where.upper()}** ({training["device"]}, {training["threads"] or "-
 of about {settings["batch_tokens"]:,} padded tokens, {training["epochs"]:.2f} epochs, {training["tokens"]:,} tokens,
 {training["seconds"] / 60:.1f} min; AdamW lr {settings["lr"]}, cosine to 10 %, seed {settings["seed"]}
 {"(stopped early at the time limit)" if training["stopped_early"] else ""}.
+{aids_line}
 Last dev loss (96 dev utterances, teacher forced): TTS {last[0].get("dev_tts", float("nan")):.3f},
 ASR {last[0].get("dev_asr", float("nan")):.3f} nats/token.
 {args.notes}
@@ -175,6 +187,7 @@ Goals of issue 15:
 ```
 """
     (card / "README.md").write_text(text, encoding="utf-8")
+    shutil.copyfile(run / "train_log.jsonl", card / "train_log.jsonl")  # the log the card's curve was drawn from
     if args.asset_dir:
         shutil.copyfile(card / "README.md", Path(args.asset_dir) / "README.md")
         shutil.copyfile(card / "training_curve.png", Path(args.asset_dir) / "training_curve.png")

@@ -7,6 +7,12 @@ of 64 batches so that rows of one batch have similar lengths (little padding, an
 position 0 as at inference), and the batches shuffled again. AdamW (betas 0.9/0.95, weight decay 0.1 on
 matrices), linear warm-up then cosine decay to 10 %, gradient clipping at 1.0; bf16 autocast with `--amp`.
 
+Two training aids for TTS alignment, both off by default and neither changing the model (still a plain
+`LlamaForCausalLM`): `--guide-weight` adds a guided-attention loss (`AttentionGuide`: chosen heads are pulled onto the
+diagonal band between target steps and source tokens, in both tasks), and `--corrupt-codes` replaces a share of the
+input codes by random codes (labels kept), so that the next code cannot be read off the previous ones alone.
+`--init-from` continues from weights this script wrote (a new optimizer and schedule).
+
 Outputs in `--output-dir`:
 * `train_log.jsonl`: one line per `--log-every` steps (losses per task, learning rate, tokens, seconds) and
   per dev evaluation (`--eval-every`: teacher-forced loss per task on 96 dev utterances);
@@ -87,6 +93,27 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--limit", type=int, default=None, help="first N train utterances only (smoke tests)")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument(
+        "--init-from",
+        default=None,
+        metavar="MODEL_DIR",
+        help="start from these weights (a model/ folder this script wrote) instead of a fresh initialisation",
+    )
+    parser.add_argument(
+        "--guide-weight",
+        type=float,
+        default=0.0,
+        help="weight of the guided-attention loss (0: off); see AttentionGuide",
+    )
+    parser.add_argument("--guide-layers", default="1,2", help="layers whose --guide-heads are guided")
+    parser.add_argument("--guide-heads", default="0,1", help="heads guided in each of --guide-layers")
+    parser.add_argument("--guide-sigma", type=float, default=0.2, help="width of the guided diagonal band")
+    parser.add_argument(
+        "--corrupt-codes",
+        type=float,
+        default=0.0,
+        help="share of input code tokens replaced by random codes (labels kept): makes TTS lean on the text",
+    )
     return parser.parse_args(argv)
 
 
@@ -137,6 +164,96 @@ def collate(examples, indices: list[int], pad_id: int):
         mask[row, : len(seq)] = 1
         task[row, :] = kind
     return ids, labels, mask, task
+
+
+def corrupt_codes(ids: torch.Tensor, code_offset: int, num_codes: int, share: float, seed: int) -> torch.Tensor:
+    """A copy of `ids` in which each code token is replaced, with probability `share`, by a uniform random code.
+
+    Only inputs change (labels stay the true codes). A TTS model trained on clean codes can predict the next code
+    from the previous ones alone and learn to ignore the text; with noisy history it has to read the text.
+    """
+    if share <= 0:
+        return ids
+    generator = torch.Generator().manual_seed(seed)
+    is_code = (ids >= code_offset) & (ids < code_offset + num_codes)
+    hit = is_code & (torch.rand(ids.shape, generator=generator) < share)
+    noise = code_offset + torch.randint(0, num_codes, ids.shape, generator=generator)
+    return torch.where(hit, noise, ids)
+
+
+def guide_spans(labels: list[int]) -> tuple[range, range]:
+    """(query positions, key positions) of one example for `AttentionGuide`.
+
+    Both tasks read `<|bos|> <|X_START|> source <|X_END|> <|Y_START|> target <|Y_END|>`: the keys are the source
+    (text for TTS, codes for ASR); the queries are the positions whose outputs predict the target and its end marker.
+    """
+    first_label = next(i for i, label in enumerate(labels) if label != -100)
+    return range(first_label - 1, len(labels) - 1), range(2, first_label - 2)
+
+
+def guide_weights(examples, indices: list[int], width: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The diagonal band of every row of a batch: weights (rows, width, width) and a query mask (rows, width).
+
+    Query i of Q and key j of K get exp(-(j/K - i/Q)^2 / (2 sigma^2)) (Tachibana et al., 2018): speech runs
+    through the text at a roughly even pace, so the target's i-th step belongs near the source's matching point.
+    """
+    weights = torch.zeros((len(indices), width, width))
+    queries = torch.zeros((len(indices), width))
+    for row, i in enumerate(indices):
+        query_span, key_span = guide_spans(examples[i][1])
+        q = torch.arange(len(query_span), dtype=torch.float32) / len(query_span)
+        k = torch.arange(len(key_span), dtype=torch.float32) / len(key_span)
+        band = torch.exp(-((k[None, :] - q[:, None]) ** 2) / (2 * sigma**2))
+        weights[row, query_span.start : query_span.stop, key_span.start : key_span.stop] = band
+        queries[row, query_span.start : query_span.stop] = 1
+    return weights, queries
+
+
+class AttentionGuide:
+    """Guided attention for a decoder-only model: pull chosen heads onto the source's diagonal band.
+
+    A forward pre-hook on each guided layer's attention keeps its input; `loss` recomputes the guided heads'
+    attention probabilities from it (same projections, rotary embedding, causal and padding mask) and returns the
+    mean over heads and queries of 1 - (probability mass inside the band). The model stays a plain
+    `LlamaForCausalLM`: the guide only adds a training loss.
+    """
+
+    def __init__(self, model: LlamaForCausalLM, layers: list[int], heads: list[int]) -> None:
+        self.heads = heads
+        self.inputs: dict[int, tuple] = {}
+        self.enabled = False
+        self.handles = []
+        for layer in layers:
+            attention = model.model.layers[layer].self_attn
+            hook = self._keeper(layer, attention)
+            self.handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
+
+    def _keeper(self, layer: int, attention):
+        def keep(module, args, kwargs):
+            if self.enabled:
+                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+                self.inputs[layer] = (attention, hidden, kwargs["position_embeddings"])
+
+        return keep
+
+    def loss(self, weights: torch.Tensor, queries: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        total = 0.0
+        width = key_mask.shape[1]
+        blocked = ~torch.tril(torch.ones(width, width, dtype=torch.bool, device=key_mask.device))
+        blocked = blocked[None, None] | (key_mask[:, None, None, :] == 0)
+        for attention, hidden, (cos, sin) in self.inputs.values():
+            shape = (*hidden.shape[:-1], -1, attention.head_dim)
+            q = attention.q_proj(hidden).view(shape).transpose(1, 2)[:, self.heads]
+            k = attention.k_proj(hidden).view(shape).transpose(1, 2)[:, self.heads]
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            scores = (q.float() @ k.float().transpose(-1, -2)) * attention.scaling
+            probs = scores.masked_fill(blocked, float("-inf")).softmax(-1)
+            inside = (probs * weights[:, None]).sum(-1)
+            total = total + ((1 - inside) * queries[:, None]).sum() / (queries.sum() * len(self.heads))
+        self.inputs.clear()
+        return total / len(self.handles)
 
 
 def task_losses(model, ids, labels, mask, task, device, amp: bool):
@@ -226,8 +343,23 @@ def main(argv=None) -> int:
     config = codec_llama_config(
         tokenizer, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads, max_positions=2048
     )
-    model = LlamaForCausalLM(config).to(args.device)
+    if args.init_from:
+        model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32, local_files_only=True)
+        if model.config.vocab_size != config.vocab_size or model.config.hidden_size != config.hidden_size:
+            sys.exit(f"--init-from {args.init_from} is not a {args.hidden}-wide model over this vocabulary.")
+        model = model.to(args.device)
+    else:
+        model = LlamaForCausalLM(config).to(args.device)
     model.train()
+    guide = None
+    if args.guide_weight > 0:
+        layers = [int(x) for x in args.guide_layers.split(",")]
+        heads = [int(x) for x in args.guide_heads.split(",")]
+        if any(not 0 <= x < model.config.num_hidden_layers for x in layers) or any(
+            not 0 <= x < model.config.num_attention_heads for x in heads
+        ):
+            sys.exit(f"--guide-layers {args.guide_layers} / --guide-heads {args.guide_heads} name no such layer/head.")
+        guide = AttentionGuide(model, layers, heads)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -289,7 +421,7 @@ def main(argv=None) -> int:
         torch.save(state, checkpoint.with_suffix(".tmp"))
         os.replace(checkpoint.with_suffix(".tmp"), checkpoint)
 
-    window = {name: [0.0, 0] for name in TASKS}
+    window = {name: [0.0, 0] for name in (*TASKS, "guide")}
     first_step = step
     last_checkpoint, started, stopped_early = time.time(), time.time() - elapsed, False
     batches = epoch_batches(lengths, args.batch_tokens, args.seed, epoch)
@@ -297,8 +429,20 @@ def main(argv=None) -> int:
         if position >= len(batches):
             epoch, position = epoch + 1, 0
             batches = epoch_batches(lengths, args.batch_tokens, args.seed, epoch)
-        ids, labels, mask, task = collate(examples, batches[position], builder.pad)
+        batch = batches[position]
+        ids, labels, mask, task = collate(examples, batch, builder.pad)
+        seed = args.seed * 1_000_003 + step
+        ids = corrupt_codes(ids, builder.code_offset, builder.num_codes, args.corrupt_codes, seed)
+        if guide is not None:
+            guide.enabled = True
         loss, per_task = task_losses(model, ids, labels, mask, task, args.device, args.amp)
+        if guide is not None:
+            guide.enabled = False
+            weights, queries = guide_weights(examples, batch, ids.shape[1], args.guide_sigma)
+            with torch.autocast(device_type=torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.amp):
+                guide_loss = guide.loss(weights.to(args.device), queries.to(args.device), mask.to(args.device))
+            loss = loss + args.guide_weight * guide_loss
+            per_task["guide"] = (float(guide_loss.detach()), 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -318,7 +462,7 @@ def main(argv=None) -> int:
             record |= {name: total / count for name, (total, count) in window.items() if count}
             record |= {"tokens": tokens_seen, "seconds": round(elapsed, 1)}
             log(record)
-            window = {name: [0.0, 0] for name in TASKS}
+            window = {name: [0.0, 0] for name in window}
         if step % args.eval_every == 0 or step == total_steps:
             record = {"step": step, **dev_losses(model, dev, builder.pad, args.device, args.amp)}
             log(record)

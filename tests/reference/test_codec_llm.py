@@ -147,6 +147,76 @@ def test_training_writes_sharded_bf16_weights_and_resumes_bit_for_bit(tmp_path):
     assert model.generation_config.eos_token_id[0] == tokenizer.convert_tokens_to_ids(SPEECH_GENERATION_END)
 
 
+def test_corrupt_codes_replaces_only_code_inputs_at_the_given_share(tokenizer):
+    train = _train_module()
+    builder = CodecSequenceBuilder(tokenizer)
+    ids, labels = builder.tts_example("in the beginning", list(range(0, 4000, 4)))
+    ids = torch.tensor([ids] * 8)
+    noisy = train.corrupt_codes(ids, builder.code_offset, builder.num_codes, 0.25, seed=3)
+    assert torch.equal(noisy, train.corrupt_codes(ids, builder.code_offset, builder.num_codes, 0.25, seed=3))
+    changed = noisy != ids
+    is_code = ids >= builder.code_offset
+    assert not changed[~is_code].any() and (noisy[is_code] >= builder.code_offset).all()
+    assert 0.2 < changed[is_code].float().mean() < 0.3  # 8,000 code positions, expected 0.25 (minus 1/K repeats)
+    assert train.corrupt_codes(ids, builder.code_offset, builder.num_codes, 0.0, seed=3) is ids
+
+
+def test_guide_band_covers_source_keys_and_target_queries_of_both_tasks(tokenizer):
+    train = _train_module()
+    builder = CodecSequenceBuilder(tokenizer)
+    tts = builder.tts_example("abc", [5, 6, 7, 8, 9, 10])
+    asr = builder.asr_example([5, 6, 7, 8, 9, 10], "abc")
+    # TTS: <|bos|> <|TU_START|> a b c <|TU_END|> <|SG_START|> 6 codes <|SG_END|>: keys a b c, queries SG_START..code 6
+    assert train.guide_spans(tts[1]) == (range(6, 13), range(2, 5))
+    # ASR: <|bos|> <|SU_START|> 6 codes <|SU_END|> <|TG_START|> a b c <|TG_END|>: keys the codes, queries TG_START..c
+    assert train.guide_spans(asr[1]) == (range(9, 13), range(2, 8))
+    weights, queries = train.guide_weights([(*tts, 0), (*asr, 1)], [0, 1], 14, sigma=0.2)
+    assert weights.shape == (2, 14, 14) and queries[0].nonzero().flatten().tolist() == list(range(6, 13))
+    assert weights[0, 6, 2] == 1.0 and weights[0, 6, 4] < weights[0, 6, 3] < 1.0  # first query: the first key
+    assert weights[0, 12, 2] < weights[0, 12, 3] < weights[0, 12, 4]  # last query: the last key
+    assert weights[0].sum() == weights[0, 6:13, 2:5].sum() and weights[1, 13].sum() == 0
+
+
+def test_attention_guide_recomputes_the_models_own_attention_probabilities(tokenizer):
+    from transformers import LlamaForCausalLM
+
+    train = _train_module()
+    builder = CodecSequenceBuilder(tokenizer)
+    examples = [
+        (*builder.tts_example("in the beginning", list(range(40))), 0),
+        (*builder.asr_example([3] * 9, "god"), 1),
+    ]
+    ids, _, mask, _ = train.collate(examples, [0, 1], builder.pad)
+    torch.manual_seed(0)
+    config = codec_llama_config(tokenizer, hidden_size=32, num_layers=2, num_heads=4)
+    config._attn_implementation = "eager"
+    model = LlamaForCausalLM(config).eval()
+    guide = train.AttentionGuide(model, layers=[1], heads=[0, 2])
+    weights, queries = train.guide_weights(examples, [0, 1], ids.shape[1], sigma=0.2)
+    guide.enabled = True
+    attentions = model(input_ids=ids, attention_mask=mask, output_attentions=True).attentions[1][:, [0, 2]]
+    loss = guide.loss(weights, queries, mask)
+    inside = (attentions * weights[:, None]).sum(-1)
+    expected = ((1 - inside) * queries[:, None]).sum() / (queries.sum() * 2)
+    assert torch.allclose(loss, expected, atol=1e-5) and 0 < float(loss.detach()) < 1
+    loss.backward()  # the loss trains the guided projections
+    assert model.model.layers[1].self_attn.q_proj.weight.grad.abs().sum() > 0
+
+
+def test_training_from_given_weights_with_the_guide_and_noisy_codes(tmp_path):
+    train = _train_module()
+    assert train.main(["--output-dir", str(tmp_path / "a"), *TINY]) == 0
+    extra = ["--init-from", str(tmp_path / "a" / "model"), "--guide-weight", "1", "--guide-layers", "0"]
+    extra += ["--guide-heads", "1", "--corrupt-codes", "0.2"]
+    assert train.main(["--output-dir", str(tmp_path / "b"), *TINY, *extra]) == 0
+    log = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 < r["guide"] < 1 for r in log if "tts" in r) and len([r for r in log if "tts" in r]) == 4
+    with pytest.raises(SystemExit, match="name no such layer/head"):
+        train.main(["--output-dir", str(tmp_path / "c"), *TINY, *extra[:4], "--guide-layers", "3"])
+    with pytest.raises(SystemExit, match="not a 64-wide model"):
+        train.main(["--output-dir", str(tmp_path / "d"), *TINY, *extra[:2], "--hidden", "64"])
+
+
 def test_missing_model_folder_names_the_recipe(tmp_path):
     with pytest.raises(FileNotFoundError, match="recipes/speech_llm/train.py"):
         load_codec_speech_llm(tmp_path)
