@@ -225,16 +225,12 @@ class AttentionGuide:
         self.handles = []
         for layer in layers:
             attention = model.model.layers[layer].self_attn
-            hook = self._keeper(layer, attention)
-            self.handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
+            self.handles.append(attention.register_forward_pre_hook(self._keep, with_kwargs=True))
 
-    def _keeper(self, layer: int, attention):
-        def keep(module, args, kwargs):
-            if self.enabled:
-                hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
-                self.inputs[layer] = (attention, hidden, kwargs["position_embeddings"])
-
-        return keep
+    def _keep(self, attention, args, kwargs) -> None:
+        if self.enabled:
+            hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+            self.inputs[attention.layer_idx] = (attention, hidden, kwargs["position_embeddings"])
 
     def loss(self, weights: torch.Tensor, queries: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -345,8 +341,12 @@ def main(argv=None) -> int:
     )
     if args.init_from:
         model = LlamaForCausalLM.from_pretrained(args.init_from, dtype=torch.float32, local_files_only=True)
-        if model.config.vocab_size != config.vocab_size or model.config.hidden_size != config.hidden_size:
-            sys.exit(f"--init-from {args.init_from} is not a {args.hidden}-wide model over this vocabulary.")
+        shape = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads")
+        if any(getattr(model.config, name) != getattr(config, name) for name in shape):
+            sys.exit(
+                f"--init-from {args.init_from} is not a {args.layers}-layer, {args.hidden}-wide, {args.heads}-head "
+                "model over this vocabulary. Fix: pass the --layers/--hidden/--heads it was trained with."
+            )
         model = model.to(args.device)
     else:
         model = LlamaForCausalLM(config).to(args.device)
