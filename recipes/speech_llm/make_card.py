@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     last = [r for r in log if "dev_tts" in r][-1:] or [{}]
     aids = []
     if settings.get("init_from"):
-        aids.append(f"started from the weights in `{settings['init_from']}` (the previous committed model)")
+        aids.append(f"started from the weights in `{settings['init_from']}`")
     if settings.get("guide_weight"):
         aids.append(
             f"guided attention (weight {settings['guide_weight']}, layers {settings['guide_layers']}, heads "

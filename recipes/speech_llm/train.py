@@ -358,7 +358,11 @@ def main(argv=None) -> int:
         if any(not 0 <= x < model.config.num_hidden_layers for x in layers) or any(
             not 0 <= x < model.config.num_attention_heads for x in heads
         ):
-            sys.exit(f"--guide-layers {args.guide_layers} / --guide-heads {args.guide_heads} name no such layer/head.")
+            sys.exit(
+                f"--guide-layers {args.guide_layers} / --guide-heads {args.guide_heads} name no such layer/head. "
+                f"Fix: layers lie in [0, {model.config.num_hidden_layers}), "
+                f"heads in [0, {model.config.num_attention_heads})."
+            )
         guide = AttentionGuide(model, layers, heads)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]

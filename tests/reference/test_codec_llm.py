@@ -211,7 +211,7 @@ def test_training_from_given_weights_with_the_guide_and_noisy_codes(tmp_path):
     assert train.main(["--output-dir", str(tmp_path / "b"), *TINY, *extra]) == 0
     log = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
     assert all(0 < r["guide"] < 1 for r in log if "tts" in r) and len([r for r in log if "tts" in r]) == 4
-    with pytest.raises(SystemExit, match="name no such layer/head"):
+    with pytest.raises(SystemExit, match=r"name no such layer/head. Fix: layers lie in \[0, 1\)"):
         train.main(["--output-dir", str(tmp_path / "c"), *TINY, *extra[:4], "--guide-layers", "3"])
     with pytest.raises(SystemExit, match="not a 1-layer, 64-wide, 2-head model"):
         train.main(["--output-dir", str(tmp_path / "d"), *TINY, *extra[:2], "--hidden", "64"])
