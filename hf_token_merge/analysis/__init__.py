@@ -1,4 +1,5 @@
-"""Analysis: redundancy statistics and figures, ablation sweeps, sequence sweeps, compression within a budget.
+"""Analysis: redundancy statistics and figures, the structure of merged FSQ clusters, ablation sweeps, sequence
+sweeps, compression within a budget.
 
 Figures need the `analysis` extra (matplotlib; scikit-learn and umap-learn for the 2-D maps). `analyze_redundancy`
 and `RedundancyReport` load their module on first use, and `sweep` (with `output_dir`) and `save_sequence_points`
@@ -7,6 +8,13 @@ sweeps themselves work without it.
 """
 
 from hf_token_merge.analysis.budget import BudgetResult, bisect_smallest, compress_within_budget
+from hf_token_merge.analysis.cluster_structure import (
+    FrequencyMerging,
+    NeighbourSharing,
+    frequency_and_merging,
+    lattice_neighbour_pairs,
+    neighbour_sharing,
+)
 from hf_token_merge.analysis.sequence_sweep import (
     ORACLE_MODES,
     SequencePoint,
@@ -22,6 +30,8 @@ __all__ = [
     "ORACLE_MODES",
     "STRATEGIES",
     "BudgetResult",
+    "FrequencyMerging",
+    "NeighbourSharing",
     "RedundancyReport",
     "SequencePoint",
     "SweepPoint",
@@ -30,6 +40,9 @@ __all__ = [
     "compress_within_budget",
     "evaluate_encoder_merges",
     "evaluate_sequence_configs",
+    "frequency_and_merging",
+    "lattice_neighbour_pairs",
+    "neighbour_sharing",
     "oracle_configs",
     "save_sequence_points",
     "sequence_markdown",

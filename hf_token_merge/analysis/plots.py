@@ -144,3 +144,28 @@ def retention_curve(points, metric: str, path: str) -> str:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     return _save(figure, path)
+
+
+def cluster_structure(sharing, frequency, path: str) -> str:
+    """Two panels: lattice neighbours in one cluster against chance, and the merged share per frequency bin."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    left.bar(["measured", "chance"], [100 * sharing.shared, 100 * sharing.chance], color=["#3b75af", "#aaaaaa"])
+    left.errorbar(
+        [1],
+        [100 * sharing.chance],
+        yerr=[[100 * (sharing.chance - sharing.chance_low)], [100 * (sharing.chance_high - sharing.chance)]],
+        color="black",
+        capsize=4,
+    )
+    left.set(title=f"lattice neighbours in one cluster\n({sharing.pairs:,} pairs)", ylabel="pairs (%)")
+    labels = [f"{b['count_low']:g}–{b['count_high']:g}" for b in frequency.bins]
+    right.bar(range(len(labels)), [100 * b["merged_share"] for b in frequency.bins], color="#3b75af")
+    right.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    right.set(
+        title=f"merged share by code frequency (AUC {frequency.auc:.2f})",
+        xlabel="occurrences in calibration data",
+        ylabel="rows merged (%)",
+    )
+    for axis in (left, right):
+        axis.grid(alpha=0.3, axis="y")
+    return _save(figure, path)
