@@ -93,7 +93,10 @@ def figure_path(output_dir: str, name: str) -> str:
 
 
 def sweep_curve(points, metric: str, path: str) -> str:
-    """A metric against rows removed, one line per strategy, the baseline as a dashed line."""
+    """A metric against rows removed, one line per strategy, the baseline as a dashed line.
+
+    Points with a paired difference for `metric` get a band: the baseline plus the interval of the increase.
+    """
     figure, axis = plt.subplots(figsize=(6, 3.8))
     baseline = next((p for p in points if p.strategy == "baseline"), None)
     for strategy in dict.fromkeys(p.strategy for p in points if p.strategy != "baseline"):
@@ -101,7 +104,21 @@ def sweep_curve(points, metric: str, path: str) -> str:
         if baseline is not None:
             series = [(0, baseline.metrics[metric]), *series]
         removed, values = zip(*series, strict=True)
-        axis.plot(removed, values, marker="o", label=strategy)
+        (line,) = axis.plot(removed, values, marker="o", label=strategy)
+        ours = [p for p in points if p.strategy == strategy and metric in p.differences]
+        banded = [(p.rows_removed, p.differences[metric]) for p in sorted(ours, key=lambda p: p.rows_removed)]
+        if banded:
+            if baseline is not None:
+                banded = [(0, {"before": baseline.metrics[metric], "ci_low": 0.0, "ci_high": 0.0}), *banded]
+            xs = [x for x, _ in banded]
+            axis.fill_between(
+                xs,
+                [d["before"] + d["ci_low"] for _, d in banded],
+                [d["before"] + d["ci_high"] for _, d in banded],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     if baseline is not None:
         axis.axhline(baseline.metrics[metric], color="#888888", linestyle="--", linewidth=1, label="baseline")
     axis.set(title=f"{metric} against rows removed", xlabel="rows removed", ylabel=metric)

@@ -7,6 +7,11 @@ A strategy is a grouping method that takes a row count (the vocabulary of `Token
   rows, as far as an index remap can: the removed ids share one averaged row); needs calibration counts;
 * "random": a random grouping into the same number of rows, as a control.
 
+When `evaluate` also returns per-utterance records (`with_records(result, wer=result.wer)`, or
+`{"records": {"asr_wer": ..., "tts_wer": ...}}` for several metrics), every point carries the paired bootstrap
+interval of its increase over the baseline, and the curves draw it as a band. With calibration counts, every point
+also says how many of the *used* rows (count > 0) it removed: never-used rows say nothing about redundancy.
+
 The old name "drop_least_frequent" still works as a deprecated alias of "frequency".
 """
 
@@ -17,8 +22,8 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,7 +34,7 @@ from hf_token_merge.clustering.random_grouping import random_labels
 from hf_token_merge.clustering.registry import DEPRECATED_ALIASES, resolve_method_name
 from hf_token_merge.config import TokenMergeConfig
 from hf_token_merge.errors import TokenMergeError
-from hf_token_merge.remap import apply_token_merge, plan_token_merge, resolve_selection
+from hf_token_merge.remap import MergePlan, apply_token_merge, plan_token_merge, resolve_selection
 from hf_token_merge.tables import markdown_table
 
 SIMILARITY_METHODS = tuple(m.name for m in grouping_methods().values() if m.by_similarity and m.takes_row_count)
@@ -49,6 +54,7 @@ __all__ = [
     "strategy_labels",
     "sweep",
     "sweep_markdown",
+    "used_rows_removed",
 ]
 
 
@@ -61,7 +67,11 @@ class SweepPoint:
         ratio: Merged rows / selected rows.
         rows_kept: Rows left for the selected ids.
         rows_removed: Rows removed.
-        metrics: What `evaluate` returned.
+        metrics: What `evaluate` returned (without its records).
+        differences: Per metric with records, the paired difference to the baseline (`PairedDifference.to_dict()`:
+            `difference`, `ci_low`, `ci_high`, `units`, ...).
+        used_rows: Selected rows with a calibration count above 0 (None without counts).
+        used_rows_removed: How many of them the merge removed: used rows minus the clusters that hold a used row.
     """
 
     strategy: str
@@ -69,6 +79,9 @@ class SweepPoint:
     rows_kept: int
     rows_removed: int
     metrics: dict[str, float]
+    differences: dict[str, dict[str, Any]] = field(default_factory=dict)
+    used_rows: int | None = None
+    used_rows_removed: int | None = None
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -145,6 +158,50 @@ def strategy_labels(
     return method.group(torch.empty(selected.numel(), 0), config, k, counts, False)
 
 
+def _metrics_and_records(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Sequence[dict]]]:
+    """Split `evaluate`'s output into metrics and records per metric (a bare record list belongs to "wer")."""
+    from hf_token_merge.analysis.budget import RECORDS_KEY
+
+    metrics = dict(metrics)
+    records = metrics.pop(RECORDS_KEY, None)
+    if records is None:
+        return metrics, {}
+    records = dict(records) if isinstance(records, Mapping) else {"wer": records}
+    missing = sorted(set(records) - set(metrics))
+    if missing:
+        raise TokenMergeError(
+            f"evaluate returned records for {missing} but no such metric; return the metric beside its records "
+            "(with_records(result, wer=result.wer))."
+        )
+    return metrics, records
+
+
+def _differences(
+    before: dict[str, Sequence[dict]], after: dict[str, Sequence[dict]], seed: int
+) -> dict[str, dict[str, Any]]:
+    from hf_token_merge.evaluation.confidence import compare_records
+
+    return {
+        name: compare_records(before[name], after[name], seed=seed, significance=False).to_dict()
+        for name in before
+        if name in after
+    }
+
+
+def used_rows_removed(plan: MergePlan, token_counts: torch.Tensor) -> tuple[int, int]:
+    """How many of a plan's used rows (calibration count > 0) a merge removes.
+
+    Args:
+        plan: A merge plan.
+        token_counts: `(vocab_size,)` calibration counts.
+
+    Returns:
+        `(used, removed)`: the selected rows with a count above 0, and that number minus the clusters holding them.
+    """
+    used = torch.as_tensor(token_counts)[plan.selected_ids] > 0
+    return int(used.sum()), int(used.sum()) - int(plan.cluster_of_selected[used].unique().numel())
+
+
 def sweep(
     model: torch.nn.Module,
     config: TokenMergeConfig,
@@ -163,7 +220,8 @@ def sweep(
     Args:
         model: The original model (left unchanged).
         config: Selection and merge settings; the stopping option and method are set per point.
-        evaluate: `model -> metrics`, e.g. a closure over `evaluate_wer`/`evaluate_perplexity`.
+        evaluate: `model -> metrics`, e.g. a closure over `evaluate_wer`/`evaluate_perplexity`; with records
+            (`with_records`, or a `"records"` dict per metric) the points get paired confidence intervals.
         ratios: Compression levels as merged rows / selected rows.
         strategies: Any of `STRATEGIES` (grouping methods; "drop_least_frequent" is a deprecated alias of
             "frequency"). Points record the method name.
@@ -185,7 +243,9 @@ def sweep(
     require_token_counts([strategy_config(config, m, 1, seed) for m in methods], token_counts)
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
-    points = [SweepPoint("baseline", 1.0, n, 0, evaluate(model))]
+    metrics, baseline_records = _metrics_and_records(evaluate(model))
+    used = None if token_counts is None else int((torch.as_tensor(token_counts)[selected] > 0).sum())
+    points = [SweepPoint("baseline", 1.0, n, 0, metrics, used_rows=used, used_rows_removed=None if used is None else 0)]
     grid = [(method, ratio) for method in methods for ratio in ratios]
     for method, ratio in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
         k = max(1, math.ceil(ratio * n))
@@ -198,8 +258,12 @@ def sweep(
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)
-        points.append(SweepPoint(method, k / n, k, n - k, evaluate(trial)))
+        metrics, records = _metrics_and_records(evaluate(trial))
         del trial
+        point = SweepPoint(method, k / n, k, n - k, metrics, _differences(baseline_records, records, seed))
+        if token_counts is not None:
+            point.used_rows, point.used_rows_removed = used_rows_removed(plan, token_counts)
+        points.append(point)
     if output_dir is not None:
         save_sweep(points, output_dir)
     return points
@@ -208,12 +272,20 @@ def sweep(
 def sweep_markdown(points: Sequence[SweepPoint]) -> str:
     """The sweep as a Markdown table, one column per metric."""
     names = sorted({name for point in points for name in point.metrics})
-    rows = [
-        [p.strategy, f"{p.ratio:.4f}", p.rows_kept, p.rows_removed]
-        + [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
-        for p in points
-    ]
-    return markdown_table(["strategy", "ratio", "rows kept", "rows removed", *names], rows)
+    compared = sorted({name for point in points for name in point.differences})
+    with_used = any(p.used_rows is not None for p in points)
+    rows = []
+    for p in points:
+        row = [p.strategy, f"{p.ratio:.4f}", p.rows_kept, p.rows_removed]
+        if with_used:
+            row.append("" if not p.used_rows else f"{p.used_rows_removed:,} of {p.used_rows:,}")
+        row += [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
+        for name in compared:
+            d = p.differences.get(name)
+            row.append("" if d is None else f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})")
+        rows.append(row)
+    header = ["strategy", "ratio", "rows kept", "rows removed", *(["used rows removed"] if with_used else []), *names]
+    return markdown_table([*header, *(f"Δ {name} (95 % CI)" for name in compared)], rows)
 
 
 def save_sweep(points: Sequence[SweepPoint], output_dir: str) -> dict[str, str]:

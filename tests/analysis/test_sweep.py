@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from hf_token_merge import TokenMergeConfig, count_tokens
+from hf_token_merge import TokenMergeConfig, count_tokens, plan_token_merge
 from hf_token_merge.analysis import sweep
-from hf_token_merge.analysis.sweep import random_labels, strategy_config, strategy_labels
+from hf_token_merge.analysis.sweep import random_labels, strategy_config, strategy_labels, used_rows_removed
 from hf_token_merge.clustering.frequency import least_frequent_labels
 from tests.models import build_llama
 
@@ -114,3 +114,74 @@ def test_strategy_labels():
         strategy_labels("frequency", selected, 3)
     with pytest.raises(ValueError, match="Unknown strategy 'magic'"):
         strategy_labels("magic", selected, 3)
+
+
+def _record_metric(original_rows: torch.Tensor, ids: torch.Tensor):
+    """One 'utterance' of 10 words per selected id: its word errors grow with the distortion of its row."""
+
+    def evaluate(model):
+        gaps = (model.get_input_embeddings()(ids) - original_rows).pow(2).sum(1)
+        errors = (gaps * 10).clamp(max=10).round().long().tolist()
+        records = [
+            {"id": i, "hits": 10 - e, "substitutions": e, "deletions": 0, "insertions": 0} for i, e in enumerate(errors)
+        ]
+        return {"wer": sum(errors) / (10 * len(errors)), "records": {"wer": records}}
+
+    return evaluate
+
+
+def test_points_carry_paired_intervals_and_used_rows(tmp_path):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    ids = bundle.selected_ids
+    evaluate = _record_metric(bundle.model.get_input_embeddings()(ids).detach(), ids)
+    counts = torch.zeros(bundle.vocab_size, dtype=torch.long)
+    counts[ids[:20]] = 3  # 20 of the 48 speech rows are used
+    points = sweep(
+        bundle.model,
+        TokenMergeConfig(preset="llasa", n_clusters=8),
+        evaluate,
+        ratios=(8 / 48,),
+        strategies=("kmeans", "random"),
+        tokenizer=bundle.tokenizer,
+        token_counts=counts,
+        output_dir=str(tmp_path),
+        show_progress=False,
+    )
+    baseline, *merged = points
+    assert baseline.differences == {} and (baseline.used_rows, baseline.used_rows_removed) == (20, 0)
+    for point in merged:
+        d = point.differences["wer"]
+        assert d["difference"] == pytest.approx(point.metrics["wer"] - baseline.metrics["wer"])
+        assert d["ci_low"] <= d["difference"] <= d["ci_high"] and d["units"] == 480
+        assert point.used_rows == 20 and 0 <= point.used_rows_removed <= 20 - 1
+    by_strategy = {p.strategy: p for p in merged}
+    assert by_strategy["random"].differences["wer"]["ci_low"] > by_strategy["kmeans"].differences["wer"]["ci_high"]
+    table = (tmp_path / "sweep.md").read_text()
+    assert "used rows removed" in table and "Δ wer (95 % CI)" in table
+    assert f"{by_strategy['kmeans'].used_rows_removed} of 20" in table
+    assert json.loads((tmp_path / "sweep.json").read_text())[1]["differences"]["wer"]["units"] == 480
+    assert (tmp_path / "sweep_wer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_used_rows_removed_counts_clusters_holding_used_rows():
+    bundle = build_llama(n_speech=48, n_centers=8)
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    plan = plan_token_merge(bundle.model, config, tokenizer=bundle.tokenizer, show_progress=False)
+    counts = torch.zeros(bundle.vocab_size, dtype=torch.long)
+    counts[plan.selected_ids] = 1
+    assert used_rows_removed(plan, counts) == (48, 40)
+    counts[plan.selected_ids[plan.cluster_of_selected != 0]] = 0  # only cluster 0's members are used
+    size = int((plan.cluster_of_selected == 0).sum())
+    assert used_rows_removed(plan, counts) == (size, size - 1)
+
+
+def test_records_without_their_metric_are_refused():
+    bundle = build_llama()
+    with pytest.raises(ValueError, match=r"records for \['tts_wer'\] but no such metric"):
+        sweep(
+            bundle.model,
+            TokenMergeConfig(preset="llasa", n_clusters=8),
+            lambda m: {"wer": 0.1, "records": {"tts_wer": []}},
+            strategies=("kmeans",),
+            tokenizer=bundle.tokenizer,
+        )
