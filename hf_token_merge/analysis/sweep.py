@@ -7,6 +7,9 @@ A strategy is a grouping method that takes a row count (the vocabulary of `Token
   rows, as far as an index remap can: the removed ids share one averaged row); needs calibration counts;
 * "random": a random grouping into the same number of rows, as a control.
 
+"threshold" takes no row count: `thresholds=` adds one point per similarity (cosine) or distance (euclidean)
+threshold, placed on the same axis by the rows its plan keeps.
+
 When `evaluate` also returns per-utterance records (`with_records(result, wer=result.wer)`, or
 `{"records": {"asr_wer": ..., "tts_wer": ...}}` for several metrics), every point carries the paired bootstrap
 interval of its increase over the baseline, and the curves draw it as a band. With calibration counts, every point
@@ -72,6 +75,7 @@ class SweepPoint:
             `difference`, `ci_low`, `ci_high`, `units`, ...).
         used_rows: Selected rows with a calibration count above 0 (None without counts).
         used_rows_removed: How many of them the merge removed: used rows minus the clusters that hold a used row.
+        threshold: The similarity (or distance) threshold of a "threshold" point; None otherwise.
     """
 
     strategy: str
@@ -82,6 +86,7 @@ class SweepPoint:
     differences: dict[str, dict[str, Any]] = field(default_factory=dict)
     used_rows: int | None = None
     used_rows_removed: int | None = None
+    threshold: float | None = None
 
 
 def resolve_strategy(strategy: str) -> str:
@@ -209,6 +214,7 @@ def sweep(
     *,
     ratios: Sequence[float] = (0.5, 0.25, 0.125, 0.0625),
     strategies: Sequence[str] = ("kmeans", "frequency", "random"),
+    thresholds: Sequence[float] = (),
     tokenizer: Any = None,
     token_counts: torch.Tensor | None = None,
     output_dir: str | None = None,
@@ -225,6 +231,8 @@ def sweep(
         ratios: Compression levels as merged rows / selected rows.
         strategies: Any of `STRATEGIES` (grouping methods; "drop_least_frequent" is a deprecated alias of
             "frequency"). Points record the method name.
+        thresholds: Also one "threshold" point per value: a cosine similarity (metric="cosine") or a Euclidean
+            distance (metric="euclidean") at which leader clustering stops.
         tokenizer: For regex/preset selections.
         token_counts: Calibration counts; needed by "frequency" (and by configs that weight by frequency).
         output_dir: If given, writes `sweep.json`, `sweep.md` and one PNG per metric (needs matplotlib).
@@ -240,27 +248,28 @@ def sweep(
     if any(not 0 < r <= 1 for r in ratios):
         raise TokenMergeError(f"ratios must lie in (0, 1], got {list(ratios)}.")
     methods = [resolve_strategy(s) for s in strategies]
-    require_token_counts([strategy_config(config, m, 1, seed) for m in methods], token_counts)
+    threshold_field = "similarity_threshold" if config.metric == "cosine" else "distance_threshold"
+    trials = [(m, r, strategy_config(config, m, 1, seed)) for m in methods for r in ratios]
+    trials += [("threshold", t, config.with_stop(method="threshold", **{threshold_field: t})) for t in thresholds]
+    require_token_counts([trial_config for *_, trial_config in trials], token_counts)
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
     metrics, baseline_records = _metrics_and_records(evaluate(model))
     used = None if token_counts is None else int((torch.as_tensor(token_counts)[selected] > 0).sum())
     points = [SweepPoint("baseline", 1.0, n, 0, metrics, used_rows=used, used_rows_removed=None if used is None else 0)]
-    grid = [(method, ratio) for method in methods for ratio in ratios]
-    for method, ratio in tqdm(grid, desc="sweep", disable=not show_progress, leave=False):
-        k = max(1, math.ceil(ratio * n))
+    for method, level, trial_config in tqdm(trials, desc="sweep", disable=not show_progress, leave=False):
+        if method != "threshold":
+            trial_config = strategy_config(config, method, max(1, math.ceil(level * n)), seed)
         plan = plan_token_merge(
-            model,
-            strategy_config(config, method, k, seed),
-            tokenizer=tokenizer,
-            token_counts=token_counts,
-            show_progress=False,
+            model, trial_config, tokenizer=tokenizer, token_counts=token_counts, show_progress=False
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)
         metrics, records = _metrics_and_records(evaluate(trial))
         del trial
+        k = plan.num_clusters
         point = SweepPoint(method, k / n, k, n - k, metrics, _differences(baseline_records, records, seed))
+        point.threshold = level if method == "threshold" else None
         if token_counts is not None:
             point.used_rows, point.used_rows_removed = used_rows_removed(plan, token_counts)
         points.append(point)
@@ -276,7 +285,8 @@ def sweep_markdown(points: Sequence[SweepPoint]) -> str:
     with_used = any(p.used_rows is not None for p in points)
     rows = []
     for p in points:
-        row = [p.strategy, f"{p.ratio:.4f}", p.rows_kept, p.rows_removed]
+        name = p.strategy if p.threshold is None else f"{p.strategy} {p.threshold:g}"
+        row = [name, f"{p.ratio:.4f}", p.rows_kept, p.rows_removed]
         if with_used:
             row.append("" if not p.used_rows else f"{p.used_rows_removed:,} of {p.used_rows:,}")
         row += [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]

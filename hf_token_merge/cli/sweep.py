@@ -75,6 +75,14 @@ def add_parser(subparsers) -> None:
         help="grouping methods: kmeans, agglomerative, frequency (needs --calibration-text), random "
         "(drop_least_frequent: deprecated alias of frequency)",
     )
+    parser.add_argument(
+        "--thresholds",
+        nargs="+",
+        type=float,
+        default=[],
+        metavar="T",
+        help="also one 'threshold' point per value: a cosine similarity (--metric cosine) or Euclidean distance",
+    )
     add_calibration_argument(parser)
     budget = parser.add_argument_group("budget")
     budget.add_argument("--max-wer-increase", type=float, help="absolute WER increase allowed (0.01 = 1 point)")
@@ -134,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     args.tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     strategies = [resolve_strategy(s) for s in args.strategies]
     grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
+    threshold_field = "similarity_threshold" if config.metric == "cosine" else "distance_threshold"
+    grid += [config.with_stop(method="threshold", **{threshold_field: t}) for t in args.thresholds]  # validated now
     budget_strategy = None if args.budget_strategy is None else resolve_strategy(args.budget_strategy)
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         grid.append(strategy_config(config, budget_strategy or config.method, 1))
@@ -154,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             evaluate,
             ratios=args.ratios,
             strategies=strategies,
+            thresholds=args.thresholds,
             tokenizer=tokenizer,
             token_counts=token_counts,
             output_dir=str(output),

@@ -185,3 +185,29 @@ def test_records_without_their_metric_are_refused():
             strategies=("kmeans",),
             tokenizer=bundle.tokenizer,
         )
+
+
+def test_threshold_points_sit_on_the_rows_removed_axis(tmp_path):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    ids = bundle.selected_ids
+    evaluate = _distortion_metric(bundle.model.get_input_embeddings()(ids).detach(), ids)
+    config = TokenMergeConfig(preset="llasa", n_clusters=8)
+    points = sweep(
+        bundle.model,
+        config,
+        evaluate,
+        ratios=(),
+        strategies=(),
+        thresholds=(0.999999, 0.9),
+        tokenizer=bundle.tokenizer,
+        output_dir=str(tmp_path),
+        show_progress=False,
+    )
+    strict, loose = points[1:]
+    assert (strict.strategy, strict.threshold, loose.threshold) == ("threshold", 0.999999, 0.9)
+    expected = plan_token_merge(
+        bundle.model, config.with_stop(method="threshold", similarity_threshold=0.9), tokenizer=bundle.tokenizer
+    ).num_clusters
+    assert loose.rows_kept == expected and loose.rows_removed == 48 - expected
+    assert loose.rows_removed >= strict.rows_removed
+    assert "| threshold 0.9 |" in (tmp_path / "sweep.md").read_text()

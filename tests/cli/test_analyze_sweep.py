@@ -209,13 +209,17 @@ def test_sweep_on_the_reference_model(tmp_path, capsys):
             "0.95",
             "--strategies",
             "random",
+            "--thresholds",
+            "0.9999",
             "--output-dir",
             str(out),
         ]
     )
     assert status == 0
     points = json.loads((out / "sweep.json").read_text())
-    assert [(p["strategy"], p["rows_kept"]) for p in points] == [("baseline", 512), ("random", 487)]
+    assert [(p["strategy"], p["rows_kept"]) for p in points[:2]] == [("baseline", 512), ("random", 487)]
+    assert points[2]["strategy"] == "threshold" and points[2]["threshold"] == 0.9999
+    assert points[2]["rows_kept"] + points[2]["rows_removed"] == 512
     assert set(points[1]["metrics"]) == {"wer", "perplexity"}
     assert points[1]["metrics"]["perplexity"] > points[0]["metrics"]["perplexity"]  # merging costs something
     assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
@@ -273,6 +277,7 @@ def test_compress_with_the_frequency_method(saved_llama, tmp_path, capsys):
         (["--budget-only"], "--budget-only needs a budget. Fix: add --max-wer-increase"),
         (["--max-wer-increase", "0.01", "--tolerance", "1.5"], "--tolerance 1.5: must lie in [0, 1)"),
         (["--calibration-text", "missing.txt"], "Calibration text missing.txt does not exist"),
+        (["--thresholds", "1.5"], "similarity_threshold must lie in [-1, 1], got 1.5"),
     ],
 )
 def test_sweep_calibration_and_budget_errors(saved_llama, tmp_path, capsys, arguments, reason):
