@@ -155,7 +155,10 @@ def run(args: argparse.Namespace) -> int:
     model, processing_class = load_model(args.model)
     tokenizer = getattr(processing_class, "tokenizer", processing_class)
     token_counts = calibration_counts_from_args(args, config, model, tokenizer)
-    evaluate = builtin_evaluation(args.eval, processing_class, show_progress=False, data=data, tts=args.tts)
+    # with per-utterance records every point gets the paired interval of its WER change (a band in the PNG)
+    evaluate = builtin_evaluation(
+        args.eval, processing_class, show_progress=False, data=data, tts=args.tts, records=True
+    )
     output = Path(args.output_dir)
     if not args.budget_only:
         points = sweep(

@@ -221,6 +221,9 @@ def test_sweep_on_the_reference_model(tmp_path, capsys):
     assert points[2]["strategy"] == "threshold" and points[2]["threshold"] == 0.9999
     assert points[2]["rows_kept"] + points[2]["rows_removed"] == 512
     assert set(points[1]["metrics"]) == {"wer", "perplexity"}
+    wer_change = points[1]["differences"]["wer"]  # the paired interval of the WER change, from the records
+    assert wer_change["difference"] == pytest.approx(points[1]["metrics"]["wer"] - points[0]["metrics"]["wer"])
+    assert wer_change["ci_low"] <= wer_change["difference"] <= wer_change["ci_high"]
     assert points[1]["metrics"]["perplexity"] > points[0]["metrics"]["perplexity"]  # merging costs something
     assert (out / "sweep_wer.png").is_file() and "| random | 0.9512 | 487 | 25 |" in capsys.readouterr().out
 
