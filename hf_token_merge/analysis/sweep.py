@@ -57,6 +57,7 @@ __all__ = [
     "strategy_labels",
     "sweep",
     "sweep_markdown",
+    "threshold_config",
     "used_rows_removed",
 ]
 
@@ -120,6 +121,20 @@ def strategy_config(config: TokenMergeConfig, strategy: str, k: int, seed: int |
     if method == "random" and seed is not None:
         changes["seed"] = seed
     return config.with_stop(**changes)
+
+
+def threshold_config(config: TokenMergeConfig, threshold: float) -> TokenMergeConfig:
+    """The config of one threshold point: leader clustering stopped at `threshold`.
+
+    Args:
+        config: Selection and merge settings.
+        threshold: A cosine similarity (metric="cosine") or a Euclidean distance (metric="euclidean").
+
+    Returns:
+        The validated config (a bad threshold raises `TokenMergeError` here, before any model work).
+    """
+    field_name = "similarity_threshold" if config.metric == "cosine" else "distance_threshold"
+    return config.with_stop(method="threshold", **{field_name: threshold})
 
 
 def require_token_counts(configs: Iterable[TokenMergeConfig], token_counts: torch.Tensor | None) -> None:
@@ -248,9 +263,8 @@ def sweep(
     if any(not 0 < r <= 1 for r in ratios):
         raise TokenMergeError(f"ratios must lie in (0, 1], got {list(ratios)}.")
     methods = [resolve_strategy(s) for s in strategies]
-    threshold_field = "similarity_threshold" if config.metric == "cosine" else "distance_threshold"
     trials = [(m, r, strategy_config(config, m, 1, seed)) for m in methods for r in ratios]
-    trials += [("threshold", t, config.with_stop(method="threshold", **{threshold_field: t})) for t in thresholds]
+    trials += [("threshold", t, threshold_config(config, t)) for t in thresholds]
     require_token_counts([trial_config for *_, trial_config in trials], token_counts)
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()

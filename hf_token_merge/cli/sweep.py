@@ -129,7 +129,7 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run `sweep` (and the budget search)."""
     from hf_token_merge.analysis import sweep, sweep_markdown
-    from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config
+    from hf_token_merge.analysis.sweep import resolve_strategy, strategy_config, threshold_config
     from hf_token_merge.atomic import check_target
 
     if args.budget_only and args.max_wer_increase is None and args.max_ppl_increase is None:
@@ -142,8 +142,7 @@ def run(args: argparse.Namespace) -> int:
     args.tts = tts_options(args)  # a TTS evaluation without a family fails before the model loads
     strategies = [resolve_strategy(s) for s in args.strategies]
     grid = [] if args.budget_only else [strategy_config(config, s, 1) for s in strategies]
-    threshold_field = "similarity_threshold" if config.metric == "cosine" else "distance_threshold"
-    grid += [config.with_stop(method="threshold", **{threshold_field: t}) for t in args.thresholds]  # validated now
+    grid += [threshold_config(config, t) for t in args.thresholds]  # a bad threshold fails before the model loads
     budget_strategy = None if args.budget_strategy is None else resolve_strategy(args.budget_strategy)
     if args.max_wer_increase is not None or args.max_ppl_increase is not None:
         grid.append(strategy_config(config, budget_strategy or config.method, 1))
