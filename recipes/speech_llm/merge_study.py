@@ -123,20 +123,20 @@ def run_budget(args, direction: str, tokenizer, config, counts, codec, asr) -> t
     tune = direction_evaluation(direction, tokenizer, first("dev", dev_limit), codec, asr, f"dev ({direction})")
     report = direction_evaluation(direction, tokenizer, first("test", test_limit), codec, asr, f"test ({direction})")
     model, _ = load_codec_speech_llm(args.model)  # merged in place by the search
-    speech_rows = resolve_selection(model, config, tokenizer).numel()
+    selected = resolve_selection(model, config, tokenizer)
+    used = int((counts[selected] > 0).sum())
     result = compress_within_budget(
         model, config.with_stop(n_clusters=1), tune, max_wer_increase=args.max_wer_increase, token_counts=counts,
         min_ratio=args.min_ratio, tolerance=args.tolerance, report_evaluate=report, criterion="upper_bound",
         tokenizer=tokenizer,
     )  # fmt: skip
+    # n_clusters is the selection's size when nothing fits the budget (no plan)
+    used_removed = 0 if result.plan is None else used_rows_removed(result.plan, counts)[1]
     numbers = result.to_dict()
-    numbers["speech_rows"] = speech_rows
-    if result.plan is not None:
-        used, removed = used_rows_removed(result.plan, counts)
-        numbers.update(used_rows=used, used_rows_removed=removed, used_share_removed=removed / used)
-        numbers["rows_removed"] = int(result.plan.selected_ids.numel() - result.plan.num_clusters)
-    else:
-        numbers.update(used_rows=int((counts > 0).sum()), used_rows_removed=0, used_share_removed=0.0, rows_removed=0)
+    numbers.update(
+        speech_rows=selected.numel(), rows_removed=selected.numel() - result.n_clusters, used_rows=used,
+        used_rows_removed=used_removed, used_share_removed=used_removed / used,
+    )  # fmt: skip
     return numbers, result.plan
 
 
