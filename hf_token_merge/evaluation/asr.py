@@ -40,7 +40,7 @@ def example_id_reader(dataset, id_column: str) -> Callable[[int, dict[str, Any]]
 
 
 class EncoderDecoderAsr:
-    """Front end of encoder-decoder ASR models (Whisper): audio -> log-mel features -> greedy transcript.
+    """Front end of encoder-decoder ASR models (Whisper): audio -> log-mel features -> transcript.
 
     Args:
         model: The prepared model (eval mode, on its device).
@@ -51,6 +51,7 @@ class EncoderDecoderAsr:
         id_column: Utterance name column (optional).
         sampling_rate: Rate of audio given as bare arrays.
         resample: Resample audio that is not at 16 kHz; when False such audio is an error.
+        num_beams: 1 decodes greedily; more runs beam search with that many beams.
     """
 
     def __init__(
@@ -64,10 +65,11 @@ class EncoderDecoderAsr:
         id_column: str = "id",
         sampling_rate: int | None = None,
         resample: bool = True,
+        num_beams: int = 1,
     ) -> None:
         self.model, self.processor, self.dataset = model, processor, dataset
         self.audio_column, self.text_column = audio_column, text_column
-        self.sampling_rate, self.resample = sampling_rate, resample
+        self.sampling_rate, self.resample, self.num_beams = sampling_rate, resample, num_beams
         self.example_id = example_id_reader(dataset, id_column)
 
     def __call__(self, indices: list[int]) -> list[Transcript]:
@@ -76,7 +78,7 @@ class EncoderDecoderAsr:
             decode_audio_value(e[self.audio_column], sampling_rate=self.sampling_rate, allow_resample=self.resample)
             for e in examples
         ]
-        texts = transcribe(self.model, self.processor, audios, batch_size=len(audios))
+        texts = transcribe(self.model, self.processor, audios, batch_size=len(audios), num_beams=self.num_beams)
         return [
             Transcript(i, self.example_id(i, e), e[self.text_column], text, {"duration": len(a) / TARGET_SAMPLING_RATE})
             for i, e, text, a in zip(indices, examples, texts, audios, strict=True)
@@ -96,6 +98,7 @@ class CausalLmAsr:
         id_column: Utterance name column (optional).
         max_new_tokens: Generation limit.
         eos_token_id: Id(s) that end the answer; default: the generation config's / tokenizer's eos.
+        num_beams: 1 decodes greedily; more runs beam search with that many beams.
     """
 
     def __init__(
@@ -109,15 +112,19 @@ class CausalLmAsr:
         id_column: str = "id",
         max_new_tokens: int = 128,
         eos_token_id: int | Sequence[int] | None = None,
+        num_beams: int = 1,
     ) -> None:
         self.model, self.tokenizer, self.dataset, self.prompt_builder = model, tokenizer, dataset, prompt_builder
         self.text_column, self.max_new_tokens, self.eos_token_id = text_column, max_new_tokens, eos_token_id
+        self.num_beams = num_beams
         self.example_id = example_id_reader(dataset, id_column)
 
     def __call__(self, indices: list[int]) -> list[Transcript]:
         examples = [self.dataset[i] for i in indices]
         prompts = [list(self.prompt_builder(example)) for example in examples]
-        texts = generate_text(self.model, self.tokenizer, prompts, self.max_new_tokens, self.eos_token_id)
+        texts = generate_text(
+            self.model, self.tokenizer, prompts, self.max_new_tokens, self.eos_token_id, num_beams=self.num_beams
+        )
         return [
             Transcript(i, self.example_id(i, e), e[self.text_column], text, {"duration": _duration(e)})
             for i, e, text in zip(indices, examples, texts, strict=True)
@@ -135,8 +142,9 @@ def transcribe(
     audios: Sequence[np.ndarray],
     sampling_rate: int = TARGET_SAMPLING_RATE,
     batch_size: int = 16,
+    num_beams: int = 1,
 ) -> list[str]:
-    """Transcribe utterances of at most 30 s with a Whisper-style model and greedy decoding.
+    """Transcribe utterances of at most 30 s with a Whisper-style model (greedy, or beam search).
 
     Args:
         model: A Whisper model; its `generation_config` picks the start tokens and suppression.
@@ -144,10 +152,12 @@ def transcribe(
         audios: Mono float waveforms.
         sampling_rate: Their sampling rate (Whisper needs 16 kHz).
         batch_size: Utterances per `generate` call.
+        num_beams: 1 decodes greedily; more runs beam search with that many beams.
 
     Returns:
         One transcript per utterance, special tokens removed.
     """
+    check_num_beams(num_beams)
     texts: list[str] = []
     for start in range(0, len(audios), batch_size):
         batch = list(audios[start : start + batch_size])
@@ -157,7 +167,7 @@ def transcribe(
         input_features = features.input_features.to(device=model.device, dtype=model.dtype)
         # The mask only marks padded audio frames; passing it keeps generate() from guessing one.
         mask = features.attention_mask.to(model.device)
-        token_ids = model.generate(input_features, attention_mask=mask, num_beams=1, do_sample=False)
+        token_ids = model.generate(input_features, attention_mask=mask, num_beams=num_beams, do_sample=False)
         texts.extend(text.strip() for text in processor.batch_decode(token_ids, skip_special_tokens=True))
     return texts
 
@@ -216,6 +226,19 @@ def unit_prompt_builder(
     return build
 
 
+def check_num_beams(num_beams: int) -> None:
+    """Raise a `TokenMergeError` unless `num_beams` is an int of at least 1 (1 is greedy decoding).
+
+    Args:
+        num_beams: The beam count to check.
+    """
+    if isinstance(num_beams, bool) or not isinstance(num_beams, int) or num_beams < 1:
+        raise TokenMergeError(
+            f"num_beams must be an int >= 1, got {num_beams!r}. Fix: pass 1 for greedy decoding or e.g. 4 for beam "
+            "search with 4 beams."
+        )
+
+
 @torch.inference_mode()
 def generate_text(
     model,
@@ -223,8 +246,9 @@ def generate_text(
     prompts: list[list[int]],
     max_new_tokens: int = 128,
     eos_token_id: int | Sequence[int] | None = None,
+    num_beams: int = 1,
 ) -> list[str]:
-    """Greedy continuation of left-padded prompts, decoded up to the first end token.
+    """Deterministic continuation of left-padded prompts (greedy, or beam search), decoded up to the first end token.
 
     Args:
         model: A causal LM.
@@ -232,10 +256,13 @@ def generate_text(
         prompts: Prompt ids, one list per example.
         max_new_tokens: Generation limit.
         eos_token_id: End id(s); default: the generation config's, else the tokenizer's eos.
+        num_beams: 1 decodes greedily; more runs beam search with that many beams (the best-scoring finished
+            sequence, transformers' default length penalty).
 
     Returns:
         One stripped text per prompt (special tokens removed).
     """
+    check_num_beams(num_beams)
     if any(len(prompt) == 0 for prompt in prompts):
         raise TokenMergeError("A prompt builder returned an empty prompt. Fix: return at least one token id.")
     if eos_token_id is None:
@@ -252,7 +279,7 @@ def generate_text(
         input_ids=input_ids.to(model.device),
         attention_mask=mask.to(model.device),
         do_sample=False,
-        num_beams=1,
+        num_beams=num_beams,
         max_new_tokens=max_new_tokens,
         eos_token_id=sorted(stops) or None,
         pad_token_id=pad,

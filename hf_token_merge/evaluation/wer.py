@@ -18,6 +18,7 @@ from hf_token_merge.evaluation.asr import (
     CausalLmAsr,
     EncoderDecoderAsr,
     PromptBuilder,
+    check_num_beams,
     generate_text,
     transcribe,
     unit_prompt_builder,
@@ -108,6 +109,7 @@ def evaluate_wer(
     sampling_rate: int | None = None,
     max_new_tokens: int = 128,
     eos_token_id: int | Sequence[int] | None = None,
+    num_beams: int = 1,
     normalize: bool = True,
     accelerator=None,
     output_dir: str | os.PathLike[str] | None = None,
@@ -129,6 +131,7 @@ def evaluate_wer(
             this device (`"cpu"` forces CPU; default: the accelerator's).
         resample, sampling_rate: Resample audio not at 16 kHz (else an error); the rate of bare-array audio.
         max_new_tokens, eos_token_id: Speech-LLMs: generation limit and end id(s) (default: generation config's).
+        num_beams: 1 decodes greedily; more runs beam search with that many beams (both model kinds).
         normalize: Score normalised transcripts (Whisper's English normaliser).
         accelerator: An `accelerate.Accelerator`; default: a new one.
         output_dir: Write `wer.json` and `wer_predictions.jsonl` there (main process).
@@ -137,6 +140,7 @@ def evaluate_wer(
     Returns:
         A `WerResult` (the same on every process).
     """
+    check_num_beams(num_beams)
     needed = required_columns(model, processor, tokenizer, prompt_builder, audio_column, text_column)
     num_examples = check_columns(dataset, needed, "evaluate_wer")
     check_targets(dataset, text_column)
@@ -146,9 +150,9 @@ def evaluate_wer(
     columns = {"text_column": text_column, "id_column": id_column}
     if model_kind(model) == "encoder-decoder":
         audio = {"audio_column": audio_column, "sampling_rate": sampling_rate, "resample": resample}
-        front_end = EncoderDecoderAsr(model, processor, dataset, **audio, **columns)
+        front_end = EncoderDecoderAsr(model, processor, dataset, num_beams=num_beams, **audio, **columns)
     else:
-        generation = {"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id}
+        generation = {"max_new_tokens": max_new_tokens, "eos_token_id": eos_token_id, "num_beams": num_beams}
         front_end = CausalLmAsr(model, tokenizer, dataset, prompt_builder, **generation, **columns)
     # Whisper's English spelling map where the ASR tokenizer provides it (normalizer.json), as the Open ASR
     # Leaderboard scores; a speech-LLM's own tokenizer has none, so its scoring is unchanged

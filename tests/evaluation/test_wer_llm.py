@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import jiwer
@@ -96,6 +97,66 @@ def test_speech_llm_wer_mechanics_and_determinism(tmp_path):
     assert json.loads((tmp_path / "wer.json").read_text())["metrics"] == json.loads(json.dumps(first.metrics()))
 
 
+def _bigram_llama(tokenizer, next_word_probabilities: dict[str, dict[str, float]]):
+    """A Llama whose next token depends only on the current one, with the given probabilities.
+
+    One layer whose attention and MLP write nothing, one-hot embeddings (RMSNorm scales them by sqrt(hidden)), and an
+    untied head holding log-probabilities; every other continuation gets logit -30, every other word the eos.
+    """
+    model = build_llama(tied=False).model
+    ids = {word: tokenizer.convert_tokens_to_ids(word) for word in next_word_probabilities}
+    hidden = model.config.hidden_size
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for norm in (
+            model.model.norm,
+            model.model.layers[0].input_layernorm,
+            model.model.layers[0].post_attention_layernorm,
+        ):
+            norm.weight.fill_(1.0)
+        embedding, head = model.get_input_embeddings().weight, model.lm_head.weight
+        embedding[:, len(ids)] = 1.0  # every word not in the table
+        head[:, len(ids)] = -30.0 / hidden**0.5
+        head[tokenizer.eos_token_id, len(ids)] = 0.0
+        for column, (word, continuations) in enumerate(next_word_probabilities.items()):
+            embedding[ids[word]] = 0.0
+            embedding[ids[word], column] = 1.0
+            head[:, column] = -30.0 / hidden**0.5
+            for following, probability in continuations.items():
+                head[tokenizer.convert_tokens_to_ids(following), column] = math.log(probability) / hidden**0.5
+    return model
+
+
+def test_beam_search_finds_the_sequence_greedy_decoding_misses():
+    tokenizer = build_llama().tokenizer
+    # "the" -> "cat" (0.5) beats "dog" (0.4), but "cat" spreads over five words (0.1 each) while "dog" -> "sat" is
+    # 0.99: greedy decodes "cat hello" (0.05), two beams "dog sat" (0.396)
+    model = _bigram_llama(
+        tokenizer,
+        {
+            "the": {"cat": 0.5, "dog": 0.4},
+            "cat": {word: 0.1 for word in ("hello", "world", "on", "mat", "speech")},
+            "dog": {"sat": 0.99},
+        },
+    )
+    the, speech = tokenizer.convert_tokens_to_ids("the"), tokenizer.convert_tokens_to_ids("speech")
+    examples = [
+        {"id": "short", "text": "dog sat", "prompt": [the]},
+        {"id": "long", "text": "dog sat", "prompt": [speech] * 3 + [the]},
+    ]
+
+    def wer(**kwargs):
+        return evaluate_wer(
+            model, examples, tokenizer=tokenizer, prompt_builder=lambda example: example["prompt"], max_new_tokens=4,
+            batch_size=2, show_progress=False, **kwargs,
+        )  # fmt: skip
+
+    greedy, beams = wer(), wer(num_beams=2)
+    assert [r["prediction"] for r in greedy.predictions] == ["cat hello"] * 2 and greedy.wer == 1.0
+    assert [r["prediction"] for r in beams.predictions] == ["dog sat"] * 2 and beams.wer == 0.0
+
+
 def test_singleton_merge_gives_identical_speech_llm_wer():
     bundle, merged = build_llama(), build_llama()
     apply_token_merge(
@@ -122,5 +183,8 @@ def test_wer_bad_input(whisper):
         _llm_wer(bundle, [{"text": "a"}])
     with pytest.raises(ValueError, match="empty"):
         _llm_wer(bundle, [])
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match=re.escape(f"num_beams must be an int >= 1, got {bad!r}. Fix: pass 1")):
+            _llm_wer(bundle, examples, num_beams=bad)
     with pytest.raises(ValueError, match="needs its processor"):
         evaluate_wer(whisper.model, [{"audio": "x.wav", "text": "a"}])
