@@ -6,7 +6,8 @@ Everything ships inside the package: the codec speech-LLM (`hf_token_merge.refer
 the reference codec, the committed code sequences of the test split, and Whisper tiny.en (built offline into the
 user cache on first use). Measured before and after the merge (the `reference_codec` recipe):
 
-* ASR WER on the first `asr_limit` test utterances (greedy), with the paired bootstrap interval of the change;
+* ASR WER on the first `asr_limit` test utterances (beam search with the reference's `ASR_NUM_BEAMS` = 4 beams,
+  chosen on dev), with the paired bootstrap interval of the change;
 * TTS WER on a fixed 25-sentence subset of test (the first 25; greedy generation → `reference` adapter → codec
   decoder → Whisper tiny.en, through `evaluate_tts_wer`), with its interval;
 * per-token KL(unmerged || merged) and perplexity on the TTS sequences (text prompt + ground-truth codes) of the
@@ -83,8 +84,9 @@ def codec_asr_wer(
     device: str | None = "cpu",
     output_dir: str | os.PathLike[str] | None = None,
     show_progress: bool = True,
+    num_beams: int | None = None,
 ):
-    """Greedy ASR WER of a codec speech-LLM (speech-understanding prompt of the codes → text): a `WerResult`.
+    """ASR WER of a codec speech-LLM (speech-understanding prompt of the codes → text): a `WerResult`.
 
     Args:
         model: The model (merged or not).
@@ -94,12 +96,14 @@ def codec_asr_wer(
         device: `"cpu"`, or None for the accelerator's device.
         output_dir: Write the report and the per-utterance predictions there.
         show_progress: tqdm bars.
+        num_beams: Beam count; default `ASR_NUM_BEAMS` (4, chosen on dev for the bundled model); 1 is greedy.
 
     Returns:
         The `WerResult`.
     """
     from hf_token_merge.evaluation import evaluate_wer, unit_prompt_builder
     from hf_token_merge.reference.codec_llm import (
+        ASR_NUM_BEAMS,
         SPEECH_UNDERSTANDING_END,
         SPEECH_UNDERSTANDING_START,
         TEXT_GENERATION_END,
@@ -120,6 +124,7 @@ def codec_asr_wer(
         prompt_builder=builder,
         eos_token_id=tokenizer.convert_tokens_to_ids(TEXT_GENERATION_END),
         max_new_tokens=max(len(normalize_text(t)) for t in data["text"]) + 40,
+        num_beams=ASR_NUM_BEAMS if num_beams is None else num_beams,
         batch_size=batch_size,
         device=device,
         output_dir=output_dir,
@@ -264,6 +269,7 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
     from hf_token_merge.evaluation.confidence import compare_records
     from hf_token_merge.evaluation.provenance import provenance_of
     from hf_token_merge.job_steps import write_job_outputs
+    from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
     from hf_token_merge.tables import ChangeRow
 
     before, after, result, merged = run.before, run.after, run.result, run.merged
@@ -300,7 +306,12 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
         dataset_name="codec corpus test split (hf_token_merge.reference.load_codec_corpus)",
         split="test",
         units=asr_change.units,
-        generation={"decoding": "greedy", "tts_asr": "Whisper tiny.en", "codec": "reference SpeechCodec"},
+        generation={
+            "asr_decoding": f"beam search, {ASR_NUM_BEAMS} beams",
+            "tts_decoding": "greedy",
+            "tts_asr": "Whisper tiny.en",
+            "codec": "reference SpeechCodec",
+        },
     )
     extra = {
         "asr_utterances": len(asr_data),
@@ -312,8 +323,8 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
         "tts_invalid": {"before": before["tts"].invalid, "after": after["tts"].invalid},
     }
     intro = (
-        f"ASR WER (greedy) and KL/perplexity (TTS sequences: text prompt + ground-truth codes) on the first "
-        f"{len(asr_data)} test utterances of the codec corpus; TTS WER (greedy → codec decoder → Whisper tiny.en) "
-        f"on the first {len(tts_data)} test sentences. Intervals: paired bootstrap, 95 %.\n\n"
+        f"ASR WER ({ASR_NUM_BEAMS} beams) and KL/perplexity (TTS sequences: text prompt + ground-truth codes) on "
+        f"the first {len(asr_data)} test utterances of the codec corpus; TTS WER (greedy → codec decoder → Whisper "
+        f"tiny.en) on the first {len(tts_data)} test sentences. Intervals: paired bootstrap, 95 %.\n\n"
     )
     return write_job_outputs(output_dir, "Codec speech-LLM: merge report", intro, run, config, rows, extra, record)

@@ -55,6 +55,7 @@ def test_codec_job_writes_the_before_after_report(tiny_codec_llm, tmp_path, caps
     assert numbers["kl"]["ci_low"] <= numbers["kl"]["mean_kl"] <= numbers["kl"]["ci_high"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["asr_utterances"] == 4 and saved["tts_utterances"] == 2
+    assert "generation: asr_decoding=beam search, 4 beams, tts_decoding=greedy" in (tmp_path / "report.md").read_text()
     for name in ("report.md", "analysis/report.md", "merged/model.safetensors", "original/tokenizer.json"):
         assert (tmp_path / name).is_file(), name
     report = (tmp_path / "report.md").read_text()

@@ -65,13 +65,37 @@ def _cell(row: dict | None) -> str:
     )
 
 
+def _decoding(num_beams: int) -> str:
+    return "greedy" if num_beams == 1 else f"{num_beams} beams"
+
+
+def asr_columns(results: dict) -> dict[str, int]:
+    """The ASR entries of `evaluate.py`'s rows (`asr`, then `asr_beams_N`) and their beam counts."""
+    rows = results["splits"].values()
+    main = next((row["asr"].get("num_beams", 1) for row in rows if "asr" in row), 1)
+    others = sorted({key for row in rows for key in row if key.startswith("asr_beams_")})
+    return {"asr": main} | {key: int(key.removeprefix("asr_beams_")) for key in others}
+
+
 def results_table(results: dict) -> str:
-    lines = ["| split | ASR WER | TTS WER | codec resynthesis (TTS floor) |", "|---|---|---|---|"]
-    for split, row in results["splits"].items():
-        lines.append(
-            f"| {split} | {_cell(row.get('asr'))} | {_cell(row.get('tts'))} | {_cell(row.get('oracle_tts'))} |"
-        )
+    """One row per split: ASR WER (the chosen decoding, then any other beam counts scored), TTS WER, the floor."""
+    splits, columns = results["splits"], asr_columns(results)
+    header = [f"ASR WER ({_decoding(count)})" for count in columns.values()]
+    lines = [
+        "| split | " + " | ".join(header) + " | TTS WER (greedy) | codec resynthesis (TTS floor) |",
+        "|---|" + "---|" * (len(columns) + 2),
+    ]
+    for split, row in splits.items():
+        cells = [_cell(row.get(k)) for k in columns] + [_cell(row.get("tts")), _cell(row.get("oracle_tts"))]
+        lines.append(f"| {split} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def beam_choice(dev_results: dict) -> str:
+    """`1: 0.454, 2: 0.383, ...`: the dev ASR WER of every beam count `evaluate.py --asr-beams` scored."""
+    row = next(iter(dev_results["splits"].values()))
+    scores = {count: row[key]["wer"] for key, count in asr_columns(dev_results).items() if key in row}
+    return ", ".join(f"{count}: {wer:.3f}" for count, wer in sorted(scores.items()))
 
 
 def limits(results: dict) -> str:
@@ -108,12 +132,15 @@ def main(argv=None) -> int:
     parser.add_argument("--asset-dir", default=None)
     parser.add_argument("--commands", default="", help="the exact commands, for the card")
     parser.add_argument("--notes", default="", help="what else a reader of the training section must know")
+    parser.add_argument("--asr-choice", required=True, help="evaluate.py's dev JSON of the beam counts (--asr-beams)")
     args = parser.parse_args(argv)
     run, card = Path(args.run), Path(args.card_dir)
     card.mkdir(parents=True, exist_ok=True)
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     training = json.loads((run / "model" / "training.json").read_text())
     results = json.loads(Path(args.results).read_text())
+    asr_num_beams = asr_columns(results)["asr"]
+    asr_choice = beam_choice(json.loads(Path(args.asr_choice).read_text()))
     plot_curve(log, card / "training_curve.png")
     settings = training["settings"]
     where = "cpu" if training["device"] == "cpu" else "gpu"
@@ -129,6 +156,7 @@ def main(argv=None) -> int:
     if settings.get("corrupt_codes"):
         aids.append(f"{settings['corrupt_codes']:.0%} of the input codes replaced by random codes")
     aids_line = ("This run " + "; ".join(aids) + ".") if aids else ""
+    stopped = " (stopped early at the time limit)" if training["stopped_early"] else ""
     text = f"""# codec_speech_llm
 
 A speech-LLM trained **here** in Llasa's layout: a tied `LlamaForCausalLM`
@@ -136,7 +164,8 @@ A speech-LLM trained **here** in Llasa's layout: a tied `LlamaForCausalLM`
 4 special tokens, Llasa's 8 task markers, 34 characters and the reference codec's **4,375 FSQ codes `<|s_0|>` …
 `<|s_4374|>`** (50 per second). Two tasks: TTS (text → codes, the main one) and ASR (codes → text), trained on the
 codec corpus's train split only ({settings["train_examples"]:,} examples: 9,300 KJV sentences, 7 synthetic voices,
-one TTS and one ASR example each). Settings were not tuned on dev (no time on this machine); dev loss is logged.
+one TTS and one ASR example each). Training settings were not tuned on dev (no time on this machine; dev loss is
+logged); which training stage to keep and the ASR beam count were chosen on dev.
 
 ```python
 import torch
@@ -145,7 +174,7 @@ from hf_token_merge.reference.codec_llm import CodecSequenceBuilder
 model, tokenizer = load_codec_speech_llm()
 builder, row = CodecSequenceBuilder(tokenizer), load_codec_corpus("test")[0]
 prompt = torch.tensor([builder.asr_prompt(row["codes"])])  # ASR: codes -> text
-out = model.generate(prompt, max_new_tokens=200, do_sample=False,
+out = model.generate(prompt, max_new_tokens=200, do_sample=False, num_beams={asr_num_beams},
                      eos_token_id=tokenizer.convert_tokens_to_ids("<|TEXT_GENERATION_END|>"))
 print(builder.decode_text(out[0, prompt.shape[1]:].tolist()), "|", row["text"])
 prompt = torch.tensor([builder.tts_prompt(row["text"])])  # TTS: text -> codes (ends at <|SPEECH_GENERATION_END|>)
@@ -156,8 +185,7 @@ out = model.generate(prompt, max_new_tokens=600, do_sample=False)  # generation_
 
 Trained on **{where.upper()}** ({training["device"]}, {training["threads"] or "-"} threads): {training["steps"]:,} steps
 of about {settings["batch_tokens"]:,} padded tokens, {training["epochs"]:.2f} epochs, {training["tokens"]:,} tokens,
-{training["seconds"] / 60:.1f} min; AdamW lr {settings["lr"]}, cosine to 10 %, seed {settings["seed"]}
-{"(stopped early at the time limit)" if training["stopped_early"] else ""}.
+{training["seconds"] / 60:.1f} min; AdamW lr {settings["lr"]}, cosine to 10 %, seed {settings["seed"]}{stopped}.
 {aids_line}
 Last dev loss (96 dev utterances, teacher forced): TTS {last[0].get("dev_tts", float("nan")):.3f},
 ASR {last[0].get("dev_asr", float("nan")):.3f} nats/token.
@@ -167,8 +195,9 @@ ASR {last[0].get("dev_asr", float("nan")):.3f} nats/token.
 
 ## Results
 
-Greedy decoding. ASR: codes → text, scored with Whisper's English normaliser. TTS: text → codes → the reference
-codec's decoder → Whisper tiny.en (`evaluate_tts_wer`). The codec-resynthesis column is the ground-truth codes through
+ASR: codes → text, {_decoding(asr_num_beams)} (`ASR_NUM_BEAMS`, chosen on dev by corpus WER over beam counts:
+{asr_choice}), scored with Whisper's English normaliser. TTS: text → codes, greedy → the reference codec's decoder →
+Whisper tiny.en (`evaluate_tts_wer`). The codec-resynthesis column is the ground-truth codes through
 the same decoder and ASR: the floor TTS WER can reach. Intervals: percentile bootstrap over utterances (1,000
 resamples, seed 0).
 
