@@ -31,6 +31,13 @@ DEFAULT_OUTPUT_DIR = os.path.join("outputs", "reference-job")
 ASR_UTTERANCES = 100
 TTS_UTTERANCES = 25
 RECIPE = "reference_codec"
+# the decoding behind every number of the job; the ASR beam count is the bundled model's ASR_NUM_BEAMS
+GENERATION = {
+    "asr_decoding": "beam search, 4 beams",
+    "tts_decoding": "greedy",
+    "tts_asr": "Whisper tiny.en",
+    "codec": "reference SpeechCodec",
+}
 
 
 def codec_tts_adapter(tokenizer) -> Any:
@@ -269,7 +276,6 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
     from hf_token_merge.evaluation.confidence import compare_records
     from hf_token_merge.evaluation.provenance import provenance_of
     from hf_token_merge.job_steps import write_job_outputs
-    from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
     from hf_token_merge.tables import ChangeRow
 
     before, after, result, merged = run.before, run.after, run.result, run.merged
@@ -306,12 +312,7 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
         dataset_name="codec corpus test split (hf_token_merge.reference.load_codec_corpus)",
         split="test",
         units=asr_change.units,
-        generation={
-            "asr_decoding": f"beam search, {ASR_NUM_BEAMS} beams",
-            "tts_decoding": "greedy",
-            "tts_asr": "Whisper tiny.en",
-            "codec": "reference SpeechCodec",
-        },
+        generation=GENERATION,
     )
     extra = {
         "asr_utterances": len(asr_data),
@@ -323,8 +324,8 @@ def _codec_report(output_dir, config, model, run, kl, asr_data, tts_data, folder
         "tts_invalid": {"before": before["tts"].invalid, "after": after["tts"].invalid},
     }
     intro = (
-        f"ASR WER ({ASR_NUM_BEAMS} beams) and KL/perplexity (TTS sequences: text prompt + ground-truth codes) on "
-        f"the first {len(asr_data)} test utterances of the codec corpus; TTS WER (greedy → codec decoder → Whisper "
+        f"ASR WER ({GENERATION['asr_decoding']}) and KL/perplexity (TTS sequences: text prompt + ground-truth codes) "
+        f"on the first {len(asr_data)} test utterances of the codec corpus; TTS WER (greedy → codec decoder → Whisper "
         f"tiny.en) on the first {len(tts_data)} test sentences. Intervals: paired bootstrap, 95 %.\n\n"
     )
     return write_job_outputs(output_dir, "Codec speech-LLM: merge report", intro, run, config, rows, extra, record)

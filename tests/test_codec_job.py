@@ -28,7 +28,8 @@ def tiny_codec_llm(tmp_path_factory):
 
 
 def test_codec_job_writes_the_before_after_report(tiny_codec_llm, tmp_path, capsys):
-    from hf_token_merge.codec_job import run_codec_job
+    from hf_token_merge.codec_job import GENERATION, run_codec_job
+    from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
 
     numbers = run_codec_job(
         str(tmp_path), model_dir=tiny_codec_llm, asr_limit=4, tts_limit=2, maps=(), show_progress=False
@@ -55,6 +56,7 @@ def test_codec_job_writes_the_before_after_report(tiny_codec_llm, tmp_path, caps
     assert numbers["kl"]["ci_low"] <= numbers["kl"]["mean_kl"] <= numbers["kl"]["ci_high"]
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["asr_utterances"] == 4 and saved["tts_utterances"] == 2
+    assert GENERATION["asr_decoding"] == f"beam search, {ASR_NUM_BEAMS} beams"  # the job says what it ran
     assert "generation: asr_decoding=beam search, 4 beams, tts_decoding=greedy" in (tmp_path / "report.md").read_text()
     for name in ("report.md", "analysis/report.md", "merged/model.safetensors", "original/tokenizer.json"):
         assert (tmp_path / name).is_file(), name
