@@ -11,10 +11,11 @@ import dataclasses
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
+from hf_token_merge.analysis.records import difference_cell, paired_differences, split_records
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.sequence import MergeStage, SequenceMergeConfig, apply_sequence_merge
 from hf_token_merge.tables import markdown_table
@@ -30,11 +31,13 @@ class SequencePoint:
         name: The configuration's name ('baseline' for no merge).
         retention: Speech tokens kept after the last stage / speech tokens in the input.
         flops_ratio: Analytic prefill FLOPs with the merge / without (None where not modelled).
-        metrics: What `evaluate` returned.
+        metrics: What `evaluate` returned (without its records).
         layer: Oracle layer (None for named configs).
         mode: Oracle mode (None for named configs).
         target_retention: Oracle retention asked for (None for named configs).
         series: Curve the point belongs to in the retention plot (e.g. 'deep L3/first'), or None.
+        differences: Per metric with records, the paired difference to the baseline (`PairedDifference.to_dict()`:
+            difference, ci_low, ci_high, units, ...); empty for the baseline or without records.
     """
 
     name: str
@@ -45,6 +48,7 @@ class SequencePoint:
     mode: str | None = None
     target_retention: float | None = None
     series: str | None = None
+    differences: dict[str, dict] = field(default_factory=dict)
 
 
 def evaluate_sequence_configs(
@@ -55,24 +59,28 @@ def evaluate_sequence_configs(
     tokenizer=None,
     series: Mapping[str, str] | None = None,
     show_progress: bool = True,
+    seed: int = 0,
 ) -> list[SequencePoint]:
     """Evaluate the model without a merge and with each config (installed, measured, removed in turn).
 
     Args:
         model: The model; it is left without hooks afterwards.
         configs: Name -> config.
-        evaluate: `evaluate(model) -> {"wer": ...}`, run with the merge installed.
+        evaluate: `evaluate(model) -> {"wer": ...}`, run with the merge installed; with per-utterance records
+            (`with_records(result, wer=result.wer)`) every point carries the paired interval of its change.
         tokenizer: For configs that select speech tokens by pattern or preset.
         series: Config name -> curve name, for the plot of the metric against speech tokens kept.
         show_progress: Show a tqdm bar.
+        seed: Seed of the paired bootstrap.
 
     Returns:
         The baseline point first, then one point per config.
     """
-    points = [SequencePoint("baseline", 1.0, 1.0, dict(evaluate(model)))]
+    metrics, baseline_records = split_records(evaluate(model))
+    points = [SequencePoint("baseline", 1.0, 1.0, metrics)]
     for name, config in tqdm(configs.items(), desc="sequence configs", disable=not show_progress):
         with apply_sequence_merge(model, config, tokenizer=tokenizer) as handle:
-            metrics = dict(evaluate(model))
+            metrics, records = split_records(evaluate(model))
             baseline, merged = handle.prefill_flops()
             retention = handle.retention
         stage = config.stages[0] if len(config.stages) == 1 and config.stages[0].mode != "affinity" else None
@@ -86,6 +94,7 @@ def evaluate_sequence_configs(
                 mode=stage.mode if stage else None,
                 target_retention=stage.retention if stage else None,
                 series=(series or {}).get(name),
+                differences=paired_differences(baseline_records, records, seed),
             )
         )
     return points
@@ -161,14 +170,17 @@ def oracle_configs(
 
 
 def sequence_markdown(points: Sequence[SequencePoint]) -> str:
-    """The points as a Markdown table."""
+    """The points as a Markdown table; with records, one paired-interval column per metric."""
     names = sorted({name for point in points for name in point.metrics})
-    rows = [
-        [p.name, f"{p.retention:.1%}", f"{p.flops_ratio:.1%}" if p.flops_ratio is not None else "n/a"]
-        + [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
-        for p in points
-    ]
-    return markdown_table(["configuration", "speech tokens kept", "prefill FLOPs", *names], rows)
+    compared = sorted({name for point in points for name in point.differences})
+    rows = []
+    for p in points:
+        row = [p.name, f"{p.retention:.1%}", f"{p.flops_ratio:.1%}" if p.flops_ratio is not None else "n/a"]
+        row += [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
+        row += [difference_cell(p.differences.get(name)) for name in compared]
+        rows.append(row)
+    header = ["configuration", "speech tokens kept", "prefill FLOPs", *names]
+    return markdown_table([*header, *(f"Δ {name} (95 % CI)" for name in compared)], rows)
 
 
 def save_sequence_points(points: Sequence[SequencePoint], output_dir: str, name: str = "sequence") -> dict[str, str]:

@@ -25,13 +25,14 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from hf_token_merge.analysis.records import difference_cell, paired_differences, split_records
 from hf_token_merge.clustering import grouping_method, grouping_methods
 from hf_token_merge.clustering.random_grouping import random_labels
 from hf_token_merge.clustering.registry import DEPRECATED_ALIASES, resolve_method_name
@@ -178,36 +179,6 @@ def strategy_labels(
     return method.group(torch.empty(selected.numel(), 0), config, k, counts, False)
 
 
-def _metrics_and_records(metrics: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, Sequence[dict]]]:
-    """Split `evaluate`'s output into metrics and records per metric (a bare record list belongs to "wer")."""
-    from hf_token_merge.analysis.budget import RECORDS_KEY
-
-    metrics = dict(metrics)
-    records = metrics.pop(RECORDS_KEY, None)
-    if records is None:
-        return metrics, {}
-    records = dict(records) if isinstance(records, Mapping) else {"wer": records}
-    missing = sorted(set(records) - set(metrics))
-    if missing:
-        raise TokenMergeError(
-            f"evaluate returned records for {missing} but no such metric; return the metric beside its records "
-            "(with_records(result, wer=result.wer))."
-        )
-    return metrics, records
-
-
-def _differences(
-    before: dict[str, Sequence[dict]], after: dict[str, Sequence[dict]], seed: int
-) -> dict[str, dict[str, Any]]:
-    from hf_token_merge.evaluation.confidence import compare_records
-
-    return {
-        name: compare_records(before[name], after[name], seed=seed, significance=False).to_dict()
-        for name in before
-        if name in after
-    }
-
-
 def used_rows_removed(plan: MergePlan, token_counts: torch.Tensor) -> tuple[int, int]:
     """How many of a plan's used rows (calibration count > 0) a merge removes.
 
@@ -268,7 +239,7 @@ def sweep(
     require_token_counts([trial_config for *_, trial_config in trials], token_counts)
     selected = resolve_selection(model, config, tokenizer)
     n = selected.numel()
-    metrics, baseline_records = _metrics_and_records(evaluate(model))
+    metrics, baseline_records = split_records(evaluate(model))
     used = None if token_counts is None else int((torch.as_tensor(token_counts)[selected] > 0).sum())
     points = [SweepPoint("baseline", 1.0, n, 0, metrics, used_rows=used, used_rows_removed=None if used is None else 0)]
     for method, level, trial_config in tqdm(trials, desc="sweep", disable=not show_progress, leave=False):
@@ -279,10 +250,10 @@ def sweep(
         )
         trial = copy.deepcopy(model)
         apply_token_merge(trial, plan, show_progress=False)
-        metrics, records = _metrics_and_records(evaluate(trial))
+        metrics, records = split_records(evaluate(trial))
         del trial
         k = plan.num_clusters
-        point = SweepPoint(method, k / n, k, n - k, metrics, _differences(baseline_records, records, seed))
+        point = SweepPoint(method, k / n, k, n - k, metrics, paired_differences(baseline_records, records, seed))
         point.threshold = level if method == "threshold" else None
         if token_counts is not None:
             point.used_rows, point.used_rows_removed = used_rows_removed(plan, token_counts)
@@ -304,9 +275,7 @@ def sweep_markdown(points: Sequence[SweepPoint]) -> str:
         if with_used:
             row.append("" if not p.used_rows else f"{p.used_rows_removed:,} of {p.used_rows:,}")
         row += [f"{p.metrics[name]:.4f}" if name in p.metrics else "" for name in names]
-        for name in compared:
-            d = p.differences.get(name)
-            row.append("" if d is None else f"{d['difference']:+.4f} ({d['ci_low']:+.4f} to {d['ci_high']:+.4f})")
+        row += [difference_cell(p.differences.get(name)) for name in compared]
         rows.append(row)
     header = ["strategy", "ratio", "rows kept", "rows removed", *(["used rows removed"] if with_used else []), *names]
     return markdown_table([*header, *(f"Δ {name} (95 % CI)" for name in compared)], rows)

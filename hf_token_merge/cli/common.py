@@ -14,18 +14,22 @@ from hf_token_merge.config.json_config import looks_like_hub_id
 from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
-BUILTIN_MODELS = ("whisper-tiny-en", "reference")
+BUILTIN_MODELS = ("whisper-tiny-en", "reference", "codec-speech-llm")
 TTS_EVAL = "tts-wer"
 TTS_FAMILIES = ("llasa", "orpheus", "spark_tts", "outetts", "reference")
 REFERENCE_CODEC = "reference-codec"
 # `evaluate --model` name of the oracle TTS model of the reference codec (it emits the corpus's ground-truth codes)
 REFERENCE_CODEC_ORACLE = "reference-codec-oracle"
+# `--eval` name of the codec speech-LLM's ASR on the codec corpus (a split of it with --split; test by default)
+CODEC_ASR = "codec-asr"
 # --eval NAME -> what it measures (help, model cards): the reference speech-LLM's own split, the built-in sets, TTS.
 BUILTIN_EVALUATIONS = {
     "reference": "the reference speech-LLM's held-out synthetic test split (greedy ASR WER, unit perplexity)",
     **{name: f"{dataset.description} (greedy ASR WER)" for name, dataset in BUILTIN_DATASETS.items()},
     TTS_EVAL: "the reference codec corpus's test sentences, spoken by the model (greedy), decoded by the codec of "
     "--tts-decode and transcribed by Whisper tiny.en (TTS WER)",
+    CODEC_ASR: "the reference codec corpus's code sequences (test split, or --split dev), transcribed by the codec "
+    "speech-LLM (ASR WER, 4 beams: ASR_NUM_BEAMS)",
 }
 
 
@@ -84,6 +88,10 @@ def load_model(name: str):
         from hf_token_merge.reference.speech_llm import load_reference_speech_llm
 
         return load_reference_speech_llm()
+    if name == "codec-speech-llm":
+        from hf_token_merge.reference.codec_llm import load_codec_speech_llm
+
+        return load_codec_speech_llm()
     path = Path(name).expanduser()
     local = (path / "config.json").is_file()
     fix = f"Fix: pass a folder saved with save_pretrained, a Hub id (org/name), or one of {list(BUILTIN_MODELS)}."
@@ -477,6 +485,10 @@ def load_evaluation_data(name: str, options: dict[str, Any] | None = None):
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
 
         return load_reference_eval_set()
+    if name == CODEC_ASR:
+        from hf_token_merge.reference.codec_corpus import load_codec_corpus
+
+        return load_codec_corpus((options or {}).get("split") or "test")
     from hf_token_merge.evaluation import load_eval_dataset
 
     return load_eval_dataset(name, **(options or {}))
@@ -500,7 +512,8 @@ def builtin_evaluation(
         name: 'reference' (the reference speech-LLM's test split: WER + unit perplexity), a built-in set of
             `BUILTIN_DATASETS` (WER), e.g. 'librivox' or 'synthetic' (which must have been built with
             recipes/reference_model/synthesize.py), 'tts-wer' (TTS WER and the invalid generations on the
-            codec corpus's test sentences; needs `tts`), or any source `load_eval_dataset` reads (a save_to_disk
+            codec corpus's test sentences; needs `tts`), 'codec-asr' (the codec speech-LLM's ASR WER on the codec
+            corpus's `options["split"]`, test by default), or any source `load_eval_dataset` reads (a save_to_disk
             folder, a Hub dataset id, an audiofolder, a manifest: WER of an encoder-decoder ASR model).
         processing_class: The model's processor (Whisper) or tokenizer (the reference speech-LLM).
         show_progress: Show progress bars.
@@ -529,16 +542,18 @@ def builtin_evaluation(
         evaluate_tts = _tts_evaluator(processing_class, tts)
         data = load_oracle_data("test", tts["limit"]) if data is None else data
     else:
-        if name != "reference" and name not in BUILTIN_DATASETS and not hasattr(processing_class, "feature_extractor"):
+        speech_llm_set = name in ("reference", CODEC_ASR)
+        if not speech_llm_set and name not in BUILTIN_DATASETS and not hasattr(processing_class, "feature_extractor"):
             raise TokenMergeError(
                 f"--eval {name}: a dataset is scored as the ASR WER of an encoder-decoder reading its audio "
                 "(Whisper), but this model is a causal LM. Fix: use --eval reference for the reference speech-LLM, "
+                f"--eval {CODEC_ASR} for the codec speech-LLM, "
                 f"--eval {TTS_EVAL} for a TTS model, or evaluate a speech-LLM before and after with "
                 "`hf-token-merge evaluate --manifest` (unit prompts)."
             )
         if data is None:
             data = load_evaluation_data(name, options)
-    label = name
+    label = f"{name} ({(options or {}).get('split') or 'test'} split)" if name == CODEC_ASR else name
     if split is not None:
         indices = split_indices(len(data), split[1], split[0])
         data = data.select(indices) if hasattr(data, "select") else [data[i] for i in indices]
@@ -553,6 +568,11 @@ def builtin_evaluation(
         elif name == TTS_EVAL:
             wer = evaluate_tts(model, data)
             metrics = {"wer": wer.wer, "invalid_generations": wer.invalid}
+        elif name == CODEC_ASR:
+            from hf_token_merge.codec_job import codec_asr_wer
+
+            wer = codec_asr_wer(model, processing_class, data, show_progress=show_progress)
+            metrics = {"wer": wer.wer}
         else:
             from hf_token_merge.evaluation import evaluate_wer
 

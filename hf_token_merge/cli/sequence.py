@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from hf_token_merge.cli.common import load_model, positive_int
+from hf_token_merge.cli.common import CODEC_ASR, load_model, positive_int
 from hf_token_merge.errors import TokenMergeError
 
 EXAMPLES = """examples:
@@ -13,6 +13,8 @@ EXAMPLES = """examples:
       --settings aggressive conservative --deep-layers 2 3 --position-strategies first mean contiguous
   hf-token-merge sequence --model reference --output-dir runs/oracle --settings \\
       --oracle-layers 0 1 2 3 --oracle-retentions 0.5 0.25 --oracle-modes random_drop uniform_drop uniform_merge
+  hf-token-merge sequence --model codec-speech-llm --eval codec-asr --split test --limit 100 \
+      --output-dir runs/codec-sequence --settings aggressive conservative --variants input dual --deep-layers 2
   hf-token-merge sequence --model whisper-tiny-en --eval librivox --output-dir runs/whisper-frames \\
       --encoder-thresholds 0.99 0.97 0.95
 """
@@ -32,13 +34,20 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--model", default="reference", help="'reference' (or a saved reference-style folder), or 'whisper-tiny-en'"
+        "--model",
+        default="reference",
+        help="'reference' (or a saved reference-style folder), 'codec-speech-llm' (or a folder of it), or "
+        "'whisper-tiny-en'",
     )
     parser.add_argument(
         "--eval",
         default="reference",
-        choices=["reference", "librivox"],
-        help="'reference': the speech-LLM's ASR test split; 'librivox': 12 real utterances (Whisper)",
+        choices=["reference", CODEC_ASR, "librivox"],
+        help="'reference': the 512-unit speech-LLM's ASR test split; 'codec-asr': the codec speech-LLM's ASR on the "
+        "codec corpus (--split; paired 95 %% intervals against no merge); 'librivox': 12 real utterances (Whisper)",
+    )
+    parser.add_argument(
+        "--split", default="test", choices=["dev", "test", "librivox"], help="codec corpus split of --eval codec-asr"
     )
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--preset", default="reference", help="speech-token preset (default: reference)")
@@ -159,6 +168,16 @@ def run(args: argparse.Namespace) -> int:
             proportional_attention=args.encoder_proportional_attention,
             split_at_audio_end=args.encoder_split_at_audio_end,
         )
+    elif args.eval == CODEC_ASR:
+        from hf_token_merge.cli.common import builtin_evaluation, load_evaluation_data
+
+        configs, series = configs_from_args(args)
+        data = load_evaluation_data(CODEC_ASR, {"split": args.split})
+        if args.limit:
+            data = data.select(range(min(args.limit, len(data))))
+        model, tokenizer = load_model(args.model)
+        evaluate = builtin_evaluation(CODEC_ASR, tokenizer, False, records=True, data=data)
+        points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer, series=series)
     else:
         from hf_token_merge.job import evaluate_reference_wer
         from hf_token_merge.reference.speech_llm import load_reference_eval_set

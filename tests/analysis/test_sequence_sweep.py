@@ -67,3 +67,29 @@ def test_named_configs_plot_against_tokens_kept_by_series(tmp_path):
 def test_unknown_oracle_mode():
     with pytest.raises(ValueError, match="Unknown oracle modes \\['uniform'\\]"):
         oracle_configs(SPEECH, [0], [0.5], ["uniform"])
+
+
+def test_points_carry_the_paired_interval_of_their_change_when_evaluate_returns_records(tmp_path):
+    model = build_speech_decoder()
+
+    def evaluate(model):
+        """Ten 10-word utterances: no errors without a merge, one substitution in utterances 0-4 with one."""
+        merged = sequence_merge_handle(model) is not None
+        records = [
+            {"id": f"u{i}", "substitutions": int(merged and i < 5), "deletions": 0, "insertions": 0,
+             "hits": 10 - int(merged and i < 5)}
+            for i in range(10)
+        ]  # fmt: skip
+        return {"wer": sum(r["substitutions"] for r in records) / 100, "records": records}
+
+    configs = oracle_configs(SPEECH, layers=[0], retentions=[0.5], modes=["uniform_drop"])
+    baseline, point = evaluate_sequence_configs(model, configs, evaluate, show_progress=False)
+    assert baseline.differences == {} and "records" not in point.metrics
+    difference = point.differences["wer"]
+    assert difference["difference"] == pytest.approx(0.05) and difference["units"] == 100
+    # the bootstrap resamples utterances: 0 to 10 of the 10 drawn can be the ones with an error
+    assert 0.0 <= difference["ci_low"] < 0.05 < difference["ci_high"] <= 0.1
+    save_sequence_points([baseline, point], str(tmp_path))
+    row = next(line for line in (tmp_path / "sequence.md").read_text().splitlines() if "uniform_drop" in line)
+    assert row.endswith(f"| +0.0500 ({difference['ci_low']:+.4f} to {difference['ci_high']:+.4f}) |")
+    assert "Δ wer (95 % CI)" in (tmp_path / "sequence.md").read_text()

@@ -61,3 +61,20 @@ def test_whisper_encoder_frames_on_real_speech(whisper_tiny_en, librivox, refere
 def test_encoder_thresholds_are_required_for_librivox(tmp_path, capsys):
     assert main(["sequence", "--eval", "librivox", "--output-dir", str(tmp_path)]) == 2
     assert "Fix: pass --encoder-thresholds." in capsys.readouterr().err
+
+
+def test_codec_speech_llm_on_its_corpus_with_paired_intervals(tmp_path, capsys):
+    arguments = ["--model", "codec-speech-llm", "--eval", "codec-asr", "--split", "test", "--limit", "4"]
+    configs = ["--settings", "conservative", "--variants", "input"]
+    assert main(["sequence", *arguments, *configs, "--output-dir", str(tmp_path)]) == 0
+    baseline, merged = json.loads((tmp_path / "sequence.json").read_text())
+    assert [baseline["name"], merged["name"]] == ["baseline", "conservative input/first"]
+    # measured on 2026-12-07 (CPU, 4 beams, 4 test utterances, 48 words): 0.3333 without a merge, 0.4167 with tau
+    # 0.9 at the input, which keeps 90.6 % of the 50 Hz codes; the bound (2 words) allows another CPU's rounding
+    assert baseline["metrics"]["wer"] == pytest.approx(0.3333, abs=2 / 48)
+    assert merged["retention"] == pytest.approx(0.906, abs=0.01) and merged["flops_ratio"] < merged["retention"] + 0.01
+    difference = merged["differences"]["wer"]
+    assert difference["units"] == 48 and baseline["differences"] == {}
+    assert difference["difference"] == pytest.approx(merged["metrics"]["wer"] - baseline["metrics"]["wer"])
+    assert difference["ci_low"] <= difference["difference"] <= difference["ci_high"]
+    assert "| conservative input/first | 90.6% |" in capsys.readouterr().out

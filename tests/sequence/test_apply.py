@@ -174,7 +174,8 @@ def test_cached_decoding_equals_recomputation_in_logits():
     torch.testing.assert_close(cached, manual.detach(), atol=1e-5, rtol=1e-5)
 
 
-def test_left_padded_batch_matches_rows_alone():
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_left_padded_batch_matches_rows_alone(num_beams):
     model = build_speech_decoder()
     short = [0, 5, 32, 40, 33, 41, 49, 6]
     pad = 2
@@ -182,10 +183,10 @@ def test_left_padded_batch_matches_rows_alone():
     mask = (torch.arange(len(PROMPT)) >= torch.tensor([[0], [len(PROMPT) - len(short)]])).long()
     cfg = dual("first")
     with apply_sequence_merge(model, cfg):
-        together = model.generate(input_ids=batch, attention_mask=mask, max_new_tokens=5, do_sample=False)
-        alone = [
-            model.generate(input_ids=torch.tensor([row]), max_new_tokens=5, do_sample=False) for row in (PROMPT, short)
-        ]
+        decoding = {"max_new_tokens": 5, "do_sample": False, "num_beams": num_beams}
+        together = model.generate(input_ids=batch, attention_mask=mask, **decoding)
+        # with beams, the key/value cache is reordered at every step; the beams of one row share its merged prompt
+        alone = [model.generate(input_ids=torch.tensor([row]), **decoding) for row in (PROMPT, short)]
     assert together[0, len(PROMPT) :].tolist() == alone[0][0, len(PROMPT) :].tolist()
     assert together[1, len(PROMPT) :].tolist() == alone[1][0, len(short) :].tolist()
 
