@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from hf_token_merge.cli.common import add_merge_arguments, load_for_merge
+from hf_token_merge.cli.common import MODEL_HELP, add_merge_arguments, load_for_merge
 
 EXAMPLES = """examples:
   hf-token-merge analyze --model reference --preset reference --target-ratio 0.5 --output-dir runs/analysis
@@ -22,7 +22,7 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--sample-size", type=int, default=4096, help="rows sampled beyond this many (default 4096)")
     parser.add_argument("--no-maps", action="store_true", help="skip the t-SNE/UMAP maps")

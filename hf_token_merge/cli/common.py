@@ -15,6 +15,7 @@ from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.evaluation.builtin import BUILTIN_DATASETS
 
 BUILTIN_MODELS = ("whisper-tiny-en", "reference", "codec-speech-llm")
+MODEL_HELP = "a folder saved with save_pretrained, a Hub id, or a built-in: " + ", ".join(BUILTIN_MODELS)
 TTS_EVAL = "tts-wer"
 TTS_FAMILIES = ("llasa", "orpheus", "spark_tts", "outetts", "reference")
 REFERENCE_CODEC = "reference-codec"

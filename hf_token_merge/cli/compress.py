@@ -7,6 +7,7 @@ from pathlib import Path
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    MODEL_HELP,
     TTS_EVAL,
     add_calibration_argument,
     add_dataset_arguments,
@@ -49,7 +50,7 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--output-dir", required=True)
     parser.add_argument(
         "--eval",

@@ -8,6 +8,7 @@ from typing import Any
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    MODEL_HELP,
     add_calibration_argument,
     add_dataset_arguments,
     add_merge_arguments,
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> None:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", required=True, help="saved model folder, or 'reference' / 'whisper-tiny-en'")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument(
         "--eval",
         required=True,
