@@ -561,28 +561,34 @@ def builtin_evaluation(
         label = f"{name} ({split[0]} part, {len(indices)} examples)"
 
     def evaluate(model) -> dict[str, Any]:
-        if name == "reference":
-            from hf_token_merge.job import evaluate_reference
-
-            results = evaluate_reference(model, processing_class, data, show_progress=show_progress)
-            wer, metrics = results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
-        elif name == TTS_EVAL:
+        if name == TTS_EVAL:
             wer = evaluate_tts(model, data)
             metrics = {"wer": wer.wer, "invalid_generations": wer.invalid}
-        elif name == CODEC_ASR:
-            from hf_token_merge.codec_job import codec_asr_wer
-
-            wer = codec_asr_wer(model, processing_class, data, show_progress=show_progress)
-            metrics = {"wer": wer.wer}
         else:
-            from hf_token_merge.evaluation import evaluate_wer
-
-            wer = evaluate_wer(model, data, processor=processing_class, show_progress=show_progress)
-            metrics = {"wer": wer.wer}
+            wer, metrics = _asr_scores(name, model, processing_class, data, show_progress)
         metrics = with_records(wer, **metrics) if records else metrics
         return {**metrics, "report": wer} if reports else metrics
 
     return describe_eval_set(evaluate, label, data)
+
+
+def _asr_scores(name: str, model, processing_class: Any, data, show_progress: bool) -> tuple[Any, dict[str, float]]:
+    """`(WerResult, metrics)` of an ASR evaluation set: the reference split (+ unit perplexity), the codec corpus
+    (the codec speech-LLM), or a dataset read by an encoder-decoder."""
+    if name == "reference":
+        from hf_token_merge.job import evaluate_reference
+
+        results = evaluate_reference(model, processing_class, data, show_progress=show_progress)
+        return results["wer"], {"wer": results["wer"].wer, "perplexity": results["perplexity"].perplexity}
+    if name == CODEC_ASR:
+        from hf_token_merge.codec_job import codec_asr_wer
+
+        wer = codec_asr_wer(model, processing_class, data, show_progress=show_progress)
+    else:
+        from hf_token_merge.evaluation import evaluate_wer
+
+        wer = evaluate_wer(model, data, processor=processing_class, show_progress=show_progress)
+    return wer, {"wer": wer.wer}
 
 
 def write_json(path: Path, data: Any) -> None:

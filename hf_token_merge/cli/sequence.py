@@ -73,6 +73,12 @@ def add_parser(subparsers) -> None:
     oracle.add_argument(
         "--oracle-modes", nargs="+", default=["random_drop", "uniform_drop", "uniform_merge"], help="oracle modes"
     )
+    _add_encoder_arguments(parser)
+    parser.set_defaults(handler=run)
+
+
+def _add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    """The encoder-decoder analogue's options (Whisper: pool encoder frames)."""
     encoder = parser.add_argument_group("encoder-decoder analogue (Whisper: pool encoder frames)")
     encoder.add_argument("--encoder-thresholds", nargs="*", type=float, default=[], help="cosine thresholds tau")
     encoder.add_argument("--encoder-window", type=int, default=1, help="frames of the open group compared")
@@ -86,7 +92,6 @@ def add_parser(subparsers) -> None:
     encoder.add_argument(
         "--encoder-split-at-audio-end", action="store_true", help="never pool across the end of the real audio"
     )
-    parser.set_defaults(handler=run)
 
 
 def configs_from_args(args: argparse.Namespace) -> tuple[dict, dict]:

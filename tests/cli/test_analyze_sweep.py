@@ -304,11 +304,12 @@ def test_eval_synthetic_without_the_corpus_names_the_fix(saved_llama, tmp_path, 
 
 
 def test_every_builtin_evaluation_is_described_and_loadable_by_name():
-    from hf_token_merge.cli.common import BUILTIN_EVALUATIONS
+    from hf_token_merge.cli.common import BUILTIN_EVALUATIONS, dataset_options, load_evaluation_data
     from hf_token_merge.cli.main import build_parser
     from hf_token_merge.evaluation import BUILTIN_DATASETS
+    from hf_token_merge.reference import load_codec_corpus
 
-    assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic", "tts-wer"]
+    assert list(BUILTIN_EVALUATIONS) == ["reference", "librivox", "synthetic", "tts-wer", "codec-asr"]
     assert BUILTIN_EVALUATIONS["librivox"] == "12 LibriVox utterances of Shakespeare's sonnets 1-3 (greedy ASR WER)"
     assert list(BUILTIN_DATASETS) == ["librivox", "synthetic"]
     parser = build_parser()
@@ -316,6 +317,9 @@ def test_every_builtin_evaluation_is_described_and_loadable_by_name():
     for command in ("compress", "sweep"):
         assert parser.parse_args([command, *common, "--eval", "synthetic"]).eval == "synthetic"
     assert parser.parse_args(["evaluate", *common, "--dataset", "synthetic"]).dataset == "synthetic"
+    codec = parser.parse_args(["compress", *common, "--eval", "codec-asr", "--split", "dev"])
+    assert len(load_evaluation_data(codec.eval, dataset_options(codec))) == len(load_codec_corpus("dev")) > 0
+    assert len(load_evaluation_data("codec-asr")) == len(load_codec_corpus("test"))  # test by default
 
 
 def test_recipe_variant_from_the_command_line(tmp_path):
