@@ -13,7 +13,7 @@ EXAMPLES = """examples:
       --settings aggressive conservative --deep-layers 2 3 --position-strategies first mean contiguous
   hf-token-merge sequence --model reference --output-dir runs/oracle --settings \\
       --oracle-layers 0 1 2 3 --oracle-retentions 0.5 0.25 --oracle-modes random_drop uniform_drop uniform_merge
-  hf-token-merge sequence --model codec-speech-llm --eval codec-asr --split test --limit 100 \
+  hf-token-merge sequence --model codec-speech-llm --eval codec-asr --split test --limit 100 \\
       --output-dir runs/codec-sequence --settings aggressive conservative --variants input dual --deep-layers 2
   hf-token-merge sequence --model whisper-tiny-en --eval librivox --output-dir runs/whisper-frames \\
       --encoder-thresholds 0.99 0.97 0.95
