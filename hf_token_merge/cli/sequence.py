@@ -174,15 +174,7 @@ def run(args: argparse.Namespace) -> int:
             split_at_audio_end=args.encoder_split_at_audio_end,
         )
     elif args.eval == CODEC_ASR:
-        from hf_token_merge.cli.common import builtin_evaluation, load_evaluation_data
-
-        configs, series = configs_from_args(args)
-        data = load_evaluation_data(CODEC_ASR, {"split": args.split})
-        if args.limit:
-            data = data.select(range(min(args.limit, len(data))))
-        model, tokenizer = load_model(args.model)
-        evaluate = builtin_evaluation(CODEC_ASR, tokenizer, False, records=True, data=data)
-        points = evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer, series=series)
+        points = _codec_points(args)
     else:
         from hf_token_merge.job import evaluate_reference_wer
         from hf_token_merge.reference.speech_llm import load_reference_eval_set
@@ -201,3 +193,19 @@ def run(args: argparse.Namespace) -> int:
     print(sequence_markdown(points))
     print(f"wrote {', '.join(sorted(paths.values()))}")
     return 0
+
+
+def _codec_points(args: argparse.Namespace) -> list:
+    """The sequence points of `--eval codec-asr`: the codec corpus's `--split`, with per-utterance records, so every
+    configuration carries the paired interval of its WER change."""
+    from hf_token_merge.analysis import evaluate_sequence_configs
+    from hf_token_merge.cli.common import builtin_evaluation, load_evaluation_data
+
+    configs, series = configs_from_args(args)
+    options = {"split": args.split}
+    data = load_evaluation_data(CODEC_ASR, options)
+    if args.limit:
+        data = data.select(range(min(args.limit, len(data))))
+    model, tokenizer = load_model(args.model)
+    evaluate = builtin_evaluation(CODEC_ASR, tokenizer, False, records=True, data=data, options=options)
+    return evaluate_sequence_configs(model, configs, evaluate, tokenizer=tokenizer, series=series)
