@@ -26,6 +26,7 @@ from torch import nn
 
 from hf_token_merge.config.selection_fields import has_selector
 from hf_token_merge.errors import TokenMergeError
+from hf_token_merge.remap.modules import MergedEmbedding
 from hf_token_merge.selection import protected_token_ids, resolve_token_ids
 from hf_token_merge.sequence.config import SequenceMergeConfig
 from hf_token_merge.sequence.flops import prefill_flops
@@ -135,6 +136,7 @@ class SequenceMergeHandle(HookHandle):
         config: The applied config.
         decoder_config: Config of the decoder (for FLOPs).
         num_layers: Decoder layers of the model.
+        lm_head_rows: Rows of the LM head (for FLOPs): the merged rows of a vocabulary-merged model.
         records: One `PrefillRecord` per prefill since the handle was applied or reset.
     """
 
@@ -145,6 +147,8 @@ class SequenceMergeHandle(HookHandle):
         self.config = config
         self.decoder_config = decoder.config
         self.num_layers = len(decoder.layers)
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        self.lm_head_rows = head.weight.shape[0] if head is not None else decoder.config.vocab_size
         self.records: list[PrefillRecord] = []
 
     def reset_statistics(self) -> None:
@@ -175,6 +179,8 @@ class SequenceMergeHandle(HookHandle):
     def prefill_flops(self) -> tuple[float, float]:
         """Analytic prefill FLOPs over the records, without and with the merge (see `sequence.flops`).
 
+        Both count the model as it is: after a vocabulary merge, its LM head's merged rows.
+
         Returns:
             `(baseline, merged)`; their ratio is the FLOPs saving.
         """
@@ -186,8 +192,10 @@ class SequenceMergeHandle(HookHandle):
                 for stage in self.config.stages
             }
             full = record.tokens[:, None].expand_as(per_layer)
-            baseline += prefill_flops(self.decoder_config, full)
-            merged += prefill_flops(self.decoder_config, per_layer, self.config.stages, entering)
+            baseline += prefill_flops(self.decoder_config, full, lm_head_rows=self.lm_head_rows)
+            merged += prefill_flops(
+                self.decoder_config, per_layer, self.config.stages, entering, lm_head_rows=self.lm_head_rows
+            )
         return baseline, merged
 
 
@@ -217,14 +225,17 @@ def speech_token_lookup(model: nn.Module, config: SequenceMergeConfig, tokenizer
     `allow_special_tokens=True`. With no selector, the model config's audio placeholder id is the speech token.
 
     Args:
-        model: The model (its input embedding gives the vocabulary size; its config may name an audio token).
+        model: The model (its input embedding gives the vocabulary size, the original id space of a
+            vocabulary-merged one; its config may name an audio token).
         config: The speech-token selection.
         tokenizer: Needed for `token_pattern` / `preset` / `exclude_pattern`.
 
     Returns:
         `(vocab_size,)` bool tensor.
     """
-    vocab_size = model.get_input_embeddings().weight.shape[0]
+    embedding = model.get_input_embeddings()
+    # a vocabulary-merged embedding holds fewer rows than ids; the token ids keep their meaning
+    vocab_size = embedding.vocab_size if isinstance(embedding, MergedEmbedding) else embedding.weight.shape[0]
     if has_selector(config):
         protected = protected_token_ids(tokenizer, model.config, getattr(model, "generation_config", None))
         ids = torch.tensor(sorted(resolve_token_ids(config, vocab_size, tokenizer, protected)), dtype=torch.long)

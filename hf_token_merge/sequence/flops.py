@@ -3,8 +3,8 @@
 Counting convention (2 FLOPs per multiply-add): per layer and per row of `n` tokens, the q/k/v/o projections
 (`2 n d (h + 2 kv) hd + 2 n h hd d`), the gated MLP (`6 n d f`), and causal attention over `n (n + 1) / 2` query-key
 pairs (`4 h hd` per pair: scores and the weighted sum). Embeddings, norms and rotary are left out; the LM head is
-counted for the last position only, as in `generate`. A merge stage adds its cosine similarities (`2 n window d`)
-and pooling (`n d`).
+counted for the last position only, as in `generate`, over the rows it holds (fewer after a vocabulary merge). A
+merge stage adds its cosine similarities (`2 n window d`) and pooling (`n d`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ def layer_flops(config, tokens: torch.Tensor | int) -> torch.Tensor:
 
 
 def prefill_flops(
-    config, tokens_per_layer: torch.Tensor, stages: Sequence[MergeStage] = (), tokens_before_stage=None
+    config,
+    tokens_per_layer: torch.Tensor,
+    stages: Sequence[MergeStage] = (),
+    tokens_before_stage=None,
+    lm_head_rows: int | None = None,
 ) -> float:
     """FLOPs of a prefill whose layer `l` processes `tokens_per_layer[:, l]` tokens per row.
 
@@ -48,13 +52,16 @@ def prefill_flops(
         tokens_per_layer: `(batch, num_layers)` tokens per row and layer.
         stages: Merge stages, to count their own cost.
         tokens_before_stage: Stage layer -> `(batch,)` tokens entering that stage.
+        lm_head_rows: Rows the LM head multiplies (fewer than `config.vocab_size` after a vocabulary merge);
+            default `config.vocab_size`.
 
     Returns:
         Total FLOPs over the batch.
     """
     tokens_per_layer = torch.as_tensor(tokens_per_layer, dtype=torch.float64)
     total = layer_flops(config, tokens_per_layer).sum()
-    total += 2 * config.hidden_size * config.vocab_size * tokens_per_layer.shape[0]
+    rows = config.vocab_size if lm_head_rows is None else lm_head_rows
+    total += 2 * config.hidden_size * rows * tokens_per_layer.shape[0]
     for stage in stages:
         entering = torch.as_tensor(tokens_before_stage[stage.layer], dtype=torch.float64)
         window = stage.window if stage.mode == "affinity" else 0

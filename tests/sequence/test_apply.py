@@ -342,3 +342,34 @@ def test_a_non_positive_affinity_threshold_is_allowed_but_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         MergeStage(layer=2, threshold=0.1)  # low but positive: the CLI's deep-threshold sweep goes this far
+
+
+def test_a_vocabulary_merged_model_takes_a_sequence_merge():
+    """Token ids keep their meaning after `apply_token_merge`, so the speech selection spans the original ids (most
+    of them beyond the merged embedding's rows), the merge pools the merged rows, and the LM head's FLOPs count the
+    rows it holds."""
+    from hf_token_merge import TokenMergeConfig, apply_token_merge
+
+    model = build_speech_decoder()
+    ids = torch.tensor([PROMPT])
+    cfg = config(MergeStage(layer=0, threshold=0.9))
+    with apply_sequence_merge(model, cfg) as handle:
+        logits(model, ids)
+        unmerged_flops = handle.prefill_flops()
+    apply_token_merge(model, TokenMergeConfig(token_id_range=SPEECH, n_clusters=8))  # one row per sound
+    assert model.get_input_embeddings().weight.shape[0] == model.get_output_embeddings().weight.shape[0] == 32 + 8
+    with apply_sequence_merge(model, cfg) as handle:
+        merged_logits = logits(model, ids)
+        assert handle.statistics[0].speech_out == 4  # runs of sounds 0, 1, 2, 3, as without the vocabulary merge
+        flops = handle.prefill_flops()
+    embeds = model.get_input_embeddings()(ids).detach()
+    lookup = speech_token_lookup(model, cfg)
+    assert lookup.shape == (SPEECH_VOCAB,) and lookup.nonzero().flatten().tolist() == list(range(*SPEECH))
+    group = stage_groups(cfg.stages[0], embeds, torch.ones_like(ids, dtype=torch.bool), lookup[ids])
+    pooled = pool_groups(embeds, group, torch.arange(ids.shape[1])[None], lookup[ids], "first")
+    positions, mask = pooled.positions.long(), pooled.valid.long()
+    direct = model(inputs_embeds=pooled.hidden, position_ids=positions, attention_mask=mask)
+    assert merged_logits.shape == (1, 5 + 4, SPEECH_VOCAB)
+    torch.testing.assert_close(merged_logits, direct.logits.detach(), atol=1e-5, rtol=1e-5)
+    head_saving = 2 * model.config.hidden_size * (SPEECH_VOCAB - 40)  # one prefill row, its last position
+    assert [before - after for before, after in zip(unmerged_flops, flops, strict=True)] == [head_saving, head_saving]
