@@ -68,20 +68,6 @@ def add_parser(subparsers) -> None:
         help="with --export-plain: round the plain vocabulary up to a multiple of N (e.g. 64); padding is suppressed",
     )
     parser.add_argument(
-        "--base-model-id",
-        help="Hub id of the base model for the card (default: --model when it is a Hub id; whisper-tiny-en is "
-        "openai/whisper-tiny.en; none for 'reference' or a local folder)",
-    )
-    parser.add_argument(
-        "--repo-id",
-        help="Hub id the card's loading snippets name (default: the placeholder <your-namespace>/<output-dir name>)",
-    )
-    parser.add_argument(
-        "--license",
-        help="Hub license id for the card, e.g. apache-2.0 (default: the base model's: apache-2.0 for "
-        "whisper-tiny-en, else the license in --model's README.md, else none)",
-    )
-    parser.add_argument(
         "--streaming",
         action="store_true",
         help="merge the saved safetensors folder --model tensor by tensor, without loading the model (peak memory: "
@@ -92,11 +78,40 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="replace OUTPUT_DIR/model and OUTPUT_DIR/plain even when they are non-empty folders not written here",
     )
+    _add_card_arguments(parser)
     add_dataset_arguments(parser)
     add_calibration_argument(parser)
     add_tts_eval_arguments(parser)
     add_merge_arguments(parser)
     parser.set_defaults(handler=run)
+
+
+def _add_card_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model card's options: base model, repo id, license and figures."""
+    card = parser.add_argument_group("model card (OUTPUT_DIR/model/README.md)")
+    card.add_argument(
+        "--base-model-id",
+        help="Hub id of the base model for the card (default: --model when it is a Hub id; whisper-tiny-en is "
+        "openai/whisper-tiny.en; none for 'reference' or a local folder)",
+    )
+    card.add_argument(
+        "--repo-id",
+        help="Hub id the card's loading snippets name (default: the placeholder <your-namespace>/<output-dir name>)",
+    )
+    card.add_argument(
+        "--license",
+        help="Hub license id for the card, e.g. apache-2.0 (default: the base model's: apache-2.0 for "
+        "whisper-tiny-en, else the license in --model's README.md, else none)",
+    )
+    card.add_argument(
+        "--card-figure",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("IMAGE", "CAPTION"),
+        help="show an image (PNG, JPEG, SVG, ...) under the card's Figures, copied into OUTPUT_DIR/model/figures/ "
+        "so that it is uploaded with the card; repeat for more",
+    )
 
 
 def _base_model(args: argparse.Namespace) -> tuple[str | None, str | None]:
@@ -182,8 +197,10 @@ def _card(
     model,
     difference=None,
     tts: dict | None = None,
+    figures: list[tuple[str, str]] | None = None,
 ):
-    """The model card and its before/after rows (the WER row with its paired CI; provenance in the note)."""
+    """The model card and its before/after rows (the WER row with its paired CI; provenance in the note; the
+    figures already copied into the model folder)."""
     from huggingface_hub import EvalResult
 
     from hf_token_merge.hub import build_model_card
@@ -222,17 +239,19 @@ def _card(
         rows=rows,
         eval_results=eval_results,
         evaluation_note=_note(args, difference, tts),
+        figures=figures or (),
     )
     return card, rows
 
 
 def _check_card_arguments(args: argparse.Namespace) -> None:
-    """Refuse a bad --repo-id, --base-model-id or --license before anything is loaded or merged."""
+    """Refuse a bad --card-figure, --repo-id, --base-model-id or --license before anything is loaded or merged."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     from hf_token_merge.errors import TokenMergeError
-    from hf_token_merge.hub.card import check_license
+    from hf_token_merge.hub.card import check_card_figures, check_license
 
+    check_card_figures(args.card_figure)
     for flag, value in (("--repo-id", args.repo_id), ("--base-model-id", args.base_model_id)):
         if value is None:
             continue
@@ -266,6 +285,7 @@ def run(args: argparse.Namespace) -> int:
     from hf_token_merge.evaluation.compare import bytes_on_disk, safetensors_bytes
     from hf_token_merge.evaluation.runner import write_report
     from hf_token_merge.hub import stage_folder
+    from hf_token_merge.hub.card import copy_card_figures
 
     output = Path(args.output_dir)
     _check_before_loading(args, output)
@@ -298,7 +318,10 @@ def run(args: argparse.Namespace) -> int:
     with atomic_directory(folder, overwrite=args.overwrite) as staging:
         stage_folder(staging, model, tokenizer=processing_class, plan=result.plan)
         disk_after = safetensors_bytes(staging)
-        card, rows = _card(args, config, result, before, after, (disk_before, disk_after), model, difference, tts)
+        figures = copy_card_figures(staging, args.card_figure)
+        card, rows = _card(
+            args, config, result, before, after, (disk_before, disk_after), model, difference, tts, figures
+        )
         card.save(staging / "README.md")
     reports = (before_report, after_report)
     disk = (disk_before, disk_after)
@@ -396,6 +419,7 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
     from hf_token_merge.atomic import atomic_directory
     from hf_token_merge.cli.common import config_from_args, load_processing_class
     from hf_token_merge.evaluation.compare import safetensors_bytes
+    from hf_token_merge.hub.card import copy_card_figures
     from hf_token_merge.remap import calibration_counts
     from hf_token_merge.serialization.streaming import export_plain_streaming, write_streaming_checkpoint
     from hf_token_merge.tables import change_table
@@ -418,7 +442,8 @@ def _run_streaming(args: argparse.Namespace, output: Path) -> int:
             processing_class.save_pretrained(staging)  # a processor: its feature extractor too
         disk_after = safetensors_bytes(staging)
         merged_config = SimpleNamespace(config=AutoConfig.from_pretrained(staging))
-        card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config)
+        figures = copy_card_figures(staging, args.card_figure)
+        card, rows = _card(args, config, result, {}, {}, (disk_before, disk_after), merged_config, figures=figures)
         card.save(staging / "README.md")
     report = {**_merge_numbers(result, disk_before, disk_after), "streaming": True}
     from hf_token_merge.evaluation.runner import write_report

@@ -72,7 +72,9 @@ def run(args: argparse.Namespace) -> int:
         if args.staging_dir:
             with atomic_directory(args.staging_dir, overwrite=args.overwrite) as staging:
                 shutil.copytree(folder, staging, dirs_exist_ok=True)
-        files = sorted(p.name for p in folder.iterdir() if p.name != MARKER_NAME)
+        # every file upload_folder sends, subfolders included (the card's figures/)
+        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        files = [name for name in files if name != MARKER_NAME]
         print(f"dry run: would upload {len(files)} files to {args.repo_id}: {', '.join(files)}")
         return 0
     try:

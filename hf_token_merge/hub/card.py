@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from hf_token_merge.config import TokenMergeConfig
+from hf_token_merge.errors import TokenMergeError
 from hf_token_merge.tables import ChangeRow, change_table
 
 TEMPLATE_PATH = Path(__file__).parent / "templates" / "model_card.md"
@@ -25,7 +29,11 @@ CardRow = ChangeRow
 BUILTIN_BASE_MODELS: dict[str, tuple[str | None, str | None]] = {
     "whisper-tiny-en": ("openai/whisper-tiny.en", "apache-2.0"),
     "reference": (None, None),
+    "codec-speech-llm": (None, None),
 }
+# Image files the Hub renders inline in a card.
+FIGURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+FIGURE_FOLDER = "figures"
 # A Hub license id: lowercase letters, digits, dots and dashes (apache-2.0, mit, llama3.2, cc-by-nc-4.0, other).
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.\-]*$")
 
@@ -106,8 +114,6 @@ def check_license(license_id: str) -> str:
     Raises:
         TokenMergeError: For a string the Hub would not read as a license id.
     """
-    from hf_token_merge.errors import TokenMergeError
-
     if not _LICENSE_ID.match(license_id):
         raise TokenMergeError(
             f"license {license_id!r} is not a Hub license id. Fix: use the base model's id from "
@@ -129,6 +135,7 @@ def build_model_card(
     extra_tags: list[str] | None = None,
     license: str | None = None,  # noqa: A002  (the Hub's metadata key)
     pipeline_tag: str | None = None,
+    figures: Sequence[tuple[str, str]] = (),
 ) -> ModelCard:
     """Render the card of a merged model.
 
@@ -145,6 +152,7 @@ def build_model_card(
         extra_tags: Tags beside the library's own.
         license: The base model's Hub license id (e.g. 'apache-2.0'); None omits it.
         pipeline_tag: The Hub task, replacing the one derived from `model_config` (e.g. 'text-to-speech').
+        figures: `(path inside the repo, caption)` of each figure shown under "Figures" (see `copy_card_figures`).
 
     Returns:
         The card; `card.save(path)` or `card.push_to_hub(repo_id)`.
@@ -181,4 +189,67 @@ def build_model_card(
         evaluation_note=evaluation_note,
         merge_config=json.dumps(settings, indent=2),
         plan_summary=summary,
+        figures_section=_figures_markdown(figures),
     )
+
+
+def check_card_figures(figures: Sequence[tuple[str | os.PathLike[str], str]]) -> list[tuple[Path, str]]:
+    """Refuse card figures that cannot be shipped, before anything is loaded or merged.
+
+    Args:
+        figures: `(image file, caption)` pairs.
+
+    Returns:
+        The pairs with the files as `Path`s.
+
+    Raises:
+        TokenMergeError: A file is missing or not an image the Hub renders, a caption is empty, or two files share a
+            name (they are copied into one folder).
+    """
+    checked, names = [], set()
+    for file, caption in figures:
+        path = Path(file).expanduser()
+        if not path.is_file():
+            raise TokenMergeError(f"Card figure {str(file)!r} is not a file. Fix: pass the path of an image.")
+        if path.suffix.lower() not in FIGURE_SUFFIXES:
+            kinds = ", ".join(FIGURE_SUFFIXES)
+            raise TokenMergeError(f"Card figure {str(file)!r} is not an image the Hub shows. Fix: pass a {kinds} file.")
+        if not caption.strip():
+            raise TokenMergeError(f"Card figure {str(file)!r} has an empty caption. Fix: say what it shows.")
+        if path.name in names:
+            raise TokenMergeError(
+                f"Two card figures are named {path.name!r}; both would be copied to {FIGURE_FOLDER}/. Fix: rename one."
+            )
+        names.add(path.name)
+        checked.append((path, caption.strip()))
+    return checked
+
+
+def copy_card_figures(
+    folder: str | os.PathLike[str], figures: Sequence[tuple[str | os.PathLike[str], str]]
+) -> list[tuple[str, str]]:
+    """Copy figures into `folder/figures/`, so that they are uploaded with the card that shows them.
+
+    Args:
+        folder: The model folder (a staging folder: see `stage_folder`).
+        figures: `(image file, caption)` pairs, checked with `check_card_figures`.
+
+    Returns:
+        `(path inside the folder, caption)` pairs for `build_model_card(figures=...)`.
+    """
+    checked = check_card_figures(figures)
+    if checked:
+        (Path(folder) / FIGURE_FOLDER).mkdir(exist_ok=True)
+    for path, _ in checked:
+        shutil.copyfile(path, Path(folder) / FIGURE_FOLDER / path.name)
+    return [(f"{FIGURE_FOLDER}/{path.name}", caption) for path, caption in checked]
+
+
+def _figures_markdown(figures: Sequence[tuple[str, str]]) -> str:
+    """The card's "Figures" section: each image with a numbered caption under it; empty without figures."""
+    if not figures:
+        return ""
+    parts = ["## Figures", ""]
+    for number, (path, caption) in enumerate(figures, start=1):
+        parts += [f"![{caption}]({path})", "", f"*Figure {number}. {caption}*", ""]
+    return "\n".join(parts)

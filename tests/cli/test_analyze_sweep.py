@@ -91,6 +91,7 @@ def test_missing_model_folder_is_one_line(tmp_path, capsys):
 
 def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    (tmp_path / "wer.png").write_bytes(b"\x89PNG\r\n\x1a\n")
     status = main(
         [
             "compress",
@@ -101,6 +102,9 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
             "--n-clusters",
             "8",
             "--export-plain",
+            "--card-figure",
+            str(tmp_path / "wer.png"),
+            "WER against rows removed",
             "--repo-id",
             "me/llama-merged",
             "--output-dir",
@@ -130,7 +134,12 @@ def test_compress_then_push_dry_run(saved_llama, tmp_path, capsys, monkeypatch):
     assert status == 0
     # the .hf_token_merge marker (this library wrote the folder) stays local: it is not uploaded
     assert ".hf_token_merge" in names
-    assert f"would upload {len(names) - 1} files to me/llama-merged" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    folder = out / "model"
+    uploaded = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert ".hf_token_merge" in uploaded and "figures/wer.png" in uploaded  # files in subfolders are listed too
+    uploaded.remove(".hf_token_merge")
+    assert f"would upload {len(uploaded)} files to me/llama-merged: {', '.join(uploaded)}\n" in printed
     assert {p.name for p in (tmp_path / "stage").iterdir()} == names
 
     import hf_token_merge.hub.push as push_module

@@ -178,13 +178,14 @@ def test_loading_classes_follow_the_architecture_not_the_model_type():
 
 
 def compress_args(**kwargs) -> argparse.Namespace:
-    defaults = {"model": "reference", "repo_id": None, "base_model_id": None, "license": None}
+    defaults = {"model": "reference", "repo_id": None, "base_model_id": None, "license": None, "card_figure": []}
     return argparse.Namespace(**{**defaults, **kwargs})
 
 
 def test_builtin_names_map_to_hub_ids_and_licenses(tmp_path):
     assert _base_model(compress_args(model="whisper-tiny-en")) == ("openai/whisper-tiny.en", "apache-2.0")
     assert _base_model(compress_args(model="reference")) == (None, None)
+    assert _base_model(compress_args(model="codec-speech-llm")) == (None, None)
     assert _base_model(compress_args(model="reference", base_model_id="me/ref", license="mit")) == ("me/ref", "mit")
     folder = tmp_path / "local"
     folder.mkdir()
@@ -234,3 +235,73 @@ def check_metadata_plain(card: ModelCard) -> dict:
     data = card.data.to_dict()
     assert ModelCardData(**data).to_dict() == data
     return data
+
+
+PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(32))  # copied byte for byte, never decoded
+
+
+def test_compress_ships_card_figures_inside_the_model_folder(tmp_path):
+    from hf_token_merge.cli.main import main
+
+    bundle = build_llama(n_speech=48, n_centers=8)
+    base = tmp_path / "base"
+    bundle.model.save_pretrained(base)
+    bundle.tokenizer.save_pretrained(base)
+    (tmp_path / "sweep_wer.png").write_bytes(PNG_BYTES)
+    (tmp_path / "structure.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    argv = ["compress", "--model", str(base), "--preset", "llasa", "--n-clusters", "8"]
+    argv += ["--card-figure", str(tmp_path / "sweep_wer.png"), "WER against rows removed"]
+    argv += ["--card-figure", str(tmp_path / "structure.svg"), " Lattice neighbours "]
+    assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 0
+    model_folder = tmp_path / "out" / "model"
+    assert (model_folder / "figures" / "sweep_wer.png").read_bytes() == PNG_BYTES
+    assert (model_folder / "figures" / "structure.svg").is_file()
+    text = (model_folder / "README.md").read_text()
+    section = text[text.index("## Figures") : text.index("## Merge settings")]
+    assert section.split("\n")[2:9] == [
+        "![WER against rows removed](figures/sweep_wer.png)",
+        "",
+        "*Figure 1. WER against rows removed*",
+        "",
+        "![Lattice neighbours](figures/structure.svg)",
+        "",
+        "*Figure 2. Lattice neighbours*",
+    ]
+    assert text.index("## Before and after") < text.index("## Figures")
+
+
+def test_a_card_without_figures_has_no_figures_section(tmp_path):
+    bundle = build_llama(n_speech=48, n_centers=8)
+    result = apply_token_merge(bundle.model, TokenMergeConfig(preset="llasa", n_clusters=8), tokenizer=bundle.tokenizer)
+    text = card_for(bundle.model, result).text
+    assert "## Figures" not in text and "figures/" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "caption", "message"),
+    [
+        ("missing.png", "x", "Card figure '{folder}/missing.png' is not a file. Fix: pass the path of an image."),
+        ("table.csv", "x", "Card figure '{folder}/table.csv' is not an image the Hub shows. Fix: pass a .png, .jpg"),
+        ("plot.png", "  ", "Card figure '{folder}/plot.png' has an empty caption. Fix: say what it shows."),
+    ],
+)
+def test_bad_card_figures_are_refused_before_anything_is_written(tmp_path, name, caption, message):
+    from hf_token_merge.cli.main import main
+
+    (tmp_path / "table.csv").write_text("a,b\n")
+    (tmp_path / "plot.png").write_bytes(PNG_BYTES)
+    with pytest.raises(TokenMergeError, match=re.escape(message.format(folder=tmp_path))):
+        _check_card_arguments(compress_args(card_figure=[[str(tmp_path / name), caption]]))
+    argv = ["compress", "--model", str(tmp_path / "no-model"), "--preset", "llasa", "--n-clusters", "8"]
+    argv += ["--card-figure", str(tmp_path / name), caption, "--output-dir", str(tmp_path / "out")]
+    assert main(argv) == 2  # refused before the (missing) model is looked for
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_card_figures_with_one_file_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "wer.png").write_bytes(PNG_BYTES)
+    figures = [[str(tmp_path / "a" / "wer.png"), "one"], [str(tmp_path / "b" / "wer.png"), "two"]]
+    with pytest.raises(TokenMergeError, match="Two card figures are named 'wer.png'; both would be copied to figures/"):
+        _check_card_arguments(compress_args(card_figure=figures))
