@@ -462,6 +462,14 @@ def dataset_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def describe_evaluation(name: str, options: dict[str, Any] | None = None) -> str:
     """What `--eval NAME` measures, in words, for reports and model cards."""
+    if name == CODEC_ASR:  # the split and the beam count it actually ran
+        from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
+
+        split = (options or {}).get("split") or "test"
+        return (
+            f"the reference codec corpus's {split} split (code sequences), transcribed by the codec speech-LLM "
+            f"(ASR WER, {ASR_NUM_BEAMS} beams)"
+        )
     if name in BUILTIN_EVALUATIONS:
         return BUILTIN_EVALUATIONS[name]
     if name in _REGISTERED_EVALUATIONS:

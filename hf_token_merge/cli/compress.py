@@ -7,6 +7,8 @@ from pathlib import Path
 
 from hf_token_merge.cli.common import (
     BUILTIN_EVALUATIONS,
+    BUILTIN_MODELS,
+    CODEC_ASR,
     MODEL_HELP,
     TTS_EVAL,
     add_calibration_argument,
@@ -172,12 +174,21 @@ def _note(args: argparse.Namespace, difference, tts: dict | None = None) -> str:
     record = provenance_of(
         dataset_name=described,
         units=difference.units if difference is not None else None,
-        generation=tts_generation(tts) if tts else {"decoding": "greedy"},
+        generation=tts_generation(tts) if tts else {"decoding": _asr_decoding(args.eval)},
     )
     record.model = args.base_model_id or args.model
     what = "TTS WER" if args.eval == TTS_EVAL else "WER"
     sure = f" {what} change: {difference.summary()} (paired bootstrap)." if difference is not None else ""
     return f"Metrics measured on {described}.{sure}\n\n{record.markdown()}"
+
+
+def _asr_decoding(name: str) -> str:
+    """How `--eval NAME` decodes: beam search for the codec speech-LLM (its dev-chosen beams), else greedy."""
+    if name == CODEC_ASR:
+        from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
+
+        return f"beam search, {ASR_NUM_BEAMS} beams"
+    return "greedy"
 
 
 def _task_type(args: argparse.Namespace, metric: str) -> str:
@@ -240,6 +251,8 @@ def _card(
         eval_results=eval_results,
         evaluation_note=_note(args, difference, tts),
         figures=figures or (),
+        # a built-in without a Hub repo is still named in the text (the metadata names no base model)
+        base_model_name=f"hf_token_merge's built-in `{args.model}`" if args.model in BUILTIN_MODELS else None,
     )
     return card, rows
 

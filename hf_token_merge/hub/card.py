@@ -136,6 +136,7 @@ def build_model_card(
     license: str | None = None,  # noqa: A002  (the Hub's metadata key)
     pipeline_tag: str | None = None,
     figures: Sequence[tuple[str, str]] = (),
+    base_model_name: str | None = None,
 ) -> ModelCard:
     """Render the card of a merged model.
 
@@ -153,6 +154,8 @@ def build_model_card(
         license: The base model's Hub license id (e.g. 'apache-2.0'); None omits it.
         pipeline_tag: The Hub task, replacing the one derived from `model_config` (e.g. 'text-to-speech').
         figures: `(path inside the repo, caption)` of each figure shown under "Figures" (see `copy_card_figures`).
+        base_model_name: How the text names a base model that has no Hub id (e.g. a built-in); default "The base
+            model".
 
     Returns:
         The card; `card.save(path)` or `card.push_to_hub(repo_id)`.
@@ -180,7 +183,7 @@ def build_model_card(
         template_path=str(TEMPLATE_PATH),
         model_name=model_name,
         repo_id=repo_id,
-        base_model=base_model or "The base model",
+        base_model=base_model or base_model_name or "The base model",
         model_class=classes.model_class,
         preprocessor_class=classes.preprocessor_class,
         preprocessor_name=classes.preprocessor_name,

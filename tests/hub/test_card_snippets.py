@@ -305,3 +305,28 @@ def test_two_card_figures_with_one_file_name_are_refused(tmp_path):
     figures = [[str(tmp_path / "a" / "wer.png"), "one"], [str(tmp_path / "b" / "wer.png"), "two"]]
     with pytest.raises(TokenMergeError, match="Two card figures are named 'wer.png'; both would be copied to figures/"):
         _check_card_arguments(compress_args(card_figure=figures))
+
+
+def test_the_codec_asr_card_names_its_split_its_beams_and_its_builtin_base():
+    from hf_token_merge.cli.common import describe_evaluation
+    from hf_token_merge.cli.compress import _asr_decoding
+
+    assert describe_evaluation("codec-asr", {"split": "dev"}) == (
+        "the reference codec corpus's dev split (code sequences), transcribed by the codec speech-LLM "
+        "(ASR WER, 4 beams)"
+    )
+    assert describe_evaluation("codec-asr").startswith("the reference codec corpus's test split")
+    assert _asr_decoding("codec-asr") == "beam search, 4 beams" and _asr_decoding("librivox") == "greedy"
+    bundle = build_llama(n_speech=48, n_centers=8)
+    result = apply_token_merge(bundle.model, TokenMergeConfig(preset="llasa", n_clusters=8), tokenizer=bundle.tokenizer)
+    card = build_model_card(
+        repo_id=REPO_ID,
+        base_model=None,
+        base_model_name="hf_token_merge's built-in `codec-speech-llm`",
+        model_config=bundle.model.config,
+        config=result.plan.config,
+        plan_statistics=result.plan.statistics,
+        rows=[CardRow("WER", 0.35, 0.345)],
+    )
+    assert "hf_token_merge's built-in `codec-speech-llm` with 40 of its token rows merged" in card.text
+    assert "base_model" not in card.data.to_dict()  # no Hub id, so no metadata link
