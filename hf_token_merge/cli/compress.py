@@ -94,7 +94,7 @@ def _add_card_arguments(parser: argparse.ArgumentParser) -> None:
     card.add_argument(
         "--base-model-id",
         help="Hub id of the base model for the card (default: --model when it is a Hub id; whisper-tiny-en is "
-        "openai/whisper-tiny.en; none for 'reference' or a local folder)",
+        "openai/whisper-tiny.en; none for 'reference', 'codec-speech-llm' or a local folder)",
     )
     card.add_argument(
         "--repo-id",
@@ -185,9 +185,9 @@ def _note(args: argparse.Namespace, difference, tts: dict | None = None) -> str:
 def _asr_decoding(name: str) -> str:
     """How `--eval NAME` decodes: beam search for the codec speech-LLM (its dev-chosen beams), else greedy."""
     if name == CODEC_ASR:
-        from hf_token_merge.reference.codec_llm import ASR_NUM_BEAMS
+        from hf_token_merge.codec_job import GENERATION
 
-        return f"beam search, {ASR_NUM_BEAMS} beams"
+        return GENERATION["asr_decoding"]
     return "greedy"
 
 
