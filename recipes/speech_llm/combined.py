@@ -67,6 +67,7 @@ def run(args: argparse.Namespace) -> dict:
     data = load_codec_corpus(args.split)
     data = data.select(range(min(args.limit, len(data)))) if args.limit else data
     sequence = SequenceMergeConfig(stages=args.stage, position_strategy=args.position_strategy, preset="reference")
+    vocabulary = load_recipe(RECIPE).config
     model, tokenizer = load_codec_speech_llm(args.model)
     parameters, size = model.num_parameters(), bytes_on_disk(model)
     rows, started = [], time.perf_counter()
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> dict:
     metrics, records, (full, merged) = measure(model, tokenizer, data, sequence)
     add("sequence merge", metrics, records, merged / full)
 
-    result = apply_token_merge(model, load_recipe(RECIPE).config, tokenizer=tokenizer)
+    result = apply_token_merge(model, vocabulary, tokenizer=tokenizer)
     parameters, size = result.parameters_after, bytes_on_disk(model)
     metrics, records, _ = measure(model, tokenizer, data, None)
     both_metrics, both_records, (vocabulary_only, merged) = measure(model, tokenizer, data, sequence)
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     add("both", both_metrics, both_records, merged / full)
 
     settings = {key: value for key, value in vars(args).items() if key != "stage"}
-    return {"settings": settings, "recipe": load_recipe(RECIPE).config.to_dict(), "sequence": sequence.to_dict(),
+    return {"settings": settings, "recipe": vocabulary.to_dict(), "sequence": sequence.to_dict(),
             "utterances": len(data), "rows": rows, "seconds": time.perf_counter() - started}  # fmt: skip
 
 
@@ -132,8 +133,9 @@ def main(argv=None) -> int:
     output.mkdir(parents=True, exist_ok=True)
     study = run(args)
     (output / "combined.json").write_text(json.dumps(study, indent=2))
-    (output / "combined.md").write_text(combined_markdown(study))
-    print(combined_markdown(study))
+    table = combined_markdown(study)
+    (output / "combined.md").write_text(table)
+    print(table)
     return 0
 
 
